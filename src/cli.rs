@@ -1,0 +1,342 @@
+//! cli: arguments, and turning each command's result into output and an exit code.
+//!
+//! The only module that prints or reads the environment for settings. Library modules return
+//! typed errors; here they become messages with a `hint:` line.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::exit::Outcome;
+use crate::facts::{self, Facts};
+use crate::fleet;
+use crate::inventory::{Host, Inventory};
+use crate::transport::ssh::ConnectOptions;
+use crate::transport::{Session, StatsSnapshot};
+
+/// Declarative hardening provisioner and fleet controller over SSH.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v info, -vv debug); RUST_LOG works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to every host and show what rampart sees: OS, architecture, init system,
+    /// package manager and the tools the hardening needs.
+    Facts(FactsArgs),
+}
+
+/// Which hosts, and how to reach them.
+#[derive(Debug, Args)]
+struct HostArgs {
+    /// The inventory (Ansible's YAML layout).
+    #[arg(short, long, value_name = "FILE")]
+    inventory: PathBuf,
+    /// Only these hosts or groups (names or globs, comma-separated; repeatable).
+    #[arg(short, long, value_name = "PATTERN")]
+    limit: Vec<String>,
+    /// How many hosts run at once.
+    #[arg(long, default_value_t = 64)]
+    forks: usize,
+    /// The known_hosts file host keys are checked against [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_HOSTS")]
+    known_hosts: Option<PathBuf>,
+    /// Record the keys of hosts not yet in known_hosts (hashed) instead of refusing them.
+    /// A changed key is refused all the same.
+    #[arg(long)]
+    accept_new: bool,
+    /// Seconds to connect, exchange keys and log in.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    connect_timeout: u64,
+    /// Seconds a remote command may run.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct FactsArgs {
+    #[command(flatten)]
+    hosts: HostArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Outcome::Failed.into();
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Facts(args) => facts_command(args).await,
+        }
+    });
+    match result {
+        Ok(outcome) => outcome.into(),
+        Err(e) => {
+            // A closed pipe (`rampart facts | head`) is not an error.
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return Outcome::Ok.into();
+            }
+            eprintln!("error: {e:#}");
+            Outcome::Failed.into()
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "rampart=info",
+        _ => "rampart=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn default_known_hosts() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".ssh/known_hosts"))
+        .unwrap_or_else(|| PathBuf::from("known_hosts"))
+}
+
+/// The hosts chosen by `--limit`, and the options every connection of the run shares.
+fn resolve(args: &HostArgs) -> anyhow::Result<(Vec<Host>, ConnectOptions)> {
+    let HostArgs {
+        inventory,
+        limit,
+        forks: _,
+        known_hosts,
+        accept_new,
+        connect_timeout,
+        timeout: _,
+    } = args;
+    let inv = Inventory::load(inventory)?;
+    let hosts = inv.limit(limit)?.into_iter().cloned().collect();
+    let options = ConnectOptions::new(
+        known_hosts.clone().unwrap_or_else(default_known_hosts),
+        *accept_new,
+        Duration::from_secs(*connect_timeout),
+    );
+    Ok((hosts, options))
+}
+
+/// One host's answer to `rampart facts`.
+///
+/// ## Wire format (`--format json`)
+///
+/// `{"hosts": [HostFacts, ...]}` where each is
+/// `{"name", "address", "status": "ok"|"unreachable"|"host key"|"auth"|"error", "login"?,
+/// "note"?, "facts"?: {os_id, os_version, os_name, arch, kernel, hostname, uid, init,
+/// package_manager, virtualization, tools: {nft, wg, wg_quick, auditctl, sshd, sudo,
+/// systemctl}, audit_usable}, "error"?, "hint"?, "stats"?: {round_trips, bytes_sent,
+/// bytes_received}, "seconds"}`.
+#[derive(Debug, Serialize)]
+struct HostFacts {
+    name: String,
+    address: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    facts: Option<Facts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<StatsSnapshot>,
+    seconds: f64,
+}
+
+async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
+    let (hosts, options) = resolve(&args.hosts)?;
+    let options = std::sync::Arc::new(options);
+    let timeout = Duration::from_secs(args.hosts.timeout);
+    let results = fleet::for_each_host(&hosts, args.hosts.forks, |host| {
+        let options = options.clone();
+        async move { host_facts(host, &options, timeout).await }
+    })
+    .await;
+
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "hosts": results }))?;
+            writeln!(out)?;
+        }
+        Format::Text => write_facts_table(&mut out, &results)?,
+    }
+    out.flush()?;
+    Ok(if results.iter().all(|r| r.status == "ok") {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}
+
+async fn host_facts(host: Host, options: &ConnectOptions, timeout: Duration) -> HostFacts {
+    let started = Instant::now();
+    let mut answer = HostFacts {
+        name: host.name.clone(),
+        address: format!("{}:{}", host.address, host.port),
+        status: "ok",
+        login: None,
+        note: None,
+        facts: None,
+        error: None,
+        hint: None,
+        stats: None,
+        seconds: 0.0,
+    };
+    match fleet::connect_host(&host, options).await {
+        Err(e) => {
+            answer.status = e.kind();
+            answer.error = Some(e.to_string());
+            answer.hint = e.hint();
+        }
+        Ok(connected) => {
+            answer.login = Some(connected.login.clone());
+            answer.note = connected.note.clone();
+            let session = connected.session;
+            match session.exec(facts::PROBE, b"", timeout).await {
+                Err(e) => {
+                    answer.status = "error";
+                    answer.error = Some(e.to_string());
+                }
+                Ok(out) if !out.success() => {
+                    answer.status = "error";
+                    answer.error = Some(format!(
+                        "the facts probe ended with {}\n{}",
+                        out.status_text(),
+                        out.stderr_block()
+                    ));
+                }
+                Ok(out) => match facts::parse(&String::from_utf8_lossy(&out.stdout)) {
+                    Ok(f) => answer.facts = Some(f),
+                    Err(e) => {
+                        answer.status = "error";
+                        answer.error = Some(e.to_string());
+                    }
+                },
+            }
+            answer.stats = Some(session.stats().snapshot());
+            session.close().await;
+        }
+    }
+    answer.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    answer
+}
+
+fn write_facts_table(out: &mut impl Write, results: &[HostFacts]) -> std::io::Result<()> {
+    let yes = |p: &Option<String>| if p.is_some() { "yes" } else { "-" };
+    let mut rows = vec![vec![
+        "HOST".to_string(),
+        "ADDRESS".to_string(),
+        "OS".to_string(),
+        "ARCH".to_string(),
+        "INIT".to_string(),
+        "PKG".to_string(),
+        "VIRT".to_string(),
+        "NFT".to_string(),
+        "WG".to_string(),
+        "AUDITCTL".to_string(),
+        "AUDIT".to_string(),
+        "SSHD".to_string(),
+    ]];
+    let mut problems = Vec::new();
+    for r in results {
+        match &r.facts {
+            Some(f) => rows.push(vec![
+                r.name.clone(),
+                r.address.clone(),
+                format!("{} {}", f.os_id, f.os_version),
+                f.arch.clone(),
+                f.init.clone(),
+                f.package_manager.clone(),
+                f.virtualization.clone(),
+                yes(&f.tools.nft).into(),
+                yes(&f.tools.wg).into(),
+                yes(&f.tools.auditctl).into(),
+                if f.audit_usable {
+                    "usable"
+                } else {
+                    "unavailable"
+                }
+                .into(),
+                yes(&f.tools.sshd).into(),
+            ]),
+            None => problems.push(r),
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    if rows.len() > 1 {
+        for row in &rows {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            writeln!(out, "{}", line.join("  ").trim_end())?;
+        }
+    }
+    for r in results.iter().filter(|r| r.note.is_some()) {
+        writeln!(out, "note: {}: {}", r.name, r.note.as_deref().unwrap_or(""))?;
+    }
+    for r in problems {
+        writeln!(
+            out,
+            "{} ({}): {}: {}",
+            r.name,
+            r.address,
+            r.status,
+            r.error.as_deref().unwrap_or("")
+        )?;
+        if let Some(hint) = &r.hint {
+            writeln!(out, "  hint: {hint}")?;
+        }
+    }
+    let ok = results.iter().filter(|r| r.status == "ok").count();
+    let summary = format!("{ok} of {} hosts answered", results.len());
+    if std::io::stdout().is_terminal() {
+        writeln!(out, "\n{summary}")?;
+    } else {
+        writeln!(out, "{summary}")?;
+    }
+    Ok(())
+}

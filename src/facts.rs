@@ -1,0 +1,177 @@
+//! facts: what rampart learns about a host from one side-effect-free probe script.
+//!
+//! Owns the facts probe (POSIX sh, `key=value` lines) and its parser. The engine runs the
+//! probe together with the steps' probes in one round trip; `rampart facts` runs it alone.
+
+use serde::Serialize;
+
+/// The facts probe. Prints one `key=value` line per fact; values never hold a newline.
+pub const PROBE: &str = r#"
+if [ -r /etc/os-release ]; then . /etc/os-release; fi
+printf 'os_id=%s\n' "${ID:-unknown}"
+printf 'os_version=%s\n' "${VERSION_ID:-}"
+printf 'os_name=%s\n' "${PRETTY_NAME:-}"
+printf 'arch=%s\n' "$(uname -m)"
+printf 'kernel=%s\n' "$(uname -r)"
+printf 'hostname=%s\n' "$(uname -n)"
+printf 'uid=%s\n' "$(id -u)"
+if [ -d /run/systemd/system ]; then init=systemd
+elif command -v openrc >/dev/null 2>&1; then init=openrc
+elif [ -x /sbin/init ]; then init=sysvinit
+else init=unknown; fi
+printf 'init=%s\n' "$init"
+pm=unknown
+for p in apt-get dnf yum apk pacman zypper; do
+  if command -v "$p" >/dev/null 2>&1; then pm=$p; break; fi
+done
+printf 'package_manager=%s\n' "$pm"
+virt=$(systemd-detect-virt 2>/dev/null) || virt=none
+printf 'virtualization=%s\n' "$virt"
+PATH="$PATH:/usr/sbin:/sbin"
+for t in nft wg wg-quick auditctl sshd sudo systemctl; do
+  if p=$(command -v "$t" 2>/dev/null); then printf 'tool_%s=%s\n' "$t" "$p"; else printf 'tool_%s=\n' "$t"; fi
+done
+if command -v auditctl >/dev/null 2>&1 && auditctl -s >/dev/null 2>&1; then a=yes; else a=no; fi
+printf 'audit_usable=%s\n' "$a"
+"#;
+
+/// What the probe found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Facts {
+    pub os_id: String,
+    pub os_version: String,
+    pub os_name: String,
+    pub arch: String,
+    pub kernel: String,
+    pub hostname: String,
+    /// The uid the probe ran as.
+    pub uid: Option<u32>,
+    /// `systemd`, `openrc`, `sysvinit` or `unknown`.
+    pub init: String,
+    /// `apt-get`, `dnf`, `yum`, `apk`, `pacman`, `zypper` or `unknown`.
+    pub package_manager: String,
+    /// `systemd-detect-virt`'s answer: `none`, `kvm`, `qemu`, `systemd-nspawn`, ...
+    pub virtualization: String,
+    pub tools: Tools,
+    /// Whether `auditctl -s` talks to the kernel's audit system (never inside a container).
+    pub audit_usable: bool,
+}
+
+/// Which tools exist (their paths), for the resources that need them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tools {
+    pub nft: Option<String>,
+    pub wg: Option<String>,
+    pub wg_quick: Option<String>,
+    pub auditctl: Option<String>,
+    pub sshd: Option<String>,
+    pub sudo: Option<String>,
+    pub systemctl: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the facts probe printed no `os_id=` line; output was:\n{0}")]
+pub struct FactsError(String);
+
+/// Parses the probe's output. Unknown lines are ignored (a newer probe, a noisy login shell).
+pub fn parse(out: &str) -> Result<Facts, FactsError> {
+    let mut f = Facts::default();
+    let mut seen = false;
+    for line in out.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.to_string();
+        let path = || (!value.is_empty()).then(|| value.clone());
+        match key {
+            "os_id" => {
+                seen = true;
+                f.os_id = value
+            }
+            "os_version" => f.os_version = value,
+            "os_name" => f.os_name = value,
+            "arch" => f.arch = value,
+            "kernel" => f.kernel = value,
+            "hostname" => f.hostname = value,
+            "uid" => f.uid = value.parse().ok(),
+            "init" => f.init = value,
+            "package_manager" => f.package_manager = value,
+            "virtualization" => f.virtualization = value,
+            "tool_nft" => f.tools.nft = path(),
+            "tool_wg" => f.tools.wg = path(),
+            "tool_wg-quick" => f.tools.wg_quick = path(),
+            "tool_auditctl" => f.tools.auditctl = path(),
+            "tool_sshd" => f.tools.sshd = path(),
+            "tool_sudo" => f.tools.sudo = path(),
+            "tool_systemctl" => f.tools.systemctl = path(),
+            "audit_usable" => f.audit_usable = value == "yes",
+            _ => {}
+        }
+    }
+    if !seen {
+        return Err(FactsError(out.chars().take(2000).collect()));
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Session;
+    use crate::transport::local::LocalSession;
+    use std::time::Duration;
+
+    const RECORDED: &str = "\
+Welcome to a noisy motd
+os_id=debian
+os_version=12
+os_name=Debian GNU/Linux 12 (bookworm)
+arch=x86_64
+kernel=6.1.0-40-amd64
+hostname=h1
+uid=0
+init=systemd
+package_manager=apt-get
+virtualization=systemd-nspawn
+tool_nft=/usr/sbin/nft
+tool_wg=/usr/bin/wg
+tool_wg-quick=/usr/bin/wg-quick
+tool_auditctl=/usr/sbin/auditctl
+tool_sshd=/usr/sbin/sshd
+tool_sudo=/usr/bin/sudo
+tool_systemctl=
+audit_usable=no
+some_future_fact=1
+";
+
+    #[test]
+    fn parses_recorded_output_and_skips_junk() {
+        let f = parse(RECORDED).unwrap();
+        assert_eq!(f.os_id, "debian");
+        assert_eq!(f.os_version, "12");
+        assert_eq!(f.uid, Some(0));
+        assert_eq!(f.tools.nft.as_deref(), Some("/usr/sbin/nft"));
+        assert_eq!(f.tools.systemctl, None);
+        assert!(!f.audit_usable);
+        assert_eq!(f.virtualization, "systemd-nspawn");
+    }
+
+    #[test]
+    fn output_without_facts_is_an_error_that_shows_it() {
+        let err = parse("sh: 1: syntax error\n").unwrap_err().to_string();
+        assert!(err.contains("syntax error"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_probe_runs_under_plain_posix_sh() {
+        // dash is Debian's /bin/sh: the probe must not need bash.
+        let out = LocalSession::default()
+            .exec(PROBE, b"", Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(out.success(), "{}", out.stderr_block());
+        let f = parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(f.arch, std::env::consts::ARCH);
+        assert!(!f.hostname.is_empty());
+    }
+}

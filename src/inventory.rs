@@ -1,0 +1,635 @@
+//! inventory: hosts, groups and their variables, read from Ansible's YAML inventory layout.
+//!
+//! Owns reading the file, merging variables by precedence (host > child group > parent group >
+//! `all`), the connection settings of each host (with Ansible's `ansible_*` names as aliases)
+//! and `--limit`. It never connects anywhere: turning a [`Host`] into an SSH target is the
+//! transport's job.
+//!
+//! ```yaml
+//! all:
+//!   vars: { user: admin, bootstrap_user: root }
+//!   children:
+//!     pis:
+//!       hosts:
+//!         pi-1: { ansible_host: 192.0.2.10 }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use crate::transport::ssh::{Endpoint, Target};
+
+/// Variables as written, each with where it was written.
+type RawVars = IndexMap<String, Spanned<Value>>;
+
+/// One group as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    #[serde(default)]
+    hosts: Option<IndexMap<String, Option<RawVars>>>,
+    #[serde(default)]
+    vars: Option<RawVars>,
+    #[serde(default)]
+    children: Option<IndexMap<String, Option<RawGroup>>>,
+}
+
+/// A variable's value and where it was written.
+#[derive(Debug, Clone)]
+pub struct Var {
+    pub value: Value,
+    pub line: u64,
+    pub column: u64,
+}
+
+/// A host with its merged variables and connection settings.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    /// Groups the host belongs to, `all` first.
+    pub groups: Vec<String>,
+    /// Merged variables, by precedence.
+    pub vars: IndexMap<String, Var>,
+    pub address: String,
+    pub port: u16,
+    /// The admin login.
+    pub user: String,
+    /// The login of a fresh host before its admin user exists (typically root).
+    pub bootstrap_user: Option<String>,
+    pub identity: Option<PathBuf>,
+    pub become_root: bool,
+    /// A bastion, `[user@]host[:port]` or the name of another inventory host.
+    pub jump: Option<Endpoint>,
+}
+
+/// The inventory: hosts in file order, and the members of each group.
+#[derive(Debug)]
+pub struct Inventory {
+    pub path: PathBuf,
+    pub hosts: Vec<Host>,
+    pub groups: IndexMap<String, Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot read inventory {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", .path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{}:{line}:{column}: host `{host}`: {message}", .path.display())]
+    Value {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        host: String,
+        message: String,
+    },
+    #[error("{}: {message}", .path.display())]
+    Structure { path: PathBuf, message: String },
+    #[error("--limit `{pattern}` matches no host or group (hosts: {hosts}; groups: {groups})")]
+    LimitMatchesNothing {
+        pattern: String,
+        hosts: String,
+        groups: String,
+    },
+}
+
+/// rampart's names of the connection settings, and the Ansible names read as aliases.
+const ALIASES: &[(&str, &str)] = &[
+    ("address", "ansible_host"),
+    ("port", "ansible_port"),
+    ("user", "ansible_user"),
+    ("identity", "ansible_ssh_private_key_file"),
+    ("become", "ansible_become"),
+];
+
+impl Inventory {
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Inventory::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+        let top: IndexMap<String, Option<RawGroup>> =
+            serde_saphyr::from_str(text).map_err(|e| InventoryError::Syntax {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{e}\nhint: the layout is Ansible's YAML inventory: `all:` with `hosts:`, `vars:` and `children:`"
+                ),
+            })?;
+        let mut walk = Walk::default();
+        // Top-level groups other than `all` are children of `all`, as in Ansible.
+        let mut all = RawGroup::default();
+        let mut others = IndexMap::new();
+        for (name, group) in top {
+            if name == "all" {
+                all = group.unwrap_or_default();
+            } else {
+                others.insert(name, group);
+            }
+        }
+        if !others.is_empty() {
+            all.children
+                .get_or_insert_with(IndexMap::new)
+                .extend(others);
+        }
+        walk.group("all", all, &[], 0, path)?;
+        walk.finish(path)
+    }
+
+    /// The hosts that `--limit` patterns select (names of hosts or groups, `*` and `?` globs,
+    /// comma-separated); all hosts when there are none.
+    pub fn limit(&self, patterns: &[String]) -> Result<Vec<&Host>, InventoryError> {
+        let patterns: Vec<&str> = patterns
+            .iter()
+            .flat_map(|p| p.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if patterns.is_empty() {
+            return Ok(self.hosts.iter().collect());
+        }
+        let mut chosen = BTreeSet::new();
+        for pattern in patterns {
+            let before = chosen.len();
+            let mut matched = false;
+            for (i, host) in self.hosts.iter().enumerate() {
+                if glob_match(pattern, &host.name) {
+                    chosen.insert(i);
+                    matched = true;
+                }
+            }
+            for (group, members) in &self.groups {
+                if glob_match(pattern, group) {
+                    matched = true;
+                    for m in members {
+                        if let Some(i) = self.hosts.iter().position(|h| &h.name == m) {
+                            chosen.insert(i);
+                        }
+                    }
+                }
+            }
+            if !matched && chosen.len() == before {
+                return Err(InventoryError::LimitMatchesNothing {
+                    pattern: pattern.to_string(),
+                    hosts: self
+                        .hosts
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    groups: self
+                        .groups
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(chosen.into_iter().map(|i| &self.hosts[i]).collect())
+    }
+}
+
+impl Host {
+    /// The SSH target for logging in as `user` (the admin login or the bootstrap login).
+    pub fn target(&self, user: &str) -> Target {
+        Target {
+            endpoint: Endpoint {
+                name: self.name.clone(),
+                address: self.address.clone(),
+                port: self.port,
+                user: user.to_string(),
+                identity: self.identity.clone(),
+            },
+            jump: self.jump.clone(),
+        }
+    }
+}
+
+/// `*` matches any run of characters, `?` one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    go(&p, &t)
+}
+
+/// Collects hosts, groups and variable layers while walking the group tree.
+#[derive(Default)]
+struct Walk {
+    /// Host names in first-seen order, with their own variables.
+    hosts: IndexMap<String, RawVars>,
+    /// Group name -> (depth, own vars, member hosts).
+    groups: IndexMap<String, (usize, RawVars, Vec<String>)>,
+    /// Group name -> parent groups.
+    parents: HashMap<String, Vec<String>>,
+}
+
+impl Walk {
+    fn group(
+        &mut self,
+        name: &str,
+        raw: RawGroup,
+        ancestry: &[String],
+        depth: usize,
+        path: &Path,
+    ) -> Result<(), InventoryError> {
+        if ancestry.iter().any(|a| a == name) {
+            return Err(InventoryError::Structure {
+                path: path.to_path_buf(),
+                message: format!(
+                    "group `{name}` is its own ancestor ({} -> {name})",
+                    ancestry.join(" -> ")
+                ),
+            });
+        }
+        if let Some(parent) = ancestry.last() {
+            self.parents
+                .entry(name.to_string())
+                .or_default()
+                .push(parent.clone());
+        }
+        let entry = self
+            .groups
+            .entry(name.to_string())
+            .or_insert_with(|| (depth, IndexMap::new(), Vec::new()));
+        // A group reached along a longer path is deeper: its vars beat its shallower peers.
+        entry.0 = entry.0.max(depth);
+        if let Some(vars) = raw.vars {
+            entry.1.extend(vars);
+        }
+        for (host, vars) in raw.hosts.unwrap_or_default() {
+            if !entry.2.contains(&host) {
+                entry.2.push(host.clone());
+            }
+            let own = self.hosts.entry(host).or_default();
+            if let Some(vars) = vars {
+                own.extend(vars);
+            }
+        }
+        let mut below = ancestry.to_vec();
+        below.push(name.to_string());
+        for (child, group) in raw.children.unwrap_or_default() {
+            self.group(&child, group.unwrap_or_default(), &below, depth + 1, path)?;
+        }
+        Ok(())
+    }
+
+    /// Every group a host is in, directly or through children.
+    fn groups_of(&self, host: &str) -> Vec<String> {
+        let mut found: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, (_, _, members))| members.iter().any(|m| m == host))
+            .map(|(name, _)| name.clone())
+            .collect();
+        while let Some(g) = todo.pop() {
+            if found.contains(&g) {
+                continue;
+            }
+            if let Some(parents) = self.parents.get(&g) {
+                todo.extend(parents.iter().cloned());
+            }
+            found.push(g);
+        }
+        if !found.iter().any(|g| g == "all") {
+            found.push("all".to_string());
+        }
+        // Lower precedence first: by depth, then by name (as Ansible does for peers).
+        found.sort_by(|a, b| {
+            let da = self.groups.get(a).map(|g| g.0).unwrap_or(0);
+            let db = self.groups.get(b).map(|g| g.0).unwrap_or(0);
+            da.cmp(&db).then_with(|| a.cmp(b))
+        });
+        found
+    }
+
+    fn finish(self, path: &Path) -> Result<Inventory, InventoryError> {
+        let mut hosts = Vec::new();
+        for (name, own) in &self.hosts {
+            let groups = self.groups_of(name);
+            let mut vars: IndexMap<String, Var> = IndexMap::new();
+            let layers = groups
+                .iter()
+                .filter_map(|g| self.groups.get(g).map(|entry| &entry.1))
+                .chain(std::iter::once(own));
+            for layer in layers {
+                for (key, value) in layer {
+                    // An Ansible alias and rampart's own name are one setting.
+                    let key = ALIASES
+                        .iter()
+                        .find(|(_, alias)| alias == key)
+                        .map(|(own, _)| own.to_string())
+                        .unwrap_or_else(|| key.clone());
+                    vars.insert(
+                        key,
+                        Var {
+                            value: value.value.clone(),
+                            line: value.referenced.line(),
+                            column: value.referenced.column(),
+                        },
+                    );
+                }
+            }
+            hosts.push(settings(name, groups, vars, path)?);
+        }
+        // A jump naming another inventory host takes that host's address and login.
+        let by_name: HashMap<String, Host> =
+            hosts.iter().map(|h| (h.name.clone(), h.clone())).collect();
+        for host in &mut hosts {
+            if let Some(jump) = &mut host.jump
+                && let Some(other) = by_name.get(&jump.address)
+            {
+                jump.name = other.name.clone();
+                jump.address = other.address.clone();
+                if jump.port == 22 {
+                    jump.port = other.port;
+                }
+                if jump.user.is_empty() {
+                    jump.user = other.user.clone();
+                }
+                if jump.identity.is_none() {
+                    jump.identity = other.identity.clone();
+                }
+            }
+            if let Some(jump) = &mut host.jump
+                && jump.user.is_empty()
+            {
+                jump.user = host.user.clone();
+                jump.identity = jump.identity.take().or_else(|| host.identity.clone());
+            }
+        }
+        let groups = self
+            .groups
+            .into_iter()
+            .map(|(name, (_, _, members))| (name, members))
+            .collect();
+        Ok(Inventory {
+            path: path.to_path_buf(),
+            hosts,
+            groups,
+        })
+    }
+}
+
+fn settings(
+    name: &str,
+    groups: Vec<String>,
+    vars: IndexMap<String, Var>,
+    path: &Path,
+) -> Result<Host, InventoryError> {
+    let bad = |var: &Var, message: String| InventoryError::Value {
+        path: path.to_path_buf(),
+        line: var.line,
+        column: var.column,
+        host: name.to_string(),
+        message,
+    };
+    let text = |key: &str| -> Result<Option<String>, InventoryError> {
+        match vars.get(key) {
+            None
+            | Some(Var {
+                value: Value::Null, ..
+            }) => Ok(None),
+            Some(Var {
+                value: Value::String(s),
+                ..
+            }) => Ok(Some(s.clone())),
+            Some(Var {
+                value: Value::Number(n),
+                ..
+            }) => Ok(Some(n.to_string())),
+            Some(var) => Err(bad(
+                var,
+                format!("`{key}` must be a string, found {}", var.value),
+            )),
+        }
+    };
+    let address = text("address")?.unwrap_or_else(|| name.to_string());
+    let port = match vars.get("port") {
+        None => 22,
+        Some(var) => match &var.value {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0),
+            Value::String(s) => s.parse::<u16>().ok().filter(|p| *p > 0),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            bad(
+                var,
+                format!(
+                    "`port` must be a number from 1 to 65535, found {}",
+                    var.value
+                ),
+            )
+        })?,
+    };
+    let user = text("user")?.unwrap_or_else(|| "root".to_string());
+    let become_root = match vars.get("become") {
+        None => false,
+        Some(var) => match &var.value {
+            Value::Bool(b) => *b,
+            Value::String(s) if matches!(s.as_str(), "yes" | "true" | "True") => true,
+            Value::String(s) if matches!(s.as_str(), "no" | "false" | "False") => false,
+            _ => {
+                return Err(bad(
+                    var,
+                    format!("`become` must be true or false, found {}", var.value),
+                ));
+            }
+        },
+    };
+    let identity = text("identity")?.map(|p| expand_home(&p));
+    let jump = match vars.get("jump") {
+        None => None,
+        Some(var) => {
+            let spec = text("jump")?.unwrap_or_default();
+            Some(parse_jump(&spec).ok_or_else(|| {
+                bad(
+                    var,
+                    format!("`jump` must be `[user@]host[:port]`, found {:?}", spec),
+                )
+            })?)
+        }
+    };
+    Ok(Host {
+        name: name.to_string(),
+        groups,
+        address,
+        port,
+        user,
+        bootstrap_user: text("bootstrap_user")?,
+        identity,
+        become_root,
+        jump,
+        vars,
+    })
+}
+
+/// `[user@]host[:port]`; the user is left empty to be filled in from the host.
+fn parse_jump(spec: &str) -> Option<Endpoint> {
+    let spec = spec.trim();
+    let (user, rest) = match spec.split_once('@') {
+        Some((u, r)) => (u.to_string(), r),
+        None => (String::new(), spec),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().ok()?),
+        _ => (rest, 22),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(Endpoint {
+        name: host.to_string(),
+        address: host.to_string(),
+        port,
+        user,
+        identity: None,
+    })
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Inventory {
+        Inventory::parse(Path::new("inv.yaml"), text).unwrap()
+    }
+
+    const FLEET: &str = "\
+all:
+  vars:
+    user: admin
+    color: all
+  hosts:
+    solo: {ansible_host: 192.0.2.9}
+  children:
+    pis:
+      vars: {color: pis, ansible_port: 2222}
+      hosts:
+        pi-1: {ansible_host: 192.0.2.10, color: host}
+        pi-2:
+      children:
+        lab:
+          vars: {color: lab}
+          hosts:
+            pi-2:
+    vps:
+      hosts:
+        vps-1: {ansible_user: root, jump: pi-1}
+";
+
+    #[test]
+    fn precedence_is_host_then_child_then_parent_then_all() {
+        let inv = parse(FLEET);
+        let get = |h: &str| inv.hosts.iter().find(|x| x.name == h).unwrap().clone();
+        assert_eq!(get("pi-1").vars["color"].value, "host");
+        assert_eq!(get("pi-2").vars["color"].value, "lab");
+        assert_eq!(get("solo").vars["color"].value, "all");
+        assert_eq!(get("pi-2").port, 2222);
+        assert_eq!(get("solo").port, 22);
+        assert_eq!(get("pi-2").groups, vec!["all", "pis", "lab"]);
+    }
+
+    #[test]
+    fn ansible_names_are_aliases() {
+        let inv = parse(FLEET);
+        let vps = inv.hosts.iter().find(|h| h.name == "vps-1").unwrap();
+        assert_eq!(vps.user, "root");
+        assert_eq!(vps.address, "vps-1");
+        let jump = vps.jump.as_ref().unwrap();
+        assert_eq!(
+            (jump.address.as_str(), jump.port, jump.user.as_str()),
+            ("192.0.2.10", 2222, "admin")
+        );
+    }
+
+    #[test]
+    fn limit_by_host_group_and_glob() {
+        let inv = parse(FLEET);
+        let names = |p: &[&str]| -> Vec<String> {
+            let p: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+            inv.limit(&p)
+                .unwrap()
+                .iter()
+                .map(|h| h.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&["pis"]), ["pi-1", "pi-2"]);
+        assert_eq!(names(&["lab"]), ["pi-2"]);
+        assert_eq!(names(&["v*,solo"]), ["solo", "vps-1"]);
+        assert_eq!(names(&[]).len(), 4);
+        let err = inv.limit(&["nope".to_string()]).unwrap_err().to_string();
+        assert!(
+            err.contains("matches no host or group") && err.contains("pi-1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_port_names_file_line_and_column() {
+        let err = Inventory::parse(
+            Path::new("inv.yaml"),
+            "all:\n  hosts:\n    a:\n      ansible_port: nope\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "inv.yaml:4:21: host `a`: `port` must be a number from 1 to 65535, found \"nope\""
+        );
+    }
+
+    #[test]
+    fn an_unknown_group_key_is_an_error_with_a_location() {
+        let err = Inventory::parse(Path::new("inv.yaml"), "all:\n  host:\n    a:\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("inv.yaml: "), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("hosts"), "{err}");
+    }
+
+    #[test]
+    fn group_cycles_are_refused() {
+        let err = Inventory::parse(
+            Path::new("inv.yaml"),
+            "all:\n  children:\n    a:\n      children:\n        a:\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("own ancestor"), "{err}");
+    }
+}

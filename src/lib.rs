@@ -1,0 +1,11 @@
+//! rampart: a declarative hardening provisioner and fleet controller over SSH.
+//!
+//! `cli` parses arguments and prints; `inventory` reads hosts; `transport` reaches them;
+//! `facts` learns what they are; `fleet` runs many hosts at once. See DESIGN.md.
+
+pub mod cli;
+pub mod exit;
+pub mod facts;
+pub mod fleet;
+pub mod inventory;
+pub mod transport;

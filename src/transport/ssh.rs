@@ -1,0 +1,685 @@
+//! ssh: the russh client. Connects (directly or through a jump host), checks the host key
+//! against known_hosts with rampart's own matcher, authenticates, and runs commands.
+//!
+//! Owns the SSH protocol side only: it never decides what to run and never prints. Errors carry
+//! what the operator needs to act ([`ConnectError::hint`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::ssh_key::{HashAlg, PrivateKey, PublicKey};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+
+use super::known_hosts::{self, HostKeyStatus, KnownHostsFile, RecordedKey};
+use super::{ExecError, ExecOutput, Session, Stats};
+
+/// The environment variable that holds the passphrase of an encrypted identity file.
+pub const PASSPHRASE_ENV: &str = "RAMPART_KEY_PASSPHRASE";
+
+/// One SSH login: where, as whom, with which key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The inventory name, for messages.
+    pub name: String,
+    /// What to connect to, and the name looked up in known_hosts.
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    /// An identity file; `None` means the agent, then `~/.ssh/id_{ed25519,ecdsa,rsa}`.
+    pub identity: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// `user@address:port`, as shown in messages.
+    pub fn display(&self) -> String {
+        format!("{}@{}:{}", self.user, self.address, self.port)
+    }
+}
+
+/// A host to reach, maybe through a bastion (like OpenSSH's ProxyJump).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub endpoint: Endpoint,
+    pub jump: Option<Endpoint>,
+}
+
+/// How to connect: shared by every connection of a run.
+pub struct ConnectOptions {
+    pub known_hosts: PathBuf,
+    /// Record unknown host keys (hashed) instead of refusing them, like OpenSSH's
+    /// `StrictHostKeyChecking=accept-new`. A changed key is refused all the same.
+    pub accept_new: bool,
+    /// TCP connect, key exchange and authentication together.
+    pub connect_timeout: Duration,
+    keys: KeyCache,
+}
+
+impl ConnectOptions {
+    pub fn new(known_hosts: PathBuf, accept_new: bool, connect_timeout: Duration) -> Self {
+        ConnectOptions {
+            known_hosts,
+            accept_new,
+            connect_timeout,
+            keys: KeyCache::default(),
+        }
+    }
+}
+
+/// Identity files read once per run: an encrypted key asks for its passphrase once, not once
+/// per host.
+#[derive(Default)]
+struct KeyCache {
+    loaded: tokio::sync::Mutex<HashMap<PathBuf, Arc<PrivateKey>>>,
+}
+
+impl KeyCache {
+    async fn load(&self, path: &Path) -> Result<Arc<PrivateKey>, ConnectError> {
+        let mut loaded = self.loaded.lock().await;
+        if let Some(key) = loaded.get(path) {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(read_identity(path)?);
+        loaded.insert(path.to_path_buf(), key.clone());
+        Ok(key)
+    }
+}
+
+/// Reads an OpenSSH private key, decrypting it with [`PASSPHRASE_ENV`] or a prompt on the
+/// terminal.
+fn read_identity(path: &Path) -> Result<PrivateKey, ConnectError> {
+    let key_error = |message: String| ConnectError::Identity {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| key_error(e.to_string()))?;
+    let key = PrivateKey::from_openssh(text.trim()).map_err(|e| key_error(e.to_string()))?;
+    if !key.is_encrypted() {
+        return Ok(key);
+    }
+    let passphrase = match std::env::var(PASSPHRASE_ENV) {
+        Ok(p) => p,
+        Err(_) => {
+            use std::io::IsTerminal;
+            if !std::io::stdin().is_terminal() {
+                return Err(key_error(format!(
+                    "the key is encrypted and {PASSPHRASE_ENV} is not set (and there is no terminal to ask on)"
+                )));
+            }
+            rpassword::prompt_password(format!("passphrase for {}: ", path.display()))
+                .map_err(|e| key_error(e.to_string()))?
+        }
+    };
+    key.decrypt(passphrase.as_bytes())
+        .map_err(|_| key_error("wrong passphrase".to_string()))
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach {addr}: {source}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no answer from {addr} within {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("host key of {host} is not known ({fingerprint}); refusing to connect")]
+    UnknownHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error("{}", changed_message(.host, .presented, .recorded, .known_hosts))]
+    HostKeyChanged {
+        host: String,
+        presented: String,
+        recorded: Vec<RecordedKey>,
+        known_hosts: PathBuf,
+    },
+    #[error("host key of {host} ({fingerprint}) is REVOKED in {}:{line}; refusing to connect", .known_hosts.display())]
+    RevokedHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    #[error("{host} is trusted only through a @cert-authority line ({}:{line}); host certificates are not supported", .known_hosts.display())]
+    CertAuthorityOnly {
+        host: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    #[error("{host} presented a host certificate; host certificates are not supported")]
+    HostCertificate { host: String },
+    #[error("cannot use known_hosts: {0}")]
+    KnownHosts(#[from] known_hosts::KnownHostsError),
+    #[error("cannot use identity {}: {message}", .path.display())]
+    Identity { path: PathBuf, message: String },
+    #[error("{login} refused every key offered (tried: {})", if .tried.is_empty() { "none found".to_string() } else { .tried.join(", ") })]
+    AuthRefused { login: String, tried: Vec<String> },
+    #[error("ssh error with {addr}: {message}")]
+    Protocol { addr: String, message: String },
+    #[error("through jump host {jump}: {source}")]
+    Jump {
+        jump: String,
+        #[source]
+        source: Box<ConnectError>,
+    },
+}
+
+fn changed_message(
+    host: &str,
+    presented: &str,
+    recorded: &[RecordedKey],
+    known_hosts: &Path,
+) -> String {
+    let mut text =
+        format!("HOST KEY OF {host} HAS CHANGED; refusing to connect\n  presented: {presented}");
+    for r in recorded {
+        text.push_str(&format!(
+            "\n  recorded:  {} {} ({}:{})",
+            r.algorithm,
+            r.fingerprint,
+            known_hosts.display(),
+            r.line
+        ));
+    }
+    text
+}
+
+impl ConnectError {
+    /// What the operator can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConnectError::UnknownHostKey { host, .. } => Some(format!(
+                "check the fingerprint out of band (on the host: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), then rerun with --accept-new to record {host}"
+            )),
+            ConnectError::HostKeyChanged {
+                host, known_hosts, ..
+            } => Some(format!(
+                "if {host} was rebuilt, remove the old key with `ssh-keygen -R {host} -f {}` and connect again; otherwise someone may be intercepting the connection",
+                known_hosts.display()
+            )),
+            ConnectError::AuthRefused { .. } => Some(
+                "set the inventory's `identity` (ansible_ssh_private_key_file) or load the key into ssh-agent; for a fresh host check `bootstrap_user`".to_string(),
+            ),
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
+                Some("check the address and port in the inventory and that sshd runs".to_string())
+            }
+            ConnectError::Identity { .. } => Some(format!(
+                "for an encrypted key set {PASSPHRASE_ENV} or run from a terminal, or load it into ssh-agent"
+            )),
+            ConnectError::Jump { source, .. } => source.hint(),
+            _ => None,
+        }
+    }
+
+    /// A short label for summaries: `unreachable`, `host key`, `auth`, `error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => "unreachable",
+            ConnectError::UnknownHostKey { .. }
+            | ConnectError::HostKeyChanged { .. }
+            | ConnectError::RevokedHostKey { .. }
+            | ConnectError::CertAuthorityOnly { .. }
+            | ConnectError::HostCertificate { .. } => "host key",
+            ConnectError::AuthRefused { .. } | ConnectError::Identity { .. } => "auth",
+            ConnectError::Jump { source, .. } => source.kind(),
+            _ => "error",
+        }
+    }
+}
+
+/// Serialises appends to known_hosts within this process (one line per accepted host).
+static KNOWN_HOSTS_APPEND: Mutex<()> = Mutex::new(());
+
+/// The russh handler: checks the server's key and keeps the verdict for the error message.
+struct HostKeyCheck {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    accept_new: bool,
+    refusal: Arc<Mutex<Option<ConnectError>>>,
+}
+
+impl HostKeyCheck {
+    fn verdict(&self, key: &PublicKey) -> Result<(), ConnectError> {
+        let file = KnownHostsFile::load(&self.known_hosts)?;
+        let fingerprint = known_hosts::fingerprint(key);
+        match file.check(&self.host, self.port, key) {
+            HostKeyStatus::Trusted => Ok(()),
+            HostKeyStatus::Unknown if self.accept_new => {
+                let _guard = KNOWN_HOSTS_APPEND.lock().unwrap_or_else(|e| e.into_inner());
+                // Another connection of this run may have recorded it meanwhile.
+                let again = KnownHostsFile::load(&self.known_hosts)?;
+                match again.check(&self.host, self.port, key) {
+                    HostKeyStatus::Trusted => Ok(()),
+                    HostKeyStatus::Unknown => {
+                        KnownHostsFile::append_hashed(
+                            &self.known_hosts,
+                            &self.host,
+                            self.port,
+                            key,
+                        )?;
+                        tracing::info!(host = %self.host, %fingerprint, "recorded new host key");
+                        Ok(())
+                    }
+                    other => Err(self.refusal_for(other, fingerprint)),
+                }
+            }
+            other => Err(self.refusal_for(other, fingerprint)),
+        }
+    }
+
+    fn refusal_for(&self, status: HostKeyStatus, fingerprint: String) -> ConnectError {
+        let host = self.lookup_name();
+        let known_hosts = self.known_hosts.clone();
+        match status {
+            HostKeyStatus::Trusted => unreachable!("a trusted key is not refused"),
+            HostKeyStatus::Unknown => ConnectError::UnknownHostKey {
+                host,
+                fingerprint,
+                known_hosts,
+            },
+            HostKeyStatus::Changed { recorded } => ConnectError::HostKeyChanged {
+                host,
+                presented: fingerprint,
+                recorded,
+                known_hosts,
+            },
+            HostKeyStatus::Revoked { line } => ConnectError::RevokedHostKey {
+                host,
+                fingerprint,
+                known_hosts,
+                line,
+            },
+            HostKeyStatus::CertAuthorityOnly { line } => ConnectError::CertAuthorityOnly {
+                host,
+                known_hosts,
+                line,
+            },
+        }
+    }
+
+    fn lookup_name(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let outcome = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.verdict(key),
+            PublicKeyOrCertificate::Certificate(_) => Err(ConnectError::HostCertificate {
+                host: self.lookup_name(),
+            }),
+        };
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(refusal) => {
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
+                Ok(false)
+            }
+        }
+    }
+}
+
+fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        // Without TCP_NODELAY every small request waits for a delayed ACK: ~40 ms each.
+        nodelay: true,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        ..Default::default()
+    })
+}
+
+/// An authenticated connection to one host.
+pub struct SshSession {
+    handle: Handle<HostKeyCheck>,
+    /// Kept open for as long as the target connection runs through it.
+    _jump: Option<Handle<HostKeyCheck>>,
+    stats: Arc<Stats>,
+    /// The identity that was accepted, e.g. `agent: key comment` or a file path.
+    pub authenticated_with: String,
+}
+
+/// Connects to `target`, through its jump host if it has one.
+pub async fn connect(
+    target: &Target,
+    options: &ConnectOptions,
+) -> Result<SshSession, ConnectError> {
+    let ep = &target.endpoint;
+    let work = async {
+        match &target.jump {
+            None => {
+                let stream = tcp_connect(&ep.address, ep.port).await?;
+                let (handle, used) = handshake(stream, ep, options).await?;
+                Ok(SshSession {
+                    handle,
+                    _jump: None,
+                    stats: Arc::default(),
+                    authenticated_with: used,
+                })
+            }
+            Some(jump) => {
+                let wrap = |source: ConnectError| ConnectError::Jump {
+                    jump: jump.display(),
+                    source: Box::new(source),
+                };
+                let stream = tcp_connect(&jump.address, jump.port).await.map_err(wrap)?;
+                let (jump_handle, _) = handshake(stream, jump, options).await.map_err(wrap)?;
+                let channel = jump_handle
+                    .channel_open_direct_tcpip(ep.address.clone(), ep.port as u32, "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| {
+                        wrap(ConnectError::Protocol {
+                            addr: format!("{}:{}", ep.address, ep.port),
+                            message: format!("the jump host could not open a connection: {e}"),
+                        })
+                    })?;
+                let (handle, used) = handshake(channel.into_stream(), ep, options).await?;
+                Ok(SshSession {
+                    handle,
+                    _jump: Some(jump_handle),
+                    stats: Arc::default(),
+                    authenticated_with: used,
+                })
+            }
+        }
+    };
+    tokio::time::timeout(options.connect_timeout, work)
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            addr: format!("{}:{}", ep.address, ep.port),
+            after: options.connect_timeout,
+        })?
+}
+
+async fn tcp_connect(address: &str, port: u16) -> Result<tokio::net::TcpStream, ConnectError> {
+    let stream = tokio::net::TcpStream::connect((address, port))
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            addr: format!("{address}:{port}"),
+            source,
+        })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| ConnectError::Unreachable {
+            addr: format!("{address}:{port}"),
+            source,
+        })?;
+    Ok(stream)
+}
+
+/// Key exchange (with the host key check) and authentication over an open stream.
+async fn handshake<S>(
+    stream: S,
+    ep: &Endpoint,
+    options: &ConnectOptions,
+) -> Result<(Handle<HostKeyCheck>, String), ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let refusal = Arc::new(Mutex::new(None));
+    let check = HostKeyCheck {
+        host: ep.address.clone(),
+        port: ep.port,
+        known_hosts: options.known_hosts.clone(),
+        accept_new: options.accept_new,
+        refusal: refusal.clone(),
+    };
+    let addr = format!("{}:{}", ep.address, ep.port);
+    let mut handle = match client::connect_stream(client_config(), stream, check).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            if let Some(refused) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(refused);
+            }
+            return Err(ConnectError::Protocol {
+                addr,
+                message: e.to_string(),
+            });
+        }
+    };
+    let used = authenticate(&mut handle, ep, options).await?;
+    Ok((handle, used))
+}
+
+/// Offers keys the way OpenSSH does: the configured identity (through the agent when the
+/// agent holds it), or else every agent key and then the default key files.
+async fn authenticate(
+    handle: &mut Handle<HostKeyCheck>,
+    ep: &Endpoint,
+    options: &ConnectOptions,
+) -> Result<String, ConnectError> {
+    let addr = format!("{}:{}", ep.address, ep.port);
+    let protocol = |e: russh::Error| ConnectError::Protocol {
+        addr: addr.clone(),
+        message: e.to_string(),
+    };
+    // RSA signs with SHA-2 unless the server says otherwise: OpenSSH 8.8+ refuses SHA-1.
+    let rsa_hash = match handle.best_supported_rsa_hash().await.map_err(protocol)? {
+        Some(Some(hash)) => Some(hash),
+        Some(None) => None,
+        None => Some(HashAlg::Sha256),
+    };
+    let mut tried = Vec::new();
+    let mut agent = match std::env::var_os("SSH_AUTH_SOCK") {
+        Some(_) => AgentClient::connect_env().await.ok(),
+        None => None,
+    };
+    let agent_keys: Vec<(PublicKey, String)> = match agent.as_mut() {
+        Some(agent) => agent
+            .request_identities()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|id| match id {
+                AgentIdentity::PublicKey { key, comment } => Some((key, comment)),
+                AgentIdentity::Certificate { .. } => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let files: Vec<PathBuf> = match &ep.identity {
+        Some(path) => vec![path.clone()],
+        None => default_identities(),
+    };
+    // With no identity configured, every agent key is offered first.
+    let mut agent_offers: Vec<(PublicKey, String)> = if ep.identity.is_none() {
+        agent_keys.clone()
+    } else {
+        Vec::new()
+    };
+    // A configured identity that the agent holds is signed by the agent (no passphrase).
+    let mut file_offers = Vec::new();
+    for path in files {
+        let public = public_half(&path);
+        match public.and_then(|p| {
+            agent_keys
+                .iter()
+                .find(|(k, _)| k.key_data() == p.key_data())
+        }) {
+            Some(held) if ep.identity.is_some() => agent_offers.push(held.clone()),
+            _ => file_offers.push(path),
+        }
+    }
+
+    for (key, comment) in agent_offers {
+        let label = format!("agent key {comment}");
+        tried.push(label.clone());
+        let hash = if key.algorithm().is_rsa() {
+            rsa_hash
+        } else {
+            None
+        };
+        if let Some(agent) = agent.as_mut() {
+            match handle
+                .authenticate_publickey_with(ep.user.clone(), key, hash, agent)
+                .await
+            {
+                Ok(result) if result.success() => return Ok(label),
+                Ok(_) => {}
+                Err(e) => tracing::debug!("agent could not sign: {e}"),
+            }
+        }
+    }
+    for path in file_offers {
+        if ep.identity.is_none() && !path.exists() {
+            continue;
+        }
+        let key = options.keys.load(&path).await?;
+        tried.push(path.display().to_string());
+        let hash = if key.algorithm().is_rsa() {
+            rsa_hash
+        } else {
+            None
+        };
+        let result = handle
+            .authenticate_publickey(ep.user.clone(), PrivateKeyWithHashAlg::new(key, hash))
+            .await
+            .map_err(protocol)?;
+        if result.success() {
+            return Ok(path.display().to_string());
+        }
+    }
+    Err(ConnectError::AuthRefused {
+        login: format!("{}@{}", ep.user, addr),
+        tried,
+    })
+}
+
+fn default_identities() -> Vec<PathBuf> {
+    let Some(home) = std::env::var_os("HOME") else {
+        return Vec::new();
+    };
+    let ssh = PathBuf::from(home).join(".ssh");
+    ["id_ed25519", "id_ecdsa", "id_rsa"]
+        .iter()
+        .map(|name| ssh.join(name))
+        .collect()
+}
+
+/// The public half of an identity file, from `PATH.pub` or the unencrypted header of the key.
+pub fn public_half(path: &Path) -> Option<PublicKey> {
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    if let Ok(text) = std::fs::read_to_string(PathBuf::from(pub_path))
+        && let Ok(key) = PublicKey::from_openssh(text.trim())
+    {
+        return Some(key);
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    PrivateKey::from_openssh(text.trim())
+        .ok()
+        .map(|k| k.public_key().clone())
+}
+
+impl SshSession {
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+
+    async fn run(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<ExecOutput, ExecError> {
+        let channel_error = |e: russh::Error| ExecError::Channel(e.to_string());
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(channel_error)?;
+        channel.exec(true, command).await.map_err(channel_error)?;
+        let (mut read, write) = channel.split();
+
+        let writer = async {
+            if !stdin.is_empty() {
+                write
+                    .data_bytes(stdin.to_vec())
+                    .await
+                    .map_err(channel_error)?;
+            }
+            write.eof().await.map_err(channel_error)
+        };
+        let reader = async {
+            let mut out = ExecOutput::default();
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.stderr.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => out.exit_status = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.exit_signal = Some(format!("{signal_name:?}"))
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            out
+        };
+        let both = async { tokio::join!(writer, reader) };
+        match tokio::time::timeout(timeout, both).await {
+            Ok((written, out)) => {
+                // A command that exits without reading its stdin is not an error.
+                if let Err(e) = written
+                    && out.exit_status.is_none()
+                {
+                    return Err(e);
+                }
+                self.stats.record(
+                    command.len() + stdin.len(),
+                    out.stdout.len() + out.stderr.len(),
+                );
+                Ok(out)
+            }
+            Err(_) => {
+                // Closing the channel makes sshd hang up on the command.
+                let _ = write.close().await;
+                self.stats.record(command.len() + stdin.len(), 0);
+                Err(ExecError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+impl Session for SshSession {
+    async fn exec(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<ExecOutput, ExecError> {
+        self.run(command, stdin, timeout).await
+    }
+
+    fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+}

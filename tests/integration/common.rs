@@ -1,0 +1,123 @@
+//! What the tests know about the testbed, and helpers to drive the binary and the hosts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The folder `testbed up` writes its inventory, known_hosts and host records to.
+pub fn testbed_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("RAMPART_TESTBED_DIR").unwrap_or_else(|_| "/var/tmp/rampart-testbed".into()),
+    )
+}
+
+pub fn inventory() -> PathBuf {
+    let path = testbed_dir().join("inventory.yaml");
+    assert!(
+        path.exists(),
+        "no testbed at {}: run `tests/testbed/testbed up 4 --vms 1` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn known_hosts() -> PathBuf {
+    testbed_dir().join("known_hosts")
+}
+
+/// The testbed's root key (authorized on every fresh host).
+pub fn test_key() -> PathBuf {
+    let cache = std::env::var("RAMPART_TESTBED_CACHE")
+        .unwrap_or_else(|_| "/var/cache/rampart-testbed".into());
+    PathBuf::from(cache).join("id_ed25519")
+}
+
+/// A host's address from the testbed's record of it.
+pub fn addr(host: &str) -> String {
+    let env = std::fs::read_to_string(testbed_dir().join("hosts").join(format!("{host}.env")))
+        .unwrap_or_else(|e| panic!("testbed host {host} is not up: {e}"));
+    env.lines()
+        .find_map(|l| l.strip_prefix("ADDR="))
+        .unwrap_or_else(|| panic!("no ADDR in {host}.env"))
+        .trim()
+        .to_string()
+}
+
+/// The host's public host keys as the testbed recorded them at start.
+pub fn host_pub(host: &str) -> String {
+    std::fs::read_to_string(testbed_dir().join("hosts").join(format!("{host}.pub"))).unwrap()
+}
+
+/// `rampart ARGS` with a clean environment for SSH (no agent, a HOME without keys).
+pub fn rampart(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rampart"));
+    cmd.env("HOME", home)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("RAMPART_KNOWN_HOSTS")
+        .env_remove("RAMPART_KEY_PASSPHRASE")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs OpenSSH's client as root on a testbed host (for setting up and checking, never for
+/// what rampart itself is tested on).
+pub fn ssh_root(host: &str, script: &str) -> String {
+    let out = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts().display()))
+        .arg("-i")
+        .arg(test_key())
+        .arg(format!("root@{}", addr(host)))
+        .arg(script)
+        .output()
+        .expect("ssh runs");
+    assert!(
+        out.status.success(),
+        "ssh {host} `{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes an inventory for the given `(name, extra vars)` hosts, using the testbed key.
+pub fn write_inventory(dir: &Path, hosts: &[(&str, &str)]) -> PathBuf {
+    let mut text = format!(
+        "all:\n  vars:\n    ansible_user: root\n    ansible_ssh_private_key_file: {}\n  hosts:\n",
+        test_key().display()
+    );
+    for (name, extra) in hosts {
+        text.push_str(&format!("    {name}: {{{extra}}}\n"));
+    }
+    let path = dir.join("inventory.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The SHA256 fingerprint of the `algo` key among OpenSSH public key lines.
+pub fn fingerprint_of(pub_lines: &str, algo: &str) -> String {
+    let line = pub_lines
+        .lines()
+        .find(|l| l.starts_with(algo))
+        .unwrap_or_else(|| panic!("no {algo} key in {pub_lines}"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("k.pub");
+    std::fs::write(&f, format!("{line}\n")).unwrap();
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&f)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}

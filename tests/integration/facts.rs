@@ -1,0 +1,163 @@
+//! `rampart facts` on testbed hosts: containers and a VM, table and JSON, one host failing.
+
+use super::common::*;
+use serde_json::Value;
+
+fn facts_json(args: &[&str]) -> (i32, Value, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = rampart(home.path())
+        .args(["facts", "--format", "json", "--known-hosts"])
+        .arg(known_hosts())
+        .args(args)
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(&out), stderr(&out)));
+    (out.status.code().unwrap(), json, stderr(&out))
+}
+
+fn host<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {json:#}"))
+}
+
+#[test]
+fn facts_from_container_hosts_and_a_vm_host() {
+    let inv = inventory();
+    let (code, json, err) = facts_json(&["-i", inv.to_str().unwrap()]);
+    assert_eq!(code, 0, "{json:#}\n{err}");
+    let hosts = json["hosts"].as_array().unwrap();
+    assert!(hosts.len() >= 4, "{json:#}");
+    for h in hosts {
+        let name = h["name"].as_str().unwrap();
+        assert_eq!(h["status"], "ok", "{h:#}");
+        let f = &h["facts"];
+        assert_eq!(f["os_id"], "debian", "{h:#}");
+        assert_eq!(f["os_version"], "12", "{h:#}");
+        assert_eq!(f["hostname"], name, "{h:#}");
+        assert_eq!(f["init"], "systemd", "{h:#}");
+        assert_eq!(f["package_manager"], "apt-get", "{h:#}");
+        assert_eq!(f["uid"], 0, "{h:#}");
+        for tool in ["nft", "wg", "auditctl", "sshd", "sudo"] {
+            assert!(f["tools"][tool].is_string(), "{name} lacks {tool}: {h:#}");
+        }
+        // One probe, one exec round trip.
+        assert_eq!(h["stats"]["round_trips"], 1, "{h:#}");
+        if name.starts_with("vm") {
+            assert_eq!(f["audit_usable"], true, "auditctl works on a VM: {h:#}");
+            assert_ne!(f["virtualization"], "systemd-nspawn", "{h:#}");
+        } else {
+            assert_eq!(f["audit_usable"], false, "no audit in a container: {h:#}");
+            assert_eq!(f["virtualization"], "systemd-nspawn", "{h:#}");
+        }
+    }
+    assert!(
+        hosts
+            .iter()
+            .any(|h| h["name"].as_str().unwrap().starts_with("vm")),
+        "no VM host in {json:#}"
+    );
+}
+
+#[test]
+fn facts_table_on_two_hosts() {
+    let home = tempfile::tempdir().unwrap();
+    let out = rampart(home.path())
+        .args(["facts", "--limit", "h1,h2", "-i"])
+        .arg(inventory())
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    insta::assert_snapshot!(stdout(&out), @r"
+    HOST  ADDRESS          OS         ARCH    INIT     PKG      VIRT            NFT  WG   AUDITCTL  AUDIT        SSHD
+    h1    10.203.0.101:22  debian 12  x86_64  systemd  apt-get  systemd-nspawn  yes  yes  yes       unavailable  yes
+    h2    10.203.0.102:22  debian 12  x86_64  systemd  apt-get  systemd-nspawn  yes  yes  yes       unavailable  yes
+    2 of 2 hosts answered
+    ");
+}
+
+#[test]
+fn an_unreachable_host_is_reported_while_the_others_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(
+        dir.path(),
+        &[
+            ("h1", &format!("ansible_host: {}", addr("h1"))),
+            // A closed port on loopback: refused at once.
+            ("ghost", "ansible_host: 127.0.0.1, ansible_port: 1"),
+            ("h2", &format!("ansible_host: {}", addr("h2"))),
+        ],
+    );
+    let (code, json, _) = facts_json(&["-i", inv.to_str().unwrap()]);
+    assert_eq!(code, 1, "{json:#}");
+    assert_eq!(host(&json, "h1")["status"], "ok");
+    assert_eq!(host(&json, "h2")["status"], "ok");
+    let ghost = host(&json, "ghost");
+    assert_eq!(ghost["status"], "unreachable", "{ghost:#}");
+    let error = ghost["error"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1:1") && error.contains("refused"),
+        "{error}"
+    );
+}
+
+#[test]
+fn text_output_names_the_failed_host_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(
+        dir.path(),
+        &[
+            ("h1", &format!("ansible_host: {}", addr("h1"))),
+            ("ghost", "ansible_host: 127.0.0.1, ansible_port: 1"),
+        ],
+    );
+    let out = rampart(dir.path())
+        .args(["facts", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("ghost (127.0.0.1:1): unreachable: cannot reach 127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  hint: check the address and port"),
+        "{text}"
+    );
+    assert!(text.contains("1 of 2 hosts answered"), "{text}");
+}
+
+#[test]
+fn a_bad_inventory_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.yaml");
+    std::fs::write(
+        &inv,
+        "all:\n  hosts:\n    h1:\n      ansible_port: twenty-two\n",
+    )
+    .unwrap();
+    let out = rampart(dir.path())
+        .args(["facts", "-i"])
+        .arg(&inv)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:4:21: host `h1`: `port` must be a number",
+            inv.display()
+        )),
+        "{err}"
+    );
+}

@@ -1,0 +1,3 @@
+mod common;
+mod facts;
+mod transport;

@@ -1,0 +1,54 @@
+# Shared settings and helpers of the testbed scripts. Sourced, not run.
+# Everything the testbed makes lives under these two folders and on the bridge below, so that
+# `testbed down` can find and remove all of it, and nothing else.
+
+set -euo pipefail
+
+# The image cache survives runs on one machine; the run folder holds one testbed's hosts.
+CACHE=${RAMPART_TESTBED_CACHE:-/var/cache/rampart-testbed}
+RUN=${RAMPART_TESTBED_DIR:-/var/tmp/rampart-testbed}
+BRIDGE=rampbr0
+NET=10.203.0
+BRIDGE_ADDR=$NET.1
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# The image is rebuilt whenever the script that makes it changes.
+IMAGE_STAMP=$(cat "$HERE/image.sh" | sha256sum | cut -c1-12)
+ROOTFS=$CACHE/rootfs-$IMAGE_STAMP
+TEST_KEY=$CACHE/id_ed25519
+
+log() { printf 'testbed: %s\n' "$*" >&2; }
+die() { printf 'testbed: error: %s\n' "$*" >&2; exit 1; }
+
+# The Debian mirror this machine's apt already uses, so that no host name is written here.
+debian_mirror() {
+    local uri
+    uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1 || true)
+    if [ -z "$uri" ]; then
+        uri=$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}' | grep -v security | head -n1 || true)
+    fi
+    [ -n "$uri" ] || die "no Debian mirror found in /etc/apt/sources.list*; hint: configure apt first"
+    printf '%s\n' "$uri"
+}
+
+# Container host number N -> address and MAC. Fixed per number: reusing an address with a new
+# MAC stalled ssh for 35-40 s (see shared/TESTBED.md).
+host_addr() { echo "$NET.$((100 + $1))"; }
+host_mac() { printf '02:52:00:00:00:%02x\n' "$1"; }
+vm_addr() { echo "$NET.$((200 + $1))"; }
+vm_mac() { printf '02:52:00:00:01:%02x\n' "$1"; }
+
+# A Linux bridge without a set MAC takes the lowest MAC of its ports and changes it when that
+# port goes away (measured here), which leaves the hosts' ARP entries for $BRIDGE_ADDR stale and
+# stalls ssh like a reused address does. So the bridge gets a fixed MAC of its own.
+BRIDGE_MAC=02:52:00:00:ff:01
+
+ensure_bridge() {
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link add "$BRIDGE" address "$BRIDGE_MAC" type bridge
+        ip addr add "$BRIDGE_ADDR/24" dev "$BRIDGE"
+    fi
+    ip link set "$BRIDGE" address "$BRIDGE_MAC"
+    ip link set "$BRIDGE" up
+    # Hosts have no default gateway; nothing is forwarded or masqueraded.
+}
