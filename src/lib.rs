@@ -8,4 +8,6 @@ pub mod exit;
 pub mod facts;
 pub mod fleet;
 pub mod inventory;
+pub mod remote;
 pub mod transport;
+pub mod yaml;
