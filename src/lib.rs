@@ -9,5 +9,6 @@ pub mod facts;
 pub mod fleet;
 pub mod inventory;
 pub mod remote;
+pub mod resource;
 pub mod transport;
 pub mod yaml;

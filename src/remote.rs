@@ -49,6 +49,8 @@ enum Piece {
     Quoted(String),
     /// A secret value, quoted when rendered for the host, masked as `<secret:NAME>` when shown.
     Secret { name: String, value: String },
+    /// Bytes carried as a base64 here-document (`<<'DELIM' ... DELIM`), shown as their size.
+    Payload(Vec<u8>),
 }
 
 /// A shell script built from typed pieces. `Display` masks secrets; [`Script::render`] gives
@@ -84,6 +86,14 @@ impl Script {
         self
     }
 
+    /// Appends `data` as a here-document of its base64 text, to be decoded on the host:
+    /// `Script::new().raw("base64 -d >\"$tmp\" ").payload(bytes)`. Any bytes (NUL too) can
+    /// travel this way; a file's content never reaches argv. Shown as `<<payload: N bytes>>`.
+    pub fn payload(mut self, data: &[u8]) -> Script {
+        self.pieces.push(Piece::Payload(data.to_vec()));
+        self
+    }
+
     /// Appends another script.
     pub fn then(mut self, other: Script) -> Script {
         self.pieces.extend(other.pieces);
@@ -97,6 +107,17 @@ impl Script {
             match piece {
                 Piece::Raw(text) => out.push_str(text),
                 Piece::Quoted(value) | Piece::Secret { value, .. } => out.push_str(&quote(value)?),
+                Piece::Payload(data) => {
+                    use base64::Engine;
+                    let text = base64::engine::general_purpose::STANDARD.encode(data);
+                    out.push_str(&format!("<<'{PAYLOAD_END}'\n"));
+                    for chunk in text.as_bytes().chunks(76) {
+                        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+                        out.push('\n');
+                    }
+                    out.push_str(PAYLOAD_END);
+                    out.push('\n');
+                }
             }
         }
         Ok(out)
@@ -113,6 +134,7 @@ impl fmt::Display for Script {
                     Err(_) => f.write_str("<value with NUL>")?,
                 },
                 Piece::Secret { name, .. } => write!(f, "<secret:{name}>")?,
+                Piece::Payload(data) => write!(f, "<<payload: {} bytes>>\n", data.len())?,
             }
         }
         Ok(())
@@ -122,6 +144,23 @@ impl fmt::Display for Script {
 impl fmt::Debug for Script {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Script({self})")
+    }
+}
+
+/// Ends a payload here-document; base64 text never contains `@`.
+const PAYLOAD_END: &str = "@@RAMPART_PAYLOAD@@";
+
+/// The command of every exec: POSIX sh reads the whole script from stdin into memory, then
+/// runs it with stdin at its end. So scripts, file contents and secrets travel only over the
+/// channel's stdin, never in argv (visible in `ps`) nor in a temporary file; and a command in
+/// the script that reads stdin cannot eat the rest of the script. `become` runs it under
+/// `sudo -n` (never prompts: a missing sudo right fails at once).
+pub fn exec_command(become_root: bool) -> String {
+    let run = "/bin/sh -c 's=$(cat) && eval \"$s\"'";
+    if become_root {
+        format!("sudo -n {run}")
+    } else {
+        format!("exec {run}")
     }
 }
 
@@ -265,6 +304,39 @@ mod tests {
                 ("1".to_string(), "c\n".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn payloads_carry_any_bytes_through_stdin() {
+        let data: Vec<u8> = (0..=255u8)
+            .chain(b"\n@@RAMPART_PAYLOAD@@\n'$(x)".iter().copied())
+            .collect();
+        let script = Script::new()
+            .raw("base64 -d ")
+            .payload(&data)
+            .raw("echo done >&2\n");
+        assert_eq!(
+            script.to_string(),
+            "base64 -d <<payload: 282 bytes>>\necho done >&2\n"
+        );
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(exec_command(false))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.render().unwrap().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.stdout, data);
+        assert_eq!(out.stderr, b"done\n");
     }
 
     proptest! {
