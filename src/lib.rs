@@ -4,11 +4,15 @@
 //! `facts` learns what they are; `fleet` runs many hosts at once. See DESIGN.md.
 
 pub mod cli;
+pub mod engine;
 pub mod exit;
 pub mod facts;
 pub mod fleet;
 pub mod inventory;
+pub mod playbook;
 pub mod remote;
 pub mod resource;
+pub mod secrets;
+pub mod template;
 pub mod transport;
 pub mod yaml;

@@ -71,6 +71,13 @@ impl Script {
         self
     }
 
+    /// Appends shell code written by the playbook's author (a `command` step's `run`): shell
+    /// by intent, run as written, like Ansible's `shell`. Never use it for a value.
+    pub fn author_code(mut self, code: &str) -> Script {
+        self.pieces.push(Piece::Raw(code.to_string()));
+        self
+    }
+
     /// Appends a value as one quoted word.
     pub fn arg(mut self, value: &str) -> Script {
         self.pieces.push(Piece::Quoted(value.to_string()));

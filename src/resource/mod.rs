@@ -7,6 +7,7 @@
 //! themselves: the engine batches their probes into one round trip and their applies into one
 //! more, and re-probes to verify.
 
+pub mod command;
 pub mod file;
 pub mod user;
 
@@ -22,13 +23,27 @@ use crate::remote::Script;
 pub struct ApplyContext {
     /// Unique per `rampart apply` run, e.g. `20261125T103000Z-4f2a`.
     pub run_id: String,
+    /// The folder that holds every run's backups on the host: [`ApplyContext::BACKUP_ROOT`]
+    /// unless a test points it into a temporary folder.
+    pub backup_root: String,
 }
 
 impl ApplyContext {
+    /// Where backups go on a host.
+    pub const BACKUP_ROOT: &'static str = "/var/lib/rampart/backups";
+
+    /// A context for run `run_id`, with backups under [`ApplyContext::BACKUP_ROOT`].
+    pub fn new(run_id: impl Into<String>) -> ApplyContext {
+        ApplyContext {
+            run_id: run_id.into(),
+            backup_root: ApplyContext::BACKUP_ROOT.to_string(),
+        }
+    }
+
     /// `/var/lib/rampart/backups/<run-id>`: previous contents of replaced or removed files
     /// are copied here, under their full path.
     pub fn backup_dir(&self) -> String {
-        format!("/var/lib/rampart/backups/{}", self.run_id)
+        format!("{}/{}", self.backup_root.trim_end_matches('/'), self.run_id)
     }
 }
 
@@ -142,6 +157,12 @@ pub struct TypeInfo {
     pub build: fn(Value) -> Result<Box<dyn Resource>, ParamError>,
 }
 
+impl fmt::Debug for TypeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TypeInfo({})", self.name)
+    }
+}
+
 /// Every resource type, in the order the docs list them.
 pub const TYPES: &[TypeInfo] = &[
     file::FILE,
@@ -150,6 +171,7 @@ pub const TYPES: &[TypeInfo] = &[
     file::LINES,
     user::USER,
     user::GROUP,
+    command::COMMAND,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static TypeInfo> {
@@ -179,7 +201,11 @@ pub async fn converge_one<S: crate::transport::Session>(
     let run = |script: Script| async move {
         let text = script.render().map_err(|e| e.to_string())?;
         let out = session
-            .exec(&crate::remote::exec_command(false), text.as_bytes(), timeout)
+            .exec(
+                &crate::remote::exec_command(false),
+                text.as_bytes(),
+                timeout,
+            )
             .await
             .map_err(|e| e.to_string())?;
         if !out.success() {

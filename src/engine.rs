@@ -1,0 +1,757 @@
+//! engine: one host's pipeline. Renders the playbook for the host, probes every step in ONE
+//! remote script (with the facts), diffs locally, applies what differs in ONE more script
+//! (under a remote lock, handlers after), and verifies with a final probe.
+//!
+//! Owns the scripts' framing and the verdict of each step. It never prints and never reads
+//! the terminal: it returns a [`HostReport`]. Running many hosts, and the rule that nothing
+//! is applied anywhere while any host's input is bad, belong to `fleet`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use minijinja::Value as JValue;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::facts::{self, Facts};
+use crate::inventory::{Host, Inventory};
+use crate::playbook::{Playbook, Step};
+use crate::remote::{self, Script};
+use crate::resource::{ApplyContext, Change, Resource, Verdict};
+use crate::secrets::Secrets;
+use crate::template::{RenderError, Templates, to_jinja};
+use crate::transport::{ExecOutput, Session, StatsSnapshot};
+
+/// What one run does, for every host.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub apply: bool,
+    pub run_id: String,
+    /// How long one remote script may run.
+    pub timeout: Duration,
+    /// `--tags`: only steps with one of these (all steps when empty).
+    pub tags: Vec<String>,
+    /// `--skip-tags`: no step with one of these.
+    pub skip_tags: Vec<String>,
+}
+
+/// One step, rendered for one host.
+#[derive(Debug)]
+pub struct HostStep {
+    pub name: String,
+    pub location: String,
+    pub notify: Vec<String>,
+    pub work: StepWork,
+}
+
+#[derive(Debug)]
+pub enum StepWork {
+    /// Will be probed (and applied).
+    Run(Box<dyn Resource>),
+    /// Left out, and why (`when` is false, tags).
+    Skip(String),
+}
+
+/// How a step ended on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "detail")]
+pub enum StepStatus {
+    InLine,
+    /// `plan`: would change.
+    Differs,
+    /// `apply`: changed, and the verify probe shows it in line.
+    Changed,
+    Skipped(String),
+    Failed(String),
+    /// Not run: an earlier step failed.
+    NotRun,
+}
+
+/// A step's outcome, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    /// The resource's identity, `file /etc/motd`.
+    pub resource: Option<String>,
+    pub location: String,
+    #[serde(flatten)]
+    pub status: StepStatus,
+    /// `create`, `modify`, `remove` or `in line`.
+    pub action: Option<String>,
+    pub changes: Vec<ChangeReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeReport {
+    pub field: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+impl From<&Change> for ChangeReport {
+    fn from(c: &Change) -> ChangeReport {
+        ChangeReport {
+            field: c.field.clone(),
+            before: c.before.clone(),
+            after: c.after.clone(),
+        }
+    }
+}
+
+/// A host's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// Every step in line (plan), or nothing needed changing (apply).
+    InLine,
+    /// `plan`: something would change.
+    Differs,
+    /// `apply`: changes made and verified.
+    Changed,
+    /// A step failed, or the host's input was bad.
+    Failed,
+    /// No connection.
+    Unreachable,
+}
+
+/// One host's outcome, for reports. The JSON wire format is documented in README.md.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub name: String,
+    pub address: String,
+    pub status: HostStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub steps: Vec<StepReport>,
+    pub handlers: Vec<StepReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Facts>,
+    pub stats: StatsSnapshot,
+    pub seconds: f64,
+}
+
+impl HostReport {
+    pub fn new(host: &Host) -> HostReport {
+        HostReport {
+            name: host.name.clone(),
+            address: format!("{}:{}", host.address, host.port),
+            status: HostStatus::InLine,
+            error: None,
+            hint: None,
+            login: None,
+            note: None,
+            steps: Vec::new(),
+            handlers: Vec::new(),
+            facts: None,
+            stats: StatsSnapshot::default(),
+            seconds: 0.0,
+        }
+    }
+
+    pub fn fail(&mut self, status: HostStatus, error: String, hint: Option<String>) {
+        self.status = status;
+        self.error = Some(error);
+        self.hint = hint;
+    }
+}
+
+/// The variables of one host: playbook defaults, then inventory vars, with secrets resolved,
+/// plus `inventory_hostname`, `groups`, `group_names` and (when known) `facts`.
+pub fn host_vars(
+    host: &Host,
+    inventory: &Inventory,
+    book: &Playbook,
+    secrets: &Secrets,
+) -> Result<serde_json::Map<String, Value>, String> {
+    let mut vars = serde_json::Map::new();
+    for (name, node, _) in &book.vars {
+        vars.insert(name.clone(), node.to_json());
+    }
+    for (name, var) in &host.vars {
+        vars.insert(name.clone(), var.value.clone());
+    }
+    let mut value = Value::Object(vars);
+    secrets.resolve_in(&mut value).map_err(|e| e.to_string())?;
+    let Value::Object(mut vars) = value else {
+        unreachable!("an object stays an object")
+    };
+    vars.insert(
+        "inventory_hostname".into(),
+        Value::String(host.name.clone()),
+    );
+    vars.insert("group_names".into(), serde_json::json!(host.groups));
+    let groups: BTreeMap<&String, &Vec<String>> = inventory.groups.iter().collect();
+    vars.insert("groups".into(), serde_json::json!(groups));
+    Ok(vars)
+}
+
+/// Why a host's steps could not be rendered.
+#[derive(Debug, Clone)]
+pub struct RenderFailure {
+    pub message: String,
+    /// The failure is a `facts.*` variable before facts were gathered: gather, then retry.
+    pub needs_facts: bool,
+}
+
+/// Renders every step (and handler) for one host. `facts` is `None` before they are known.
+pub fn render_steps(
+    steps: &[Step],
+    templates: &Templates,
+    secrets: &Secrets,
+    vars: &serde_json::Map<String, Value>,
+    facts: Option<&Facts>,
+    settings: &RunSettings,
+) -> Result<Vec<HostStep>, RenderFailure> {
+    let mut ctx = vars.clone();
+    if let Some(f) = facts {
+        ctx.insert(
+            "facts".into(),
+            serde_json::to_value(f).expect("facts serialize"),
+        );
+    }
+    let ctx: JValue = to_jinja(&ctx);
+    let fail = |e: RenderError, step: &Step| RenderFailure {
+        needs_facts: facts.is_none() && e.message.starts_with("undefined variable `facts"),
+        message: format!("{e}\n  in step `{}`", step.name),
+    };
+    let mut out = Vec::new();
+    for step in steps {
+        let mut host_step = HostStep {
+            name: step.name.clone(),
+            location: step.location(),
+            notify: step.notify.clone(),
+            work: StepWork::Skip(String::new()),
+        };
+        if let Some(reason) = tag_skip(step, settings) {
+            host_step.work = StepWork::Skip(reason);
+            out.push(host_step);
+            continue;
+        }
+        if let Some(when) = &step.when
+            && !templates
+                .eval_when(when, &step.file, &ctx)
+                .map_err(|e| fail(e, step))?
+        {
+            let text = when
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| when.to_json().to_string());
+            host_step.work = StepWork::Skip(format!("when `{text}` is false"));
+            out.push(host_step);
+            continue;
+        }
+        let mut params = templates
+            .render_node(&step.params, &step.file, &ctx)
+            .map_err(|e| fail(e, step))?;
+        secrets.resolve_in(&mut params).map_err(|e| RenderFailure {
+            message: format!("{}: {e}\n  in step `{}`", step.location(), step.name),
+            needs_facts: false,
+        })?;
+        if let (Some(name), Some(at)) =
+            (params.get("template").cloned(), step.params.get("template"))
+        {
+            let name = name.as_str().ok_or_else(|| RenderFailure {
+                message: format!(
+                    "{}: `template` must be a file name\n  in step `{}`",
+                    at.loc(&step.file),
+                    step.name
+                ),
+                needs_facts: false,
+            })?;
+            let text = templates
+                .render_file(name, &ctx, at, &step.file)
+                .map_err(|e| fail(e, step))?;
+            let map = params.as_object_mut().expect("parameters are a mapping");
+            map.remove("template");
+            map.insert("content".into(), Value::String(text));
+        }
+        let resource = (step.kind.build)(params).map_err(|e| RenderFailure {
+            message: format!(
+                "{}: {}: {e}\n  in step `{}`",
+                step.location(),
+                step.kind.name,
+                step.name
+            ),
+            needs_facts: false,
+        })?;
+        host_step.work = StepWork::Run(resource);
+        out.push(host_step);
+    }
+    Ok(out)
+}
+
+fn tag_skip(step: &Step, settings: &RunSettings) -> Option<String> {
+    if !settings.tags.is_empty() && !step.tags.iter().any(|t| settings.tags.contains(t)) {
+        return Some(format!("not tagged {}", settings.tags.join(" or ")));
+    }
+    if let Some(t) = step.tags.iter().find(|t| settings.skip_tags.contains(t)) {
+        return Some(format!("tag {t} skipped"));
+    }
+    None
+}
+
+/// A fresh nonce for the markers of one script.
+fn nonce() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The probe of every step that runs, and the facts, in one script.
+fn probe_script(nonce: &str, steps: &[HostStep]) -> Script {
+    let mut s = remote::frame_start(nonce, "facts")
+        .raw("(\n")
+        .raw(facts::PROBE)
+        .raw("\n)\n");
+    for (i, step) in steps.iter().enumerate() {
+        if let StepWork::Run(resource) = &step.work {
+            s = s.then(framed(nonce, &i.to_string(), resource.probe(), false));
+        }
+    }
+    s
+}
+
+/// `script` in a subshell, its output under frame `id` and its exit status under `end:id`.
+/// `with_stderr`: the subshell's stderr goes into the frame too (apply output, for errors).
+fn framed(nonce: &str, id: &str, script: Script, with_stderr: bool) -> Script {
+    remote::frame_start(nonce, id)
+        .raw("(\n")
+        .then(script)
+        .raw(if with_stderr {
+            "\n) 2>&1\nrc=$?\n"
+        } else {
+            "\n)\nrc=$?\n"
+        })
+        .then(remote::frame_start(nonce, &format!("end:{id}")))
+        .raw("printf '%s\\n' \"$rc\"\n")
+}
+
+/// Frames of one script's output: id -> (text, exit status).
+struct Frames(BTreeMap<String, String>);
+
+impl Frames {
+    fn parse(nonce: &str, out: &ExecOutput) -> Frames {
+        let text = String::from_utf8_lossy(&out.stdout);
+        Frames(remote::split_frames(nonce, &text).into_iter().collect())
+    }
+
+    fn get(&self, id: &str) -> Option<(&str, Option<i32>)> {
+        let text = self.0.get(id)?;
+        let rc = self
+            .0
+            .get(&format!("end:{id}"))
+            .and_then(|t| t.trim().parse().ok());
+        Some((text.as_str(), rc))
+    }
+}
+
+/// Runs a script on the host: one exec round trip.
+async fn run_script<S: Session>(
+    session: &S,
+    become_root: bool,
+    script: &Script,
+    timeout: Duration,
+) -> Result<ExecOutput, String> {
+    let text = script.render().map_err(|e| e.to_string())?;
+    session
+        .exec(&remote::exec_command(become_root), text.as_bytes(), timeout)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Probes every running step: the facts and each step's verdict (or why it failed).
+pub async fn probe<S: Session>(
+    session: &S,
+    become_root: bool,
+    steps: &[HostStep],
+    timeout: Duration,
+) -> Result<(Facts, Vec<Option<Result<Verdict, String>>>), String> {
+    let nonce = nonce();
+    let out = run_script(session, become_root, &probe_script(&nonce, steps), timeout).await?;
+    let frames = Frames::parse(&nonce, &out);
+    let facts_text = frames.get("facts").map(|(t, _)| t).unwrap_or("");
+    let facts = facts::parse(facts_text).map_err(|e| {
+        format!(
+            "the probe script did not run ({}): {e}\n{}",
+            out.status_text(),
+            out.stderr_block()
+        )
+    })?;
+    let verdicts = steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| match &step.work {
+            StepWork::Skip(_) => None,
+            StepWork::Run(resource) => Some(match frames.get(&i.to_string()) {
+                None => Err(format!(
+                    "the probe stopped before this step\n{}",
+                    out.stderr_block()
+                )),
+                Some((text, Some(0))) => resource.diff(text).map_err(|e| e.to_string()),
+                Some((text, rc)) => Err(format!(
+                    "the probe failed (exit status {})\n---- output ----\n{text}\n{}",
+                    rc.map(|r| r.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                    out.stderr_block()
+                )),
+            }),
+        })
+        .collect();
+    Ok((facts, verdicts))
+}
+
+/// Takes the remote lock, then applies each differing step in order, stopping at the first
+/// failure, then the notified handlers. Returns, per step and per handler, `Ok` or the
+/// failure's output; `None` for what did not run.
+pub async fn apply<S: Session>(
+    session: &S,
+    become_root: bool,
+    steps: &[HostStep],
+    verdicts: &[Option<Verdict>],
+    handlers: &[HostStep],
+    run_handler: &[bool],
+    ctx: &ApplyContext,
+    timeout: Duration,
+) -> Result<
+    (
+        Vec<Option<Result<(), String>>>,
+        Vec<Option<Result<(), String>>>,
+    ),
+    String,
+> {
+    let nonce = nonce();
+    let mut s = lock_script(ctx);
+    for (i, (step, verdict)) in steps.iter().zip(verdicts).enumerate() {
+        if let (StepWork::Run(resource), Some(v)) = (&step.work, verdict)
+            && !v.is_in_line()
+        {
+            let body = Script::new().raw("set -e\n").then(resource.apply(v, ctx));
+            s = s
+                .then(framed(&nonce, &i.to_string(), body, true))
+                .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
+        }
+    }
+    for (j, (handler, run)) in handlers.iter().zip(run_handler).enumerate() {
+        if let (StepWork::Run(resource), true) = (&handler.work, run) {
+            let body = Script::new()
+                .raw("set -e\n")
+                .then(resource.apply(&Verdict::Modify(Vec::new()), ctx));
+            s = s
+                .then(framed(&nonce, &format!("h{j}"), body, true))
+                .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
+        }
+    }
+    let out = run_script(session, become_root, &s, timeout).await?;
+    if out.exit_status == Some(75) {
+        return Err(format!(
+            "the host is locked by another run\n{}",
+            out.stderr_block()
+        ));
+    }
+    if !out.success() {
+        return Err(format!(
+            "the apply script ended with {}\n{}",
+            out.status_text(),
+            out.stderr_block()
+        ));
+    }
+    let frames = Frames::parse(&nonce, &out);
+    let result = |id: String| {
+        frames.get(&id).map(|(text, rc)| match rc {
+            Some(0) => Ok(()),
+            _ => Err(format!(
+                "exit status {}\n---- output ----\n{}\n----------------",
+                rc.map(|r| r.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                text.trim_end()
+            )),
+        })
+    };
+    let steps_done = (0..steps.len()).map(|i| result(i.to_string())).collect();
+    let handlers_done = (0..handlers.len())
+        .map(|j| result(format!("h{j}")))
+        .collect();
+    Ok((steps_done, handlers_done))
+}
+
+/// Taken first and held for the whole apply script, so that two runs never apply to one host
+/// at once: `<state dir>/lock`, the state dir being the parent of the backup root
+/// (`/var/lib/rampart`).
+fn lock_script(ctx: &ApplyContext) -> Script {
+    let root = ctx.backup_root.trim_end_matches('/');
+    let dir = root
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("/var/lib/rampart");
+    let lock = format!("{dir}/lock");
+    Script::new()
+        .raw("umask 077\nmkdir -p ")
+        .arg(dir)
+        .raw("\nexec 9>>")
+        .arg(&lock)
+        .raw("\nif command -v flock >/dev/null 2>&1; then\n  flock -n 9 || { printf 'rampart: another run is applying to this host (lock: %s)\\n' ")
+        .arg(&lock)
+        .raw(" >&2; exit 75; }\nfi\numask 022\n")
+}
+
+/// Builds the report of one step from its verdict.
+pub fn step_report(step: &HostStep, status: StepStatus, verdict: Option<&Verdict>) -> StepReport {
+    StepReport {
+        name: step.name.clone(),
+        resource: match &step.work {
+            StepWork::Run(r) => Some(r.id()),
+            StepWork::Skip(_) => None,
+        },
+        location: step.location.clone(),
+        status,
+        action: verdict.map(|v| v.action().to_string()),
+        changes: verdict
+            .map(|v| v.changes().iter().map(ChangeReport::from).collect())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::local::LocalSession;
+    use crate::yaml;
+    use std::path::Path;
+
+    fn settings() -> RunSettings {
+        RunSettings {
+            apply: true,
+            run_id: "t".into(),
+            timeout: Duration::from_secs(20),
+            tags: vec![],
+            skip_tags: vec![],
+        }
+    }
+
+    fn steps(
+        yaml_text: &str,
+        vars: serde_json::Value,
+        facts: Option<&Facts>,
+    ) -> Result<Vec<HostStep>, RenderFailure> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.yaml");
+        std::fs::write(&p, yaml_text).unwrap();
+        let book = Playbook::load(&p).unwrap();
+        let vars = vars.as_object().unwrap().clone();
+        render_steps(
+            &book.steps,
+            &Templates::new(vec![]),
+            &Secrets::default(),
+            &vars,
+            facts,
+            &settings(),
+        )
+    }
+
+    #[test]
+    fn a_facts_variable_before_facts_asks_for_them() {
+        let text = "steps:\n  - command: {run: 'echo {{ facts.os_id }}'}\n";
+        let err = steps(text, serde_json::json!({}), None).unwrap_err();
+        assert!(err.needs_facts, "{}", err.message);
+        let f = Facts {
+            os_id: "debian".into(),
+            ..Facts::default()
+        };
+        let ok = steps(text, serde_json::json!({}), Some(&f)).unwrap();
+        assert!(matches!(&ok[0].work, StepWork::Run(r) if r.id() == "command `echo debian`"));
+        let err = steps(
+            "steps:\n  - command: {run: '{{ nope }}'}\n",
+            serde_json::json!({}),
+            None,
+        )
+        .unwrap_err();
+        assert!(!err.needs_facts);
+        assert!(
+            err.message
+                .ends_with("undefined variable `nope`\n  in step `command {{ nope }}`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn when_and_tags_skip_steps_with_a_reason() {
+        let text = "steps:\n  - command: {run: a}\n    when: x == 1\n  - command: {run: b}\n    tags: [t]\n";
+        let s = steps(text, serde_json::json!({"x": 2}), None).unwrap();
+        assert!(matches!(&s[0].work, StepWork::Skip(r) if r == "when `x == 1` is false"));
+        assert!(matches!(&s[1].work, StepWork::Run(_)));
+    }
+
+    #[tokio::test]
+    async fn probe_then_apply_then_verify_in_two_plus_one_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        let text = format!(
+            "steps:\n  - command: {{run: 'touch {a}', creates: '{a}'}}\n    notify: h\n  - command: {{run: 'touch {b}', creates: '{b}'}}\nhandlers:\n  - name: h\n    command: {{run: 'echo ran > {a}.h'}}\n",
+            a = a.display(),
+            b = b.display()
+        );
+        let p = dir.path().join("p.yaml");
+        std::fs::write(&p, &text).unwrap();
+        let book = Playbook::load(&p).unwrap();
+        let t = Templates::new(vec![]);
+        let vars = serde_json::Map::new();
+        let host_steps = render_steps(
+            &book.steps,
+            &t,
+            &Secrets::default(),
+            &vars,
+            None,
+            &settings(),
+        )
+        .unwrap();
+        let handlers = render_steps(
+            &book.handlers,
+            &t,
+            &Secrets::default(),
+            &vars,
+            None,
+            &settings(),
+        )
+        .unwrap();
+        let session = LocalSession::default();
+        let (facts, verdicts) = probe(&session, false, &host_steps, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(!facts.os_id.is_empty());
+        let verdicts: Vec<Option<Verdict>> = verdicts
+            .into_iter()
+            .map(|v| v.map(|r| r.unwrap()))
+            .collect();
+        assert!(
+            verdicts
+                .iter()
+                .all(|v| v.as_ref().unwrap().action() == "modify")
+        );
+        let mut ctx = ApplyContext::new("t");
+        ctx.backup_root = dir.path().join("state/backups").display().to_string();
+        let (done, handlers_done) = apply(
+            &session,
+            false,
+            &host_steps,
+            &verdicts,
+            &handlers,
+            &[true],
+            &ctx,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        assert!(done.iter().all(|d| matches!(d, Some(Ok(())))), "{done:?}");
+        assert!(matches!(handlers_done[0], Some(Ok(()))));
+        assert!(a.exists() && b.exists());
+        assert_eq!(
+            std::fs::read_to_string(format!("{}.h", a.display())).unwrap(),
+            "ran\n"
+        );
+        let (_, again) = probe(&session, false, &host_steps, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|v| v.as_ref().unwrap().as_ref().unwrap().is_in_line())
+        );
+        assert_eq!(session.stats().snapshot().round_trips, 3);
+        let _ = yaml::parse(Path::new("x"), "a: 1");
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_stops_the_rest_and_shows_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().join("b");
+        let text = format!(
+            "steps:\n  - command: {{run: 'echo broken >&2; false'}}\n  - command: {{run: 'touch {b}', creates: '{b}'}}\n",
+            b = b.display()
+        );
+        let p = dir.path().join("p.yaml");
+        std::fs::write(&p, &text).unwrap();
+        let book = Playbook::load(&p).unwrap();
+        let vars = serde_json::Map::new();
+        let host_steps = render_steps(
+            &book.steps,
+            &Templates::new(vec![]),
+            &Secrets::default(),
+            &vars,
+            None,
+            &settings(),
+        )
+        .unwrap();
+        let session = LocalSession::default();
+        let (_, verdicts) = probe(&session, false, &host_steps, Duration::from_secs(20))
+            .await
+            .unwrap();
+        let verdicts: Vec<Option<Verdict>> = verdicts
+            .into_iter()
+            .map(|v| v.map(|r| r.unwrap()))
+            .collect();
+        let mut ctx = ApplyContext::new("t");
+        ctx.backup_root = dir.path().join("state/backups").display().to_string();
+        // While another process holds the lock, nothing is applied.
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        let mut holder = std::process::Command::new("flock")
+            .arg("--close")
+            .arg(dir.path().join("state/lock"))
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let locked = apply(
+            &session,
+            false,
+            &host_steps,
+            &verdicts,
+            &[],
+            &[],
+            &ctx,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_err();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(
+            locked.starts_with("the host is locked by another run"),
+            "{locked}"
+        );
+        assert!(
+            locked.contains(&format!("lock: {}/state/lock", dir.path().display())),
+            "{locked}"
+        );
+        let (done, _) = apply(
+            &session,
+            false,
+            &host_steps,
+            &verdicts,
+            &[],
+            &[],
+            &ctx,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        let err = done[0].clone().unwrap().unwrap_err();
+        assert!(
+            err.starts_with("exit status 1") && err.contains("broken"),
+            "{err}"
+        );
+        assert!(done[1].is_none(), "the second step did not run");
+        assert!(!b.exists());
+    }
+}
