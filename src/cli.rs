@@ -31,6 +31,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Probe every host and show what the playbook would change, as diffs. Read-only.
+    /// Exit 0 when every host is in line, 2 when something differs, 1 on any error.
+    #[command(alias = "check")]
+    Plan(PlaybookArgs),
+    /// Converge every host to the playbook, then verify. Exit 0 when every host is in line
+    /// afterwards, 1 when any host failed or could not be reached.
+    Apply(PlaybookArgs),
     /// Connect to every host and show what rampart sees: OS, architecture, init system,
     /// package manager and the tools the hardening needs.
     Facts(FactsArgs),
@@ -70,6 +77,26 @@ enum Format {
 }
 
 #[derive(Debug, Args)]
+struct PlaybookArgs {
+    #[command(flatten)]
+    hosts: HostArgs,
+    /// The playbook.
+    playbook: PathBuf,
+    /// Only steps with one of these tags (comma-separated; repeatable).
+    #[arg(short, long, value_delimiter = ',')]
+    tags: Vec<String>,
+    /// No step with one of these tags.
+    #[arg(long, value_delimiter = ',')]
+    skip_tags: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Show round trips and bytes per host (always in JSON).
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Debug, Args)]
 struct FactsArgs {
     #[command(flatten)]
     hosts: HostArgs,
@@ -94,6 +121,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Facts(args) => facts_command(args).await,
+            Command::Plan(args) => playbook_command(args, false).await,
+            Command::Apply(args) => playbook_command(args, true).await,
         }
     });
     match result {
@@ -132,7 +161,7 @@ fn default_known_hosts() -> PathBuf {
 }
 
 /// The hosts chosen by `--limit`, and the options every connection of the run shares.
-fn resolve(args: &HostArgs) -> anyhow::Result<(Vec<Host>, ConnectOptions)> {
+fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOptions)> {
     let HostArgs {
         inventory,
         limit,
@@ -149,7 +178,7 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Vec<Host>, ConnectOptions)> {
         *accept_new,
         Duration::from_secs(*connect_timeout),
     );
-    Ok((hosts, options))
+    Ok((inv, hosts, options))
 }
 
 /// One host's answer to `rampart facts`.
@@ -183,7 +212,7 @@ struct HostFacts {
 }
 
 async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
-    let (hosts, options) = resolve(&args.hosts)?;
+    let (_, hosts, options) = resolve(&args.hosts)?;
     let options = std::sync::Arc::new(options);
     let timeout = Duration::from_secs(args.hosts.timeout);
     let results = fleet::for_each_host(&hosts, args.hosts.forks, |host| {
@@ -339,4 +368,82 @@ fn write_facts_table(out: &mut impl Write, results: &[HostFacts]) -> std::io::Re
         writeln!(out, "{summary}")?;
     }
     Ok(())
+}
+
+/// A run id that sorts by time: `20261125T103000Z-4f2a9c`.
+fn run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, secs) = (now / 86_400, now % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut rand = [0u8; 3];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut rand);
+    }
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:02x}{:02x}{:02x}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        rand[0],
+        rand[1],
+        rand[2]
+    )
+}
+
+async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Outcome> {
+    let PlaybookArgs {
+        hosts: host_args,
+        playbook,
+        tags,
+        skip_tags,
+        format,
+        stats,
+    } = args;
+    let (inventory, hosts, options) = resolve(&host_args)?;
+    let book = crate::playbook::Playbook::load(&playbook)?;
+    let run = crate::fleet::Run {
+        inventory,
+        hosts,
+        templates: crate::template::Templates::for_playbook(&playbook),
+        playbook: book,
+        secrets: crate::secrets::Secrets::default(),
+        options,
+        settings: crate::engine::RunSettings {
+            apply,
+            run_id: run_id(),
+            timeout: Duration::from_secs(host_args.timeout),
+            tags,
+            skip_tags,
+        },
+        forks: host_args.forks,
+    };
+    let run = std::sync::Arc::new(run);
+    let summary = crate::fleet::run_playbook(run.clone()).await;
+    let mut text = Vec::new();
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut text, &summary)?;
+            text.push(b'\n');
+        }
+        Format::Text => crate::report::text::write(&mut text, &summary, stats)?,
+    }
+    // Secrets never leave in clear, whatever put them in the text.
+    let masked = run.secrets.mask(&String::from_utf8_lossy(&text));
+    let mut out = std::io::stdout().lock();
+    out.write_all(masked.as_bytes())?;
+    out.flush()?;
+    Ok(summary.outcome())
 }

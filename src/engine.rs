@@ -409,25 +409,35 @@ pub async fn probe<S: Session>(
     Ok((facts, verdicts))
 }
 
+/// What one host's apply does: the steps with their verdicts, and the handlers with whether
+/// each was notified by a step that changes.
+#[derive(Clone, Copy)]
+pub struct ApplyWork<'a> {
+    pub steps: &'a [HostStep],
+    pub verdicts: &'a [Option<Verdict>],
+    pub handlers: &'a [HostStep],
+    pub run_handler: &'a [bool],
+}
+
 /// Takes the remote lock, then applies each differing step in order, stopping at the first
 /// failure, then the notified handlers. Returns, per step and per handler, `Ok` or the
 /// failure's output; `None` for what did not run.
+/// Per step (and per handler): `Ok`, the failure's output, or `None` when it did not run.
+pub type Applied = Vec<Option<Result<(), String>>>;
+
 pub async fn apply<S: Session>(
     session: &S,
     become_root: bool,
-    steps: &[HostStep],
-    verdicts: &[Option<Verdict>],
-    handlers: &[HostStep],
-    run_handler: &[bool],
+    work: ApplyWork<'_>,
     ctx: &ApplyContext,
     timeout: Duration,
-) -> Result<
-    (
-        Vec<Option<Result<(), String>>>,
-        Vec<Option<Result<(), String>>>,
-    ),
-    String,
-> {
+) -> Result<(Applied, Applied), String> {
+    let ApplyWork {
+        steps,
+        verdicts,
+        handlers,
+        run_handler,
+    } = work;
     let nonce = nonce();
     let mut s = lock_script(ctx);
     for (i, (step, verdict)) in steps.iter().zip(verdicts).enumerate() {
@@ -644,10 +654,12 @@ mod tests {
         let (done, handlers_done) = apply(
             &session,
             false,
-            &host_steps,
-            &verdicts,
-            &handlers,
-            &[true],
+            ApplyWork {
+                steps: &host_steps,
+                verdicts: &verdicts,
+                handlers: &handlers,
+                run_handler: &[true],
+            },
             &ctx,
             Duration::from_secs(20),
         )
@@ -715,10 +727,12 @@ mod tests {
         let locked = apply(
             &session,
             false,
-            &host_steps,
-            &verdicts,
-            &[],
-            &[],
+            ApplyWork {
+                steps: &host_steps,
+                verdicts: &verdicts,
+                handlers: &[],
+                run_handler: &[],
+            },
             &ctx,
             Duration::from_secs(20),
         )
@@ -737,10 +751,12 @@ mod tests {
         let (done, _) = apply(
             &session,
             false,
-            &host_steps,
-            &verdicts,
-            &[],
-            &[],
+            ApplyWork {
+                steps: &host_steps,
+                verdicts: &verdicts,
+                handlers: &[],
+                run_handler: &[],
+            },
             &ctx,
             Duration::from_secs(20),
         )

@@ -79,3 +79,406 @@ pub async fn connect_host(
         Err(e) => Err(e),
     }
 }
+
+use std::time::Instant;
+
+use crate::engine::{self, HostReport, HostStatus, HostStep, RunSettings, StepStatus, StepWork};
+use crate::inventory::Inventory;
+use crate::playbook::Playbook;
+use crate::resource::{ApplyContext, Verdict};
+use crate::secrets::Secrets;
+use crate::template::Templates;
+use crate::transport::Session;
+
+/// What a run needs, shared by every host.
+pub struct Run {
+    pub inventory: Inventory,
+    pub hosts: Vec<Host>,
+    pub playbook: Playbook,
+    pub templates: Templates,
+    pub secrets: Secrets,
+    pub options: ConnectOptions,
+    pub settings: RunSettings,
+    pub forks: usize,
+}
+
+/// The fleet's record of a run: every host's report, in inventory order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FleetSummary {
+    pub run_id: String,
+    pub mode: &'static str,
+    pub hosts: Vec<HostReport>,
+    /// Set when bad input stopped the run before anything was applied anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+}
+
+impl FleetSummary {
+    pub fn outcome(&self) -> crate::exit::Outcome {
+        use crate::exit::Outcome;
+        if self.aborted.is_some()
+            || self
+                .hosts
+                .iter()
+                .any(|h| matches!(h.status, HostStatus::Failed | HostStatus::Unreachable))
+        {
+            Outcome::Failed
+        } else if self.hosts.iter().any(|h| h.status == HostStatus::Differs) {
+            Outcome::Differs
+        } else {
+            Outcome::Ok
+        }
+    }
+}
+
+/// One host between the phases: its connection, rendered steps and verdicts.
+struct Probed {
+    report: HostReport,
+    session: Option<SshSession>,
+    become_root: bool,
+    steps: Vec<HostStep>,
+    handlers: Vec<HostStep>,
+    verdicts: Vec<Option<Verdict>>,
+    started: Instant,
+}
+
+/// Plans or applies the playbook on every host.
+///
+/// Phase 1, all hosts at once: connect, render (with facts if the steps use them), probe and
+/// diff. If any host's input is bad (a template error, a bad parameter), the run stops there:
+/// nothing is applied on any host. Phase 2 (apply only), all hosts at once: apply what differs,
+/// run notified handlers, verify with a fresh probe.
+pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
+    let mode = if run.settings.apply { "apply" } else { "plan" };
+    let probed = for_each_host(&run.hosts, run.forks, |host| {
+        let run = run.clone();
+        async move { probe_host(&run, host).await }
+    })
+    .await;
+
+    let bad_input: Vec<String> = probed
+        .iter()
+        .filter(|p| {
+            p.report.status == HostStatus::Failed && p.report.hint.as_deref() == Some(INPUT_HINT)
+        })
+        .map(|p| p.report.name.clone())
+        .collect();
+    if !run.settings.apply || !bad_input.is_empty() {
+        let aborted = (!bad_input.is_empty()).then(|| {
+            format!(
+                "bad input for {}: nothing was applied on any host",
+                bad_input.join(", ")
+            )
+        });
+        let hosts = close_all(probed).await;
+        return FleetSummary {
+            run_id: run.settings.run_id.clone(),
+            mode,
+            hosts,
+            aborted,
+        };
+    }
+
+    let slots: Vec<Arc<tokio::sync::Mutex<Option<Probed>>>> = probed
+        .into_iter()
+        .map(|p| Arc::new(tokio::sync::Mutex::new(Some(p))))
+        .collect();
+    let slots = Arc::new(slots);
+    let reports = for_each_host(&run.hosts, run.forks, |host| {
+        let run = run.clone();
+        let slots = slots.clone();
+        let i = run
+            .hosts
+            .iter()
+            .position(|h| h.name == host.name)
+            .expect("known host");
+        async move {
+            let probed = slots[i].lock().await.take().expect("each host once");
+            apply_host(&run, probed).await
+        }
+    })
+    .await;
+    FleetSummary {
+        run_id: run.settings.run_id.clone(),
+        mode,
+        hosts: reports,
+        aborted: None,
+    }
+}
+
+/// Marks a host whose failure is bad input (not the host's fault).
+const INPUT_HINT: &str = "fix the playbook or inventory: nothing was applied on any host";
+
+async fn probe_host(run: &Run, host: Host) -> Probed {
+    let started = Instant::now();
+    let mut p = Probed {
+        report: HostReport::new(&host),
+        session: None,
+        become_root: run.playbook.become_root.unwrap_or(host.become_root),
+        steps: Vec::new(),
+        handlers: Vec::new(),
+        verdicts: Vec::new(),
+        started,
+    };
+    let settings = &run.settings;
+    let vars = match engine::host_vars(&host, &run.inventory, &run.playbook, &run.secrets) {
+        Ok(v) => v,
+        Err(e) => {
+            p.report
+                .fail(HostStatus::Failed, e, Some(INPUT_HINT.into()));
+            return p;
+        }
+    };
+    // Render before connecting: bad input is found without touching any host.
+    let render = |facts: Option<&crate::facts::Facts>| {
+        let steps = engine::render_steps(
+            &run.playbook.steps,
+            &run.templates,
+            &run.secrets,
+            &vars,
+            facts,
+            settings,
+        )?;
+        let handlers = engine::render_steps(
+            &run.playbook.handlers,
+            &run.templates,
+            &run.secrets,
+            &vars,
+            facts,
+            settings,
+        )?;
+        Ok::<_, engine::RenderFailure>((steps, handlers))
+    };
+    let mut rendered = match render(None) {
+        Ok(r) => Some(r),
+        Err(e) if e.needs_facts => None,
+        Err(e) => {
+            p.report
+                .fail(HostStatus::Failed, e.message, Some(INPUT_HINT.into()));
+            return p;
+        }
+    };
+    let connected = match connect_host(&host, &run.options).await {
+        Ok(c) => c,
+        Err(e) => {
+            let status = if e.kind() == "unreachable" {
+                HostStatus::Unreachable
+            } else {
+                HostStatus::Failed
+            };
+            p.report.fail(status, e.to_string(), e.hint());
+            return p;
+        }
+    };
+    p.report.login = Some(connected.login.clone());
+    p.report.note = connected.note.clone();
+    let session = connected.session;
+    if rendered.is_none() {
+        // The steps use facts: one more round trip, for this host only.
+        match engine::probe(&session, p.become_root, &[], settings.timeout).await {
+            Ok((facts, _)) => match render(Some(&facts)) {
+                Ok(r) => rendered = Some(r),
+                Err(e) => {
+                    p.report
+                        .fail(HostStatus::Failed, e.message, Some(INPUT_HINT.into()));
+                    p.session = Some(session);
+                    return p;
+                }
+            },
+            Err(e) => {
+                p.report.fail(HostStatus::Failed, e, None);
+                p.session = Some(session);
+                return p;
+            }
+        }
+    }
+    let (steps, handlers) = rendered.expect("rendered above");
+    match engine::probe(&session, p.become_root, &steps, settings.timeout).await {
+        Err(e) => p.report.fail(HostStatus::Failed, e, None),
+        Ok((facts, verdicts)) => {
+            p.report.facts = Some(facts);
+            let mut differs = false;
+            let mut failed = false;
+            for (step, verdict) in steps.iter().zip(&verdicts) {
+                let (status, v) = match (&step.work, verdict) {
+                    (StepWork::Skip(reason), _) => (StepStatus::Skipped(reason.clone()), None),
+                    (_, Some(Ok(v))) if v.is_in_line() => (StepStatus::InLine, Some(v.clone())),
+                    (_, Some(Ok(v))) => {
+                        differs = true;
+                        (StepStatus::Differs, Some(v.clone()))
+                    }
+                    (_, Some(Err(e))) => {
+                        failed = true;
+                        (StepStatus::Failed(e.clone()), None)
+                    }
+                    (_, None) => (StepStatus::NotRun, None),
+                };
+                p.report
+                    .steps
+                    .push(engine::step_report(step, status, v.as_ref()));
+                p.verdicts.push(v);
+            }
+            p.report.status = if failed {
+                p.report.error = Some("a step's probe failed".into());
+                HostStatus::Failed
+            } else if differs {
+                HostStatus::Differs
+            } else {
+                HostStatus::InLine
+            };
+        }
+    }
+    p.steps = steps;
+    p.handlers = handlers;
+    p.session = Some(session);
+    p
+}
+
+async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
+    let Some(session) = p.session.take() else {
+        return finish(p.report, p.started, None).0;
+    };
+    if p.report.status != HostStatus::Differs {
+        return finish(p.report, p.started, Some(session))
+            .await_close()
+            .await;
+    }
+    let ctx = ApplyContext::new(run.settings.run_id.clone());
+    // Handlers run when a step that notifies them changes.
+    let run_handler: Vec<bool> = p
+        .handlers
+        .iter()
+        .map(|h| {
+            p.steps.iter().zip(&p.verdicts).any(|(s, v)| {
+                s.notify.contains(&h.name) && v.as_ref().is_some_and(|v| !v.is_in_line())
+            })
+        })
+        .collect();
+    let timeout = run.settings.timeout;
+    match engine::apply(
+        &session,
+        p.become_root,
+        engine::ApplyWork {
+            steps: &p.steps,
+            verdicts: &p.verdicts,
+            handlers: &p.handlers,
+            run_handler: &run_handler,
+        },
+        &ctx,
+        timeout,
+    )
+    .await
+    {
+        Err(e) => p.report.fail(HostStatus::Failed, e, None),
+        Ok((done, handlers_done)) => {
+            let mut failed = false;
+            for (i, result) in done.iter().enumerate() {
+                let report = &mut p.report.steps[i];
+                match result {
+                    Some(Ok(())) => report.status = StepStatus::Changed,
+                    Some(Err(e)) => {
+                        failed = true;
+                        report.status = StepStatus::Failed(format!("apply failed: {e}"));
+                    }
+                    None if report.status == StepStatus::Differs => {
+                        report.status = StepStatus::NotRun
+                    }
+                    None => {}
+                }
+            }
+            for (j, result) in handlers_done.iter().enumerate() {
+                if let Some(result) = result {
+                    let status = match result {
+                        Ok(()) => StepStatus::Changed,
+                        Err(e) => {
+                            failed = true;
+                            StepStatus::Failed(format!("handler failed: {e}"))
+                        }
+                    };
+                    p.report
+                        .handlers
+                        .push(engine::step_report(&p.handlers[j], status, None));
+                }
+            }
+            if failed {
+                p.report.status = HostStatus::Failed;
+                p.report.error = Some("a step failed; the steps after it did not run".into());
+            } else {
+                verify(&session, &mut p, timeout).await;
+            }
+        }
+    }
+    finish(p.report, p.started, Some(session))
+        .await_close()
+        .await
+}
+
+/// The verify probe: every changed step must now be in line ("not idempotent" otherwise).
+async fn verify(session: &SshSession, p: &mut Probed, timeout: std::time::Duration) {
+    match engine::probe(session, p.become_root, &p.steps, timeout).await {
+        Err(e) => p
+            .report
+            .fail(HostStatus::Failed, format!("verify probe: {e}"), None),
+        Ok((_, verdicts)) => {
+            let mut failed = false;
+            for (i, v) in verdicts.iter().enumerate() {
+                if p.report.steps[i].status != StepStatus::Changed {
+                    continue;
+                }
+                match v {
+                    Some(Ok(v)) if v.is_in_line() => {}
+                    Some(Ok(v)) => {
+                        failed = true;
+                        let fields: Vec<&str> =
+                            v.changes().iter().map(|c| c.field.as_str()).collect();
+                        p.report.steps[i].status = StepStatus::Failed(format!(
+                            "not idempotent: still differs after apply ({})",
+                            fields.join(", ")
+                        ));
+                    }
+                    Some(Err(e)) => {
+                        failed = true;
+                        p.report.steps[i].status = StepStatus::Failed(format!("verify probe: {e}"));
+                    }
+                    None => {}
+                }
+            }
+            p.report.status = if failed {
+                HostStatus::Failed
+            } else {
+                HostStatus::Changed
+            };
+            if failed {
+                p.report.error = Some("a step still differs after its apply".into());
+            }
+        }
+    }
+}
+
+/// A report with its time and stats, waiting for its session to close.
+struct Finished(HostReport, Option<SshSession>);
+
+impl Finished {
+    async fn await_close(self) -> HostReport {
+        if let Some(s) = self.1 {
+            s.close().await;
+        }
+        self.0
+    }
+}
+
+fn finish(mut report: HostReport, started: Instant, session: Option<SshSession>) -> Finished {
+    if let Some(s) = &session {
+        report.stats = s.stats().snapshot();
+    }
+    report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    Finished(report, session)
+}
+
+async fn close_all(probed: Vec<Probed>) -> Vec<HostReport> {
+    let mut out = Vec::new();
+    for p in probed {
+        out.push(finish(p.report, p.started, p.session).await_close().await);
+    }
+    out
+}

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod inventory;
 pub mod playbook;
 pub mod remote;
+pub mod report;
 pub mod resource;
 pub mod secrets;
 pub mod template;

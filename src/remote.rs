@@ -141,7 +141,7 @@ impl fmt::Display for Script {
                     Err(_) => f.write_str("<value with NUL>")?,
                 },
                 Piece::Secret { name, .. } => write!(f, "<secret:{name}>")?,
-                Piece::Payload(data) => write!(f, "<<payload: {} bytes>>\n", data.len())?,
+                Piece::Payload(data) => writeln!(f, "<<payload: {} bytes>>", data.len())?,
             }
         }
         Ok(())
