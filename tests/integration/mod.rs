@@ -1,3 +1,5 @@
 mod common;
+mod engine;
 mod facts;
+mod resources_user;
 mod transport;
