@@ -188,7 +188,38 @@ pub fn host_vars(
     vars.insert("group_names".into(), serde_json::json!(host.groups));
     let groups: BTreeMap<&String, &Vec<String>> = inventory.groups.iter().collect();
     vars.insert("groups".into(), serde_json::json!(groups));
+    // The public half of the key rampart logs in with: the admin's default authorized key.
+    if !vars.contains_key("login_public_key")
+        && let Some(key) = login_public_key(host)
+    {
+        vars.insert("login_public_key".into(), Value::String(key));
+    }
     Ok(vars)
+}
+
+/// `identity.pub` (or the first default key of `~/.ssh` when no identity is set), as an
+/// OpenSSH public key line.
+fn login_public_key(host: &Host) -> Option<String> {
+    let candidates: Vec<std::path::PathBuf> = match &host.identity {
+        Some(p) => vec![p.clone()],
+        None => {
+            let home = std::path::PathBuf::from(std::env::var_os("HOME")?);
+            ["id_ed25519", "id_ecdsa", "id_rsa"]
+                .iter()
+                .map(|n| home.join(".ssh").join(n))
+                .collect()
+        }
+    };
+    candidates.iter().find_map(|p| {
+        let key = crate::transport::ssh::public_half(p)?;
+        let line = key.to_openssh().ok()?;
+        Some(
+            line.split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    })
 }
 
 /// Why a host's steps could not be rendered.

@@ -271,6 +271,8 @@ async fn probe_host(run: &Run, host: Host) -> Probed {
         }
     };
     p.report.login = Some(connected.login.clone());
+    // root needs no sudo: the bootstrap login of a fresh host is usually root.
+    p.become_root = p.become_root && connected.login != "root";
     p.report.note = connected.note.clone();
     let session = connected.session;
     if rendered.is_none() {

@@ -72,6 +72,28 @@ impl Templates {
             NodeValue::String(s) => {
                 if !s.contains("{{") && !s.contains("{%") && !s.contains("{#") {
                     Value::String(s.clone())
+                } else if let Some(expr) = single_expression(s) {
+                    // `"{{ x }}"` alone keeps x's type (a list stays a list), as in Ansible.
+                    let compiled = self
+                        .env
+                        .compile_expression(expr)
+                        .map_err(|e| located(e, node, file, s, ctx))?;
+                    let value = compiled
+                        .eval(ctx.clone())
+                        .map_err(|e| located(e, node, file, s, ctx))?;
+                    if value.is_undefined() {
+                        return Err(located(
+                            Error::new(ErrorKind::UndefinedError, "undefined value"),
+                            node,
+                            file,
+                            s,
+                            ctx,
+                        ));
+                    }
+                    serde_json::to_value(&value).map_err(|e| RenderError {
+                        loc: node.loc(file),
+                        message: e.to_string(),
+                    })?
                 } else {
                     let rendered = self
                         .render_str(s, ctx)
@@ -179,6 +201,15 @@ impl Templates {
         })?;
         Ok(value.is_true())
     }
+}
+
+/// The expression of a string that is one `{{ ... }}` and nothing else.
+fn single_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    Some(inner.trim())
 }
 
 /// Top-level names (and dotted paths) a template uses that the context does not define.
@@ -355,6 +386,20 @@ mod tests {
             v,
             serde_json::json!({"a": "admin", "b": 3, "c": ["22,443", "x"]})
         );
+    }
+
+    #[test]
+    fn a_lone_expression_keeps_its_type() {
+        let v = render(
+            "a: '{{ ports }}'\nb: '{{ ports[0] }}'\nc: ' {{ base }} '\nd: 'x{{ ports[0] }}'\n",
+        )
+        .unwrap();
+        assert_eq!(v["a"], serde_json::json!([22, 443]));
+        assert_eq!(v["b"], 22);
+        assert_eq!(v["c"], serde_json::json!({"a": 1, "n": {"x": 1}}));
+        assert_eq!(v["d"], "x22");
+        let err = render("a: '{{ nope }}'\n").unwrap_err();
+        assert_eq!(err.to_string(), "p.yaml:1:4: undefined variable `nope`");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 mod common;
 mod engine;
 mod facts;
+mod resources_file;
 mod resources_user;
 mod transport;
