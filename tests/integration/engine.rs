@@ -196,11 +196,11 @@ fn plan_apply_verify_drift_and_backups_on_three_hosts() {
 fn an_unreachable_host_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("u{}", tag());
-    let inv = inventory(dir.path(), &["h3", "ghost"], &tag);
+    let inv = inventory(dir.path(), &["h7", "ghost"], &tag);
     let out = run(dir.path(), &inv, "apply", &fixture(), &[]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("h3 (10.203.0.103:22): changed"), "{text}");
+    assert!(text.contains("h7 (10.203.0.107:22): changed"), "{text}");
     assert!(text.contains("ghost (127.0.0.1:1): UNREACHABLE"), "{text}");
     assert!(
         text.contains("apply: 2 hosts: 1 changed, 1 unreachable"),
@@ -239,7 +239,7 @@ fn bad_input_is_a_located_error_and_nothing_is_applied() {
     let inv = inventory(dir.path(), &["h1", "h2", "h3"], &tag);
     let cases: &[(&str, &str)] = &[
         // malformed YAML
-        ("  - file: {path: /x\n", ":5:"),
+        ("  - file: {path: /x\n", "bad.yaml:4:11: invalid YAML"),
         // unknown resource type
         (
             "  - fiel: {path: /x}\n",
@@ -300,10 +300,10 @@ fn hostile_values_reach_the_host_unchanged() {
     std::fs::write(
         &inv,
         format!(
-            "all:\n  vars:\n    ansible_user: root\n    ansible_ssh_private_key_file: {}\n    evil: {}\n  hosts:\n    h3: {{ansible_host: {}}}\n",
+            "all:\n  vars:\n    ansible_user: root\n    ansible_ssh_private_key_file: {}\n    evil: {}\n  hosts:\n    h8: {{ansible_host: {}}}\n",
             test_key().display(),
             serde_json::to_string(&hostile).unwrap(),
-            addr("h3")
+            addr("h8")
         ),
     )
     .unwrap();
@@ -323,11 +323,11 @@ fn hostile_values_reach_the_host_unchanged() {
         stdout(&out),
         stderr(&out)
     );
-    let content = ssh_root("h3", &format!("cat \"/root/it's \\$(x) {tag}\""));
+    let content = ssh_root("h8", &format!("cat \"/root/it's \\$(x) {tag}\""));
     assert_eq!(content, hostile);
     assert_eq!(
         ssh_root(
-            "h3",
+            "h8",
             &format!("ls /tmp/pwned-{tag} 2>/dev/null || echo none")
         ),
         "none\n"
@@ -343,9 +343,9 @@ fn the_bootstrap_login_is_used_until_the_admin_user_exists() {
     std::fs::write(
         &inv,
         format!(
-            "all:\n  vars:\n    user: {admin}\n    admin_user: {admin}\n    bootstrap_user: root\n    become: true\n    identity: {}\n  hosts:\n    h3: {{address: {}}}\n",
+            "all:\n  vars:\n    user: {admin}\n    admin_user: {admin}\n    bootstrap_user: root\n    become: true\n    identity: {}\n  hosts:\n    h9: {{address: {}}}\n",
             test_key().display(),
-            addr("h3")
+            addr("h9")
         ),
     )
     .unwrap();
@@ -360,9 +360,9 @@ fn the_bootstrap_login_is_used_until_the_admin_user_exists() {
         stderr(&first)
     );
     let j = json(&first);
-    assert_eq!(host(&j, "h3")["login"], "root");
+    assert_eq!(host(&j, "h9")["login"], "root");
     assert_eq!(
-        host(&j, "h3")["note"],
+        host(&j, "h9")["note"],
         format!("login as {admin} refused; logged in as bootstrap user root")
     );
     // Now the admin exists with the login key and sudo: the same inventory logs in as admin,
@@ -376,6 +376,6 @@ fn the_bootstrap_login_is_used_until_the_admin_user_exists() {
         stderr(&second)
     );
     let j = json(&second);
-    assert_eq!(host(&j, "h3")["login"], admin);
-    assert!(host(&j, "h3").get("note").is_none(), "{j:#}");
+    assert_eq!(host(&j, "h9")["login"], admin);
+    assert!(host(&j, "h9").get("note").is_none(), "{j:#}");
 }
