@@ -94,6 +94,9 @@ struct PlaybookArgs {
     /// Show round trips and bytes per host (always in JSON).
     #[arg(long)]
     stats: bool,
+    /// No progress on stderr.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -411,10 +414,13 @@ async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Out
         skip_tags,
         format,
         stats,
+        quiet,
     } = args;
     let (inventory, hosts, options) = resolve(&host_args)?;
     let book = crate::playbook::Playbook::load(&playbook)?;
+    let progress = crate::progress::Progress::new(hosts.len(), quiet);
     let run = crate::fleet::Run {
+        progress,
         inventory,
         hosts,
         templates: crate::template::Templates::for_playbook(&playbook),

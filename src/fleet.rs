@@ -100,6 +100,7 @@ pub struct Run {
     pub options: ConnectOptions,
     pub settings: RunSettings,
     pub forks: usize,
+    pub progress: crate::progress::Progress,
 }
 
 /// The fleet's record of a run: every host's report, in inventory order.
@@ -152,7 +153,18 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
     let mode = if run.settings.apply { "apply" } else { "plan" };
     let probed = for_each_host(&run.hosts, run.forks, |host| {
         let run = run.clone();
-        async move { probe_host(&run, host).await }
+        async move {
+            let line = run.progress.host(&host.name);
+            let p = probe_host(&run, host, &line).await;
+            let outcome = format!("{:?}", p.report.status).to_lowercase();
+            if run.settings.apply && p.report.status == HostStatus::Differs {
+                // Counted when its apply ends.
+                run.progress.pause(line);
+            } else {
+                run.progress.done(line, &outcome);
+            }
+            p
+        }
     })
     .await;
 
@@ -171,6 +183,7 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
             )
         });
         let hosts = close_all(probed).await;
+        run.progress.finish();
         return FleetSummary {
             run_id: run.settings.run_id.clone(),
             mode,
@@ -194,10 +207,21 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
             .expect("known host");
         async move {
             let probed = slots[i].lock().await.take().expect("each host once");
-            apply_host(&run, probed).await
+            let line = (probed.report.status == HostStatus::Differs)
+                .then(|| run.progress.host(&host.name));
+            if let Some(line) = &line {
+                run.progress.phase(line, "applying");
+            }
+            let report = apply_host(&run, probed).await;
+            if let Some(line) = line {
+                run.progress
+                    .done(line, &format!("{:?}", report.status).to_lowercase());
+            }
+            report
         }
     })
     .await;
+    run.progress.finish();
     FleetSummary {
         run_id: run.settings.run_id.clone(),
         mode,
@@ -209,7 +233,7 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
 /// Marks a host whose failure is bad input (not the host's fault).
 const INPUT_HINT: &str = "fix the playbook or inventory: nothing was applied on any host";
 
-async fn probe_host(run: &Run, host: Host) -> Probed {
+async fn probe_host(run: &Run, host: Host, line: &crate::progress::HostLine) -> Probed {
     let started = Instant::now();
     let mut p = Probed {
         report: HostReport::new(&host),
@@ -258,6 +282,7 @@ async fn probe_host(run: &Run, host: Host) -> Probed {
             return p;
         }
     };
+    run.progress.phase(line, "connecting");
     let connected = match connect_host(&host, &run.options).await {
         Ok(c) => c,
         Err(e) => {
@@ -295,6 +320,7 @@ async fn probe_host(run: &Run, host: Host) -> Probed {
         }
     }
     let (steps, handlers) = rendered.expect("rendered above");
+    run.progress.phase(line, "probing");
     match engine::probe(&session, p.become_root, &steps, settings.timeout).await {
         Err(e) => p.report.fail(HostStatus::Failed, e, None),
         Ok((facts, verdicts)) => {

@@ -10,6 +10,7 @@ pub mod facts;
 pub mod fleet;
 pub mod inventory;
 pub mod playbook;
+pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod resource;

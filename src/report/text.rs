@@ -127,3 +127,103 @@ fn write_change(out: &mut impl Write, c: &ChangeReport) -> io::Result<()> {
         show(&c.after)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{StepReport, StepStatus};
+    use crate::transport::StatsSnapshot;
+
+    fn host(name: &str, status: HostStatus, steps: Vec<StepReport>) -> HostReport {
+        HostReport {
+            name: name.into(),
+            address: format!("{name}.example:22"),
+            status,
+            error: None,
+            hint: None,
+            login: Some("root".into()),
+            note: None,
+            steps,
+            handlers: vec![],
+            facts: None,
+            stats: StatsSnapshot {
+                round_trips: 1,
+                bytes_sent: 100,
+                bytes_received: 50,
+            },
+            seconds: 0.1,
+        }
+    }
+
+    fn step(name: &str, status: StepStatus, changes: Vec<ChangeReport>) -> StepReport {
+        StepReport {
+            name: name.into(),
+            resource: Some(format!("file /etc/{name}")),
+            location: "site.yaml:3:5".into(),
+            status,
+            action: Some("modify".into()),
+            changes,
+        }
+    }
+
+    #[test]
+    fn plan_shows_diffs_failures_and_a_summary() {
+        let mut down = host("pi-2", HostStatus::Unreachable, vec![]);
+        down.error = Some("cannot reach pi-2.example:22: Connection refused".into());
+        down.hint = Some("check the address".into());
+        let summary = FleetSummary {
+            run_id: "r".into(),
+            mode: "plan",
+            hosts: vec![
+                host(
+                    "pi-1",
+                    HostStatus::Differs,
+                    vec![
+                        step(
+                            "motd",
+                            StepStatus::Differs,
+                            vec![ChangeReport {
+                                field: "content".into(),
+                                before: Some("hello\nold\n".into()),
+                                after: Some("hello\nnew\n".into()),
+                            }],
+                        ),
+                        step(
+                            "sshd",
+                            StepStatus::Differs,
+                            vec![ChangeReport {
+                                field: "mode".into(),
+                                before: Some("0644".into()),
+                                after: Some("0600".into()),
+                            }],
+                        ),
+                        step("ok", StepStatus::InLine, vec![]),
+                    ],
+                ),
+                down,
+            ],
+            aborted: None,
+        };
+        let mut out = Vec::new();
+        write(&mut out, &summary, true).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap(), @r"
+        pi-1 (pi-1.example:22): differs
+          ~ motd (file /etc/motd) [modify]  site.yaml:3:5
+              content:
+                --- before
+                +++ after
+                @@ -1,2 +1,2 @@
+                 hello
+                -old
+                +new
+          ~ sshd (file /etc/sshd) [modify]  site.yaml:3:5
+              mode: 0644 -> 0600
+          stats: 1 round trips, 100 bytes sent, 50 bytes received, 0.100 s
+        pi-2 (pi-2.example:22): UNREACHABLE
+          error: cannot reach pi-2.example:22: Connection refused
+          hint: check the address
+          stats: 1 round trips, 100 bytes sent, 50 bytes received, 0.100 s
+        plan: 2 hosts: 1 to change, 1 unreachable
+        ");
+    }
+}
