@@ -97,6 +97,10 @@ struct PlaybookArgs {
     /// No progress on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Seconds a host waits for the confirmation of a risky change (firewall, sshd) over a
+    /// new connection before it restores the previous state by itself.
+    #[arg(long, default_value_t = crate::resource::DEADMAN_SECONDS, value_name = "SECS")]
+    deadman_seconds: u32,
 }
 
 #[derive(Debug, Args)]
@@ -415,6 +419,7 @@ async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Out
         format,
         stats,
         quiet,
+        deadman_seconds,
     } = args;
     let (inventory, hosts, options) = resolve(&host_args)?;
     let book = crate::playbook::Playbook::load(&playbook)?;
@@ -433,6 +438,7 @@ async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Out
             timeout: Duration::from_secs(host_args.timeout),
             tags,
             skip_tags,
+            deadman_seconds,
         },
         forks: host_args.forks,
     };

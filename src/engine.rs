@@ -33,6 +33,8 @@ pub struct RunSettings {
     pub tags: Vec<String>,
     /// `--skip-tags`: no step with one of these.
     pub skip_tags: Vec<String>,
+    /// Seconds a risky change waits for confirmation before the host restores itself.
+    pub deadman_seconds: u32,
 }
 
 /// One step, rendered for one host.
@@ -576,6 +578,7 @@ mod tests {
             timeout: Duration::from_secs(20),
             tags: vec![],
             skip_tags: vec![],
+            deadman_seconds: 60,
         }
     }
 

@@ -134,6 +134,7 @@ impl FleetSummary {
 
 /// One host between the phases: its connection, rendered steps and verdicts.
 struct Probed {
+    host: Host,
     report: HostReport,
     session: Option<SshSession>,
     become_root: bool,
@@ -236,6 +237,7 @@ const INPUT_HINT: &str = "fix the playbook or inventory: nothing was applied on 
 async fn probe_host(run: &Run, host: Host, line: &crate::progress::HostLine) -> Probed {
     let started = Instant::now();
     let mut p = Probed {
+        host: host.clone(),
         report: HostReport::new(&host),
         session: None,
         become_root: run.playbook.become_root.unwrap_or(host.become_root),
@@ -371,7 +373,8 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
             .await_close()
             .await;
     }
-    let ctx = ApplyContext::new(run.settings.run_id.clone());
+    let mut ctx = ApplyContext::new(run.settings.run_id.clone());
+    ctx.deadman_seconds = run.settings.deadman_seconds;
     // Handlers run when a step that notifies them changes.
     let run_handler: Vec<bool> = p
         .handlers
@@ -428,17 +431,107 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
                         .push(engine::step_report(&p.handlers[j], status, None));
                 }
             }
+            // A change that can cut us off is confirmed over a NEW connection, which disarms
+            // the host's dead-man switch; without it the host restores itself.
+            let risky: Vec<usize> = p
+                .steps
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    matches!(&s.work, StepWork::Run(r) if r.risky())
+                        && matches!(
+                            p.report.steps[*i].status,
+                            StepStatus::Changed | StepStatus::Failed(_)
+                        )
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let mut confirmed = None;
+            if !risky.is_empty() {
+                match confirm(run, &p.host, &ctx).await {
+                    Ok(fresh) => confirmed = Some(fresh),
+                    Err(e) => {
+                        failed = true;
+                        for &i in &risky {
+                            p.report.steps[i].status =
+                                StepStatus::Failed(format!("rolled back: lost access: {e}"));
+                        }
+                        p.report.fail(
+                            HostStatus::Failed,
+                            format!(
+                                "rolled back: lost access after a risky change; the host restores the previous state {} s after the change",
+                                ctx.deadman_seconds
+                            ),
+                            None,
+                        );
+                        p.report.note = Some(after_rollback(run, &p.host, &ctx).await);
+                    }
+                }
+            }
             if failed {
-                p.report.status = HostStatus::Failed;
-                p.report.error = Some("a step failed; the steps after it did not run".into());
+                if p.report.error.is_none() {
+                    p.report.status = HostStatus::Failed;
+                    p.report.error = Some("a step failed; the steps after it did not run".into());
+                }
+            } else if let Some(fresh) = &confirmed {
+                verify(fresh, &mut p, timeout).await;
             } else {
                 verify(&session, &mut p, timeout).await;
+            }
+            if let Some(fresh) = confirmed {
+                fresh.close().await;
             }
         }
     }
     finish(p.report, p.started, Some(session))
         .await_close()
         .await
+}
+
+/// Opens a NEW connection (the same logins as any connection of the run) and disarms the
+/// run's dead-man switches over it. The new session is returned for the verify probe.
+async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<SshSession, String> {
+    let connected = connect_host(host, &run.options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let become_root =
+        run.playbook.become_root.unwrap_or(host.become_root) && connected.login != "root";
+    let script = crate::resource::deadman_disarm(ctx)
+        .render()
+        .map_err(|e| e.to_string())?;
+    let out = connected
+        .session
+        .exec(
+            &crate::remote::exec_command(become_root),
+            script.as_bytes(),
+            run.settings.timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() || !String::from_utf8_lossy(&out.stdout).contains("disarmed") {
+        return Err(format!(
+            "could not disarm the dead-man switch: {}\n{}",
+            out.status_text(),
+            out.stderr_block()
+        ));
+    }
+    Ok(connected.session)
+}
+
+/// After a lost confirmation: waits for the host's restore, then says whether access is back.
+async fn after_rollback(run: &Run, host: &Host, ctx: &ApplyContext) -> String {
+    tokio::time::sleep(std::time::Duration::from_secs(
+        u64::from(ctx.deadman_seconds) + 5,
+    ))
+    .await;
+    for _ in 0..6 {
+        if let Ok(c) = connect_host(host, &run.options).await {
+            c.session.close().await;
+            return "the host restored the previous state; access is back".to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+    "the host is still unreachable after its restore time".to_string()
 }
 
 /// The verify probe: every changed step must now be in line ("not idempotent" otherwise).

@@ -1562,10 +1562,9 @@ mod tests {
     // ---- real runs on this machine, in a temporary folder ----
 
     fn ctx(dir: &Path) -> ApplyContext {
-        ApplyContext {
-            run_id: "run1".into(),
-            backup_root: format!("{}/backups", dir.display()),
-        }
+        let mut ctx = ApplyContext::new("run1");
+        ctx.backup_root = format!("{}/backups", dir.display());
+        ctx
     }
 
     fn backup_of(dir: &Path, path: &Path) -> std::path::PathBuf {

@@ -26,6 +26,8 @@ pub struct ApplyContext {
     /// The folder that holds every run's backups on the host: [`ApplyContext::BACKUP_ROOT`]
     /// unless a test points it into a temporary folder.
     pub backup_root: String,
+    /// Seconds a risky change waits for confirmation before the host restores itself.
+    pub deadman_seconds: u32,
 }
 
 impl ApplyContext {
@@ -37,6 +39,7 @@ impl ApplyContext {
         ApplyContext {
             run_id: run_id.into(),
             backup_root: ApplyContext::BACKUP_ROOT.to_string(),
+            deadman_seconds: DEADMAN_SECONDS,
         }
     }
 
@@ -145,6 +148,85 @@ pub trait Resource: fmt::Debug + Send + Sync {
     /// POSIX sh that makes the changes of `verdict`; idempotent and safe to rerun. It exits
     /// non-zero on failure, with the reason on stderr.
     fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script;
+
+    /// The change can cut the controller off (firewall, sshd): its apply arms the dead-man
+    /// switch ([`deadman_arm`]) before changing anything, and the engine confirms over a NEW
+    /// connection afterwards, which disarms it ([`deadman_disarm`]).
+    fn risky(&self) -> bool {
+        false
+    }
+}
+
+/// How long a host waits for the controller's confirmation before it restores itself.
+pub const DEADMAN_SECONDS: u32 = 60;
+
+/// The folder of this run's dead-man switches on the host.
+pub fn deadman_dir(ctx: &ApplyContext) -> String {
+    let root = ctx.backup_root.trim_end_matches('/');
+    let state = root
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("/var/lib/rampart");
+    format!("{state}/deadman/{}", ctx.run_id)
+}
+
+/// Arms the dead-man switch for one change: `restore` (POSIX sh that puts the previous state
+/// back, e.g. reloads the saved firewall ruleset) runs after `ctx.deadman_seconds` unless
+/// [`deadman_disarm`] ran first. Call it in an apply script BEFORE the change, after saving
+/// what `restore` needs. `key` names this switch within the run (`nftables`, `sshd`).
+///
+/// A systemd timer (`systemd-run --on-active`) when systemd runs, else a detached `sleep`:
+/// either way the restore script first checks that it is still armed, so disarming is
+/// removing one file.
+pub fn deadman_arm(ctx: &ApplyContext, key: &str, restore: Script) -> Script {
+    let dir = deadman_dir(ctx);
+    let armed = format!("{dir}/{key}.armed");
+    let script = format!("{dir}/{key}.sh");
+    let unit = format!("rampart-deadman-{}-{key}", ctx.run_id);
+    let body = Script::new()
+        .raw("#!/bin/sh\n[ -e ")
+        .arg(&armed)
+        .raw(" ] || exit 0\nrm -f ")
+        .arg(&armed)
+        .raw("\nlogger -t rampart \"dead-man switch: no confirmation, restoring ")
+        .raw(key)
+        .raw("\" 2>/dev/null || true\n")
+        .then(restore);
+    let text = body.render().unwrap_or_default();
+    Script::new()
+        .raw("mkdir -p ")
+        .arg(&dir)
+        .raw(" && chmod 700 ")
+        .arg(&dir)
+        .raw("\nbase64 -d >")
+        .arg(&script)
+        .raw(" ")
+        .payload(text.as_bytes())
+        .raw(": >")
+        .arg(&armed)
+        .raw("\nif [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then\n  systemd-run --quiet --collect --unit=")
+        .arg(&unit)
+        .raw(&format!(" --on-active={} /bin/sh ", ctx.deadman_seconds))
+        .arg(&script)
+        .raw("\nelse\n  (setsid sh -c 'sleep \"$1\"; sh \"$2\"' rampart-deadman ")
+        .raw(&ctx.deadman_seconds.to_string())
+        .raw(" ")
+        .arg(&script)
+        .raw(" </dev/null >/dev/null 2>&1 &)\nfi\n")
+}
+
+/// Disarms every dead-man switch of this run on the host (and stops their timers).
+pub fn deadman_disarm(ctx: &ApplyContext) -> Script {
+    let dir = deadman_dir(ctx);
+    Script::new()
+        .raw("rm -f ")
+        .arg(&dir)
+        .raw("/*.armed\nif command -v systemctl >/dev/null 2>&1; then\n  for u in $(systemctl list-units --all --plain --no-legend ")
+        .arg(&format!("rampart-deadman-{}-*", ctx.run_id))
+        .raw(" 2>/dev/null | awk '{print $1}'); do systemctl stop \"$u\" 2>/dev/null || true; done\nfi\nrm -rf ")
+        .arg(&dir)
+        .raw("\necho disarmed\n")
 }
 
 /// A resource type: its name in playbooks, its parameter names (for "unknown key" errors at
@@ -227,4 +309,51 @@ pub async fn converge_one<S: crate::transport::Session>(
         .diff(&run(resource.probe()).await?)
         .map_err(|e| e.to_string())?;
     Ok((before, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Session;
+    use crate::transport::local::LocalSession;
+    use std::time::Duration;
+
+    async fn sh(script: Script) -> String {
+        let out = LocalSession::default()
+            .exec(
+                &crate::remote::exec_command(false),
+                script.render().unwrap().as_bytes(),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(out.success(), "{}", out.stderr_block());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_deadman_restores_and_a_confirmed_one_does_not() {
+        // This machine runs no systemd: the detached-sleep path. Hosts take the timer path,
+        // tested on testbed hosts.
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = ApplyContext::new("t1");
+        ctx.backup_root = dir.path().join("state/backups").display().to_string();
+        ctx.deadman_seconds = 1;
+        let restored = dir.path().join("restored");
+        let restore = Script::new()
+            .raw("echo restored > ")
+            .arg(restored.to_str().unwrap());
+        sh(deadman_arm(&ctx, "fw", restore.clone())).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(std::fs::read_to_string(&restored).unwrap(), "restored\n");
+
+        std::fs::remove_file(&restored).unwrap();
+        let mut ctx2 = ctx.clone();
+        ctx2.run_id = "t2".into();
+        sh(deadman_arm(&ctx2, "fw", restore)).await;
+        assert_eq!(sh(deadman_disarm(&ctx2)).await, "disarmed\n");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!restored.exists(), "a disarmed switch restores nothing");
+        assert!(!std::path::Path::new(&deadman_dir(&ctx2)).exists());
+    }
 }
