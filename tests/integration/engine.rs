@@ -8,7 +8,12 @@ use serde_json::Value;
 
 use super::common::*;
 
-const TOKEN: &str = "tok-3b1f9e07c2a64d51-secret";
+/// The secret of these tests: `scripts/test` makes a fresh one per run and greps the whole
+/// suite's output for it afterwards.
+fn token() -> String {
+    std::env::var("RAMPART_TEST_SECRET_VALUE")
+        .unwrap_or_else(|_| "tok-3b1f9e07c2a64d51-secret".into())
+}
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/site.yaml")
@@ -36,7 +41,7 @@ fn inventory(dir: &Path, hosts: &[&str], tag: &str) -> PathBuf {
 
 fn run(dir: &Path, inv: &Path, cmd: &str, playbook: &Path, extra: &[&str]) -> Output {
     let out = rampart(dir)
-        .env("RAMPART_TEST_APP_TOKEN", TOKEN)
+        .env("RAMPART_TEST_APP_TOKEN", token())
         .args([cmd, "-i"])
         .arg(inv)
         .arg("--known-hosts")
@@ -47,7 +52,7 @@ fn run(dir: &Path, inv: &Path, cmd: &str, playbook: &Path, extra: &[&str]) -> Ou
         .unwrap();
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
-        !all.contains(TOKEN),
+        !all.contains(&token()),
         "the secret leaked into the output:\n{all}"
     );
     out
@@ -136,7 +141,7 @@ fn plan_apply_verify_drift_and_backups_on_three_hosts() {
     }
     assert_eq!(
         ssh_root("h1", &format!("cat /srv/t{tag}/app.env")),
-        format!("APP_TOKEN={TOKEN}\n")
+        format!("APP_TOKEN={}\n", token())
     );
     assert_eq!(
         ssh_root("h1", &format!("stat -c %a /srv/t{tag}/app.env")),
