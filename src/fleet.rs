@@ -157,7 +157,7 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
         async move {
             let line = run.progress.host(&host.name);
             let p = probe_host(&run, host, &line).await;
-            let outcome = format!("{:?}", p.report.status).to_lowercase();
+            let outcome = status_word(p.report.status);
             if run.settings.apply && p.report.status == HostStatus::Differs {
                 // Counted when its apply ends.
                 run.progress.pause(line);
@@ -228,6 +228,17 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
         mode,
         hosts: reports,
         aborted: None,
+    }
+}
+
+/// A host's fate in a progress line.
+fn status_word(status: HostStatus) -> &'static str {
+    match status {
+        HostStatus::InLine => "in line",
+        HostStatus::Differs => "differs",
+        HostStatus::Changed => "changed",
+        HostStatus::Failed => "failed",
+        HostStatus::Unreachable => "unreachable",
     }
 }
 

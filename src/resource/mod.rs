@@ -7,8 +7,16 @@
 //! themselves: the engine batches their probes into one round trip and their applies into one
 //! more, and re-probes to verify.
 
+pub mod audit_rules;
 pub mod command;
 pub mod file;
+pub mod json_config;
+pub mod nftables;
+pub mod package;
+pub mod service;
+pub mod sshd;
+pub mod sysctl;
+pub mod unit;
 pub mod user;
 
 use std::fmt;
@@ -254,6 +262,14 @@ pub const TYPES: &[TypeInfo] = &[
     user::USER,
     user::GROUP,
     command::COMMAND,
+    package::PACKAGE,
+    service::SERVICE,
+    unit::UNIT,
+    sysctl::SYSCTL,
+    sshd::SSHD,
+    nftables::NFTABLES,
+    audit_rules::AUDIT_RULES,
+    json_config::JSON_CONFIG,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static TypeInfo> {

@@ -1,0 +1,15 @@
+//! Placeholder: being written.
+use super::{ParamError, Resource, TypeInfo};
+use serde_json::Value;
+
+fn build(_: Value) -> Result<Box<dyn Resource>, ParamError> {
+    Err(ParamError(
+        "the `sysctl` resource type is not written yet".into(),
+    ))
+}
+
+pub const SYSCTL: TypeInfo = TypeInfo {
+    name: "sysctl",
+    params: &[],
+    build,
+};
