@@ -450,7 +450,13 @@ async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Out
             serde_json::to_writer_pretty(&mut text, &summary)?;
             text.push(b'\n');
         }
-        Format::Text => crate::report::text::write(&mut text, &summary, stats)?,
+        Format::Text => {
+            let style = crate::report::text::Style {
+                stats,
+                color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            };
+            crate::report::text::write(&mut text, &summary, style)?
+        }
     }
     // Secrets never leave in clear, whatever put them in the text.
     let masked = run.secrets.mask(&String::from_utf8_lossy(&text));

@@ -8,9 +8,16 @@ use similar::TextDiff;
 use crate::engine::{ChangeReport, HostReport, HostStatus, StepStatus};
 use crate::fleet::FleetSummary;
 
-pub fn write(out: &mut impl Write, summary: &FleetSummary, stats: bool) -> io::Result<()> {
+/// How to show a report: with `--stats` lines, and in color (a terminal).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    pub stats: bool,
+    pub color: bool,
+}
+
+pub fn write(out: &mut impl Write, summary: &FleetSummary, style: Style) -> io::Result<()> {
     for host in &summary.hosts {
-        write_host(out, host, summary.mode, stats)?;
+        write_host(out, host, summary.mode, style)?;
     }
     if let Some(aborted) = &summary.aborted {
         writeln!(out, "error: {aborted}")?;
@@ -38,7 +45,7 @@ pub fn write(out: &mut impl Write, summary: &FleetSummary, stats: bool) -> io::R
     )
 }
 
-fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, stats: bool) -> io::Result<()> {
+fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style) -> io::Result<()> {
     let status = match host.status {
         HostStatus::InLine => "in line",
         HostStatus::Differs => "differs",
@@ -71,7 +78,7 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, stats: bool) 
         )?;
         if mode == "plan" || matches!(step.status, StepStatus::Changed) {
             for change in &step.changes {
-                write_change(out, change)?;
+                write_change(out, change, style.color)?;
             }
         }
         if let Some(detail) = detail {
@@ -88,7 +95,7 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, stats: bool) 
     if let Some(hint) = &host.hint {
         writeln!(out, "  hint: {hint}")?;
     }
-    if stats {
+    if style.stats {
         writeln!(
             out,
             "  stats: {} round trips, {} bytes sent, {} bytes received, {:.3} s",
@@ -98,7 +105,7 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, stats: bool) 
     Ok(())
 }
 
-fn write_change(out: &mut impl Write, c: &ChangeReport) -> io::Result<()> {
+fn write_change(out: &mut impl Write, c: &ChangeReport, color: bool) -> io::Result<()> {
     let multi = |s: &Option<String>| s.as_deref().is_some_and(|t| t.contains('\n'));
     if multi(&c.before) || multi(&c.after) {
         let before = c.before.as_deref().unwrap_or("");
@@ -111,7 +118,15 @@ fn write_change(out: &mut impl Write, c: &ChangeReport) -> io::Result<()> {
             .header("before", "after")
             .to_string();
         for line in text.lines() {
-            writeln!(out, "        {line}")?;
+            let paint = match line.as_bytes().first() {
+                _ if !color => "",
+                Some(b'+') => "\x1b[32m",
+                Some(b'-') => "\x1b[31m",
+                Some(b'@') => "\x1b[36m",
+                _ => "",
+            };
+            let reset = if paint.is_empty() { "" } else { "\x1b[0m" };
+            writeln!(out, "        {paint}{line}{reset}")?;
         }
         return Ok(());
     }
@@ -205,7 +220,15 @@ mod tests {
             aborted: None,
         };
         let mut out = Vec::new();
-        write(&mut out, &summary, true).unwrap();
+        write(
+            &mut out,
+            &summary,
+            Style {
+                stats: true,
+                color: false,
+            },
+        )
+        .unwrap();
         insta::assert_snapshot!(String::from_utf8(out).unwrap(), @r"
         pi-1 (pi-1.example:22): differs
           ~ motd (file /etc/motd) [modify]  site.yaml:3:5
