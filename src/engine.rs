@@ -170,6 +170,7 @@ pub fn host_vars(
     inventory: &Inventory,
     book: &Playbook,
     secrets: &Secrets,
+    templates: &Templates,
 ) -> Result<serde_json::Map<String, Value>, String> {
     let mut vars = serde_json::Map::new();
     for (name, node, _) in &book.vars {
@@ -190,6 +191,26 @@ pub fn host_vars(
     vars.insert("group_names".into(), serde_json::json!(host.groups));
     let groups: BTreeMap<&String, &Vec<String>> = inventory.groups.iter().collect();
     vars.insert("groups".into(), serde_json::json!(groups));
+    // Variables may be templates of other variables (`port: "{{ 1 if a else 2 }}"`): render
+    // them in order, a few passes for chains; what still fails is left for the step that uses
+    // it to report, with its place.
+    for _ in 0..3 {
+        let pending: Vec<String> = vars
+            .iter()
+            .filter(|(_, v)| has_template(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        for key in pending {
+            let ctx = to_jinja(&vars);
+            let node = json_node(&vars[&key]);
+            if let Ok(rendered) = templates.render_node(&node, std::path::Path::new("vars"), &ctx) {
+                vars.insert(key, rendered);
+            }
+        }
+    }
     // The public half of the key rampart logs in with: the admin's default authorized key.
     if !vars.contains_key("login_public_key")
         && let Some(key) = login_public_key(host)
@@ -197,6 +218,37 @@ pub fn host_vars(
         vars.insert("login_public_key".into(), Value::String(key));
     }
     Ok(vars)
+}
+
+fn has_template(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("{{") || s.contains("{%"),
+        Value::Array(items) => items.iter().any(has_template),
+        Value::Object(map) => map.values().any(has_template),
+        _ => false,
+    }
+}
+
+/// A JSON value as a YAML node without a place (variables have already been read).
+fn json_node(v: &Value) -> crate::yaml::Node {
+    use crate::yaml::{Node, NodeValue};
+    let value = match v {
+        Value::Null => NodeValue::Null,
+        Value::Bool(b) => NodeValue::Bool(*b),
+        Value::Number(n) => NodeValue::Number(n.clone()),
+        Value::String(s) => NodeValue::String(s.clone()),
+        Value::Array(items) => NodeValue::Seq(items.iter().map(json_node).collect()),
+        Value::Object(map) => NodeValue::Map(
+            map.iter()
+                .map(|(k, v)| (json_node(&Value::String(k.clone())), json_node(v)))
+                .collect(),
+        ),
+    };
+    Node {
+        value,
+        line: 0,
+        column: 0,
+    }
 }
 
 /// `identity.pub` (or the first default key of `~/.ssh` when no identity is set), as an

@@ -162,7 +162,7 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
                 // Counted when its apply ends.
                 run.progress.pause(line);
             } else {
-                run.progress.done(line, &outcome);
+                run.progress.done(line, outcome);
             }
             p
         }
@@ -258,7 +258,13 @@ async fn probe_host(run: &Run, host: Host, line: &crate::progress::HostLine) -> 
         started,
     };
     let settings = &run.settings;
-    let vars = match engine::host_vars(&host, &run.inventory, &run.playbook, &run.secrets) {
+    let vars = match engine::host_vars(
+        &host,
+        &run.inventory,
+        &run.playbook,
+        &run.secrets,
+        &run.templates,
+    ) {
         Ok(v) => v,
         Err(e) => {
             p.report

@@ -68,6 +68,7 @@ impl Templates {
         file: &Path,
         ctx: &JValue,
     ) -> Result<Value, RenderError> {
+        let _current = CurrentCtx::set(ctx);
         Ok(match &node.value {
             NodeValue::String(s) => {
                 if !s.contains("{{") && !s.contains("{%") && !s.contains("{#") {
@@ -77,12 +78,13 @@ impl Templates {
                     let compiled = self
                         .env
                         .compile_expression(expr)
-                        .map_err(|e| located(e, node, file, s, ctx))?;
+                        .map_err(|e| located(&self.env, e, node, file, s, ctx))?;
                     let value = compiled
                         .eval(ctx.clone())
-                        .map_err(|e| located(e, node, file, s, ctx))?;
+                        .map_err(|e| located(&self.env, e, node, file, s, ctx))?;
                     if value.is_undefined() {
                         return Err(located(
+                            &self.env,
                             Error::new(ErrorKind::UndefinedError, "undefined value"),
                             node,
                             file,
@@ -97,7 +99,7 @@ impl Templates {
                 } else {
                     let rendered = self
                         .render_str(s, ctx)
-                        .map_err(|e| located(e, node, file, s, ctx))?;
+                        .map_err(|e| located(&self.env, e, node, file, s, ctx))?;
                     Value::String(rendered)
                 }
             }
@@ -134,6 +136,7 @@ impl Templates {
         at: &Node,
         file: &Path,
     ) -> Result<String, RenderError> {
+        let _current = CurrentCtx::set(ctx);
         let template = self.env.get_template(name).map_err(|e| {
             let message = if e.kind() == ErrorKind::TemplateNotFound {
                 format!("template `{name}` not found")
@@ -186,10 +189,10 @@ impl Templates {
         let expr = self
             .env
             .compile_expression(text)
-            .map_err(|e| located(e, node, file, text, ctx))?;
+            .map_err(|e| located(&self.env, e, node, file, text, ctx))?;
         let value = expr.eval(ctx.clone()).map_err(|e| {
             let undefined = e.kind() == ErrorKind::UndefinedError;
-            let mut err = located(e, node, file, text, ctx);
+            let mut err = located(&self.env, e, node, file, text, ctx);
             if undefined {
                 let missing = missing_variables(&expr.undeclared_variables(true), ctx);
                 if !missing.is_empty() {
@@ -258,15 +261,25 @@ fn describe(e: &Error) -> String {
     text
 }
 
-fn located(e: Error, node: &Node, file: &Path, source: &str, ctx: &JValue) -> RenderError {
+fn located(
+    env: &Environment,
+    e: Error,
+    node: &Node,
+    file: &Path,
+    source: &str,
+    ctx: &JValue,
+) -> RenderError {
     let mut message = describe(&e);
-    if e.kind() == ErrorKind::UndefinedError {
-        let env = Environment::new();
-        if let Ok(t) = env.template_from_str(source) {
-            let missing = missing_variables(&t.undeclared_variables(true), ctx);
-            if !missing.is_empty() {
-                message = format!("undefined variable `{}`", missing.join("`, `"));
-            }
+    if e.kind() == ErrorKind::UndefinedError
+        && let Ok(t) = Environment::new().template_from_str(source)
+    {
+        let mut missing = missing_variables(&t.undeclared_variables(true), ctx);
+        missing.retain(|m| {
+            !env.globals()
+                .any(|(g, _)| m == g || m.starts_with(&format!("{g}.")))
+        });
+        if !missing.is_empty() {
+            message = format!("undefined variable `{}`", missing.join("`, `"));
         }
     }
     RenderError {
@@ -275,7 +288,57 @@ fn located(e: Error, node: &Node, file: &Path, source: &str, ctx: &JValue) -> Re
     }
 }
 
+thread_local! {
+    /// The variables of the render in progress on this thread, for `lookup('template')`.
+    /// Renders are synchronous, so a thread runs one at a time.
+    static CURRENT: std::cell::RefCell<Option<JValue>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `ctx` the current render's variables until dropped.
+struct CurrentCtx(Option<JValue>);
+
+impl CurrentCtx {
+    fn set(ctx: &JValue) -> CurrentCtx {
+        CurrentCtx(CURRENT.with(|c| c.replace(Some(ctx.clone()))))
+    }
+}
+
+impl Drop for CurrentCtx {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// `lookup('template', NAME)`: NAME rendered with the caller's variables; `lookup('file',
+/// NAME)`: NAME's text as is. Both look in the template folders, as Ansible's lookups do.
+fn lookup(state: &minijinja::State, kind: String, name: String) -> Result<JValue, Error> {
+    let template = state.get_template(&name)?;
+    match kind.as_str() {
+        "file" => Ok(JValue::from(template.source().to_string())),
+        "template" => {
+            let ctx = CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    "lookup('template') outside a render",
+                )
+            })?;
+            Ok(JValue::from(template.render(ctx)?))
+        }
+        other => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("lookup kind `{other}` is not supported (use `template` or `file`)"),
+        )),
+    }
+}
+
 fn add_filters(env: &mut Environment<'static>) {
+    env.add_function("lookup", lookup);
+    env.add_filter("from_json", |s: String| -> Result<JValue, Error> {
+        let v: Value = serde_json::from_str(&s)
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("from_json: {e}")))?;
+        Ok(to_jinja(v))
+    });
     env.add_filter("to_json", |v: JValue| -> Result<String, Error> {
         serde_json::to_string(&v)
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
@@ -455,6 +518,21 @@ mod tests {
             err.to_string(),
             "p.yaml:1:1: undefined variable `missing_var` in `when`"
         );
+    }
+
+    #[test]
+    fn lookup_renders_a_template_with_the_callers_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("c.json.j2"),
+            "{\"u\": {{ user | tojson }}, \"p\": {{ ports[1] }}}",
+        )
+        .unwrap();
+        let t = Templates::new(vec![dir.path().to_path_buf()]);
+        let node = yaml::parse(Path::new("p.yaml"), "a: \"{{ lookup('template', 'c.json.j2') | from_json }}\"\nb: \"{{ lookup('file', 'c.json.j2') }}\"\n").unwrap();
+        let v = t.render_node(&node, Path::new("p.yaml"), &ctx()).unwrap();
+        assert_eq!(v["a"], serde_json::json!({"u": "admin", "p": 443}));
+        assert!(v["b"].as_str().unwrap().starts_with("{\"u\": {{"));
     }
 
     #[test]
