@@ -189,6 +189,8 @@ pub fn host_vars(
         Value::String(host.name.clone()),
     );
     vars.insert("group_names".into(), serde_json::json!(host.groups));
+    // The login settings are variables too (`user` even when the inventory left it unset).
+    vars.entry("user").or_insert_with(|| Value::String(host.user.clone()));
     let groups: BTreeMap<&String, &Vec<String>> = inventory.groups.iter().collect();
     vars.insert("groups".into(), serde_json::json!(groups));
     // Variables may be templates of other variables (`port: "{{ 1 if a else 2 }}"`): render
