@@ -367,6 +367,13 @@ pub fn render_steps(
             ),
             needs_facts: false,
         })?;
+        // A value no shell can carry (a NUL byte) is bad input, found before any host changes.
+        if let Err(e) = resource.probe().render() {
+            return Err(RenderFailure {
+                message: format!("{}: {e}\n  in step `{}`", step.location(), step.name),
+                needs_facts: false,
+            });
+        }
         host_step.work = StepWork::Run(resource);
         out.push(host_step);
     }

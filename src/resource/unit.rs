@@ -1,15 +1,656 @@
-//! Placeholder: being written.
-use super::{ParamError, Resource, TypeInfo};
+//! unit: a systemd unit file written whole by rampart (`agent.service`), and the unit's
+//! enablement and state.
+//!
+//! Owns the `unit` type and the config-file helpers that sysctl.rs shares: the probe of one
+//! file ([`config_probe`]), the diff of its content ([`config_changes`]) and its atomic
+//! write ([`write_config`]: a temporary file in the same folder, mode 0644 and owner root set
+//! before the rename; what it replaces is first copied to the run's backup folder, the first
+//! copy of a run winning, as file.rs does). Enablement and state are service.rs's
+//! ([`systemd_changes`]), so `unit` and `service` mean the same by `enabled` and `state`.
+//!
+//! The file goes to `path`, by default `/etc/systemd/system/NAME`; the file name of `path`
+//! must be `NAME`. When the file changes the apply runs `systemctl daemon-reload`, then
+//! enables or disables as asked, then, for `state: started`, **restarts** the unit (a
+//! restart starts a stopped unit), so the new definition runs; `state: stopped` stops it.
+//! Without `state` a changed unit is reloaded into systemd but not restarted. A unit file in
+//! line whose unit systemd still holds in an older version (`NeedDaemonReload=yes`, say after
+//! a hand edit) is a change of its own (`loaded: stale -> current`): daemon-reload, and a
+//! restart for `state: started`.
+//!
+//! A symbolic link at `path` to `/dev/null` is a mask: the step refuses to replace it
+//! (`systemctl unmask NAME` first). Another symbolic link there is replaced by the file (the
+//! link is backed up, its target left alone); a folder or special file there is an error.
+//!
+//! ## Probe output
+//!
+//! The config-file lines, then service.rs's systemd lines:
+//!
+//! ```text
+//! rampart-unit 1
+//! file=file                 # none | file | other | link <base64 of the target>
+//! content=<base64 of the whole file, one line>     (file=file only)
+//! systemd=yes
+//! load=loaded
+//! enabled=enabled
+//! active=active
+//! reload=no
+//! end
+//! ```
+
+use base64::Engine as _;
+use serde::Deserialize;
 use serde_json::Value;
 
-fn build(_: Value) -> Result<Box<dyn Resource>, ParamError> {
-    Err(ParamError(
-        "the `unit` resource type is not written yet".into(),
-    ))
-}
+use super::service::{
+    DIE, F_ENABLED, F_STATE, Fields, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, check_unit_name,
+    enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence,
+};
+use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
+use crate::remote::Script;
 
 pub const UNIT: TypeInfo = TypeInfo {
     name: "unit",
-    params: &[],
+    params: &["name", "content", "enabled", "state", "path"],
     build,
 };
+
+fn build(value: Value) -> Result<Box<dyn Resource>, ParamError> {
+    Ok(Box::new(Unit::try_from(params::<UnitParams>(value)?)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config files: probe, parse, diff, atomic write. Shared with sysctl.rs.
+
+pub(super) const F_CONTENT: &str = "content";
+pub(super) const F_TYPE: &str = "type";
+
+/// The keys [`config_probe`] prints.
+pub(super) const FILE_KEYS: &[&str] = &["file", "content"];
+
+/// An absolute path in plain form (no `.`, `..`, `//`, trailing `/`, control characters).
+pub(super) fn check_config_path(ty: &str, path: &str) -> Result<(), ParamError> {
+    let bad = |why: &str| Err(ParamError(format!("{ty}: path {path:?} {why}")));
+    if !path.starts_with('/') {
+        return bad("is not absolute (it must start with /)");
+    }
+    if path.chars().any(char::is_control) {
+        return bad("contains a control character");
+    }
+    if path.ends_with('/') {
+        return bad("ends with /: it must name a file");
+    }
+    if path[1..]
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return bad("contains //, . or ..; write the plain path");
+    }
+    Ok(())
+}
+
+/// Shell text printing the state of the file at `path` (`file=`, `content=` lines). Sets `p`.
+pub(super) fn config_probe(path: &str) -> Script {
+    Script::new().raw("p=").arg(path).raw(
+        "\nif [ -L \"$p\" ]; then\n\
+         \x20 printf 'file=link %s\\n' \"$(readlink \"$p\" | base64 | tr -d '\\n')\"\n\
+         elif [ -f \"$p\" ]; then\n\
+         \x20 if c=$(base64 <\"$p\"); then\n\
+         \x20   printf 'file=file\\ncontent=%s\\n' \"$(printf '%s' \"$c\" | tr -d '\\n')\"\n\
+         \x20 else\n\
+         \x20   printf 'error=cannot read %s\\n' \"$p\"\n\
+         \x20 fi\n\
+         elif [ -e \"$p\" ]; then\n\
+         \x20 printf 'file=other\\n'\n\
+         else\n\
+         \x20 printf 'file=none\\n'\n\
+         fi\n",
+    )
+}
+
+/// What is at a config file's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ConfigFile {
+    Absent,
+    File(Vec<u8>),
+    Link(String),
+    /// A folder, device, FIFO or socket.
+    Other,
+}
+
+pub(super) fn parse_config(f: &Fields) -> Result<ConfigFile, ProbeError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decode = |what: &str, text: &str| {
+        b64.decode(text.trim())
+            .map_err(|e| f.error(format!("the {what} is not base64: {e}")))
+    };
+    let kind = f.need("file")?;
+    let content = f.one("content")?;
+    let file = match kind.split_once(' ') {
+        None if kind == "none" => ConfigFile::Absent,
+        None if kind == "other" => ConfigFile::Other,
+        None if kind == "file" => {
+            let text = content.ok_or_else(|| f.error("no `content` line for a file"))?;
+            return Ok(ConfigFile::File(decode("content", text)?));
+        }
+        Some(("link", target)) => {
+            let bytes = decode("symlink target", target)?;
+            let text = String::from_utf8_lossy(&bytes);
+            ConfigFile::Link(text.strip_suffix('\n').unwrap_or(&text).to_string())
+        }
+        _ => return Err(f.error(format!("unknown `file={kind}`"))),
+    };
+    if content.is_some() {
+        return Err(f.error(format!("a `content` line with `file={kind}`")));
+    }
+    Ok(file)
+}
+
+/// The changes that make `path` a regular file holding `want`: none, a `content` change, or a
+/// `type` change (a symbolic link to replace) and the content. A folder or special file at the
+/// path is an error.
+pub(super) fn config_changes(
+    path: &str,
+    file: &ConfigFile,
+    want: &str,
+    f: &Fields,
+) -> Result<Vec<Change>, ProbeError> {
+    let after = Some(want.to_string());
+    Ok(match file {
+        ConfigFile::Absent => vec![Change::new(F_CONTENT, None, after)],
+        ConfigFile::File(have) if have == want.as_bytes() => vec![],
+        ConfigFile::File(have) => {
+            let before = match std::str::from_utf8(have) {
+                Ok(t) => t.to_string(),
+                Err(_) => format!("<{} bytes, not UTF-8 text>", have.len()),
+            };
+            vec![Change::new(F_CONTENT, Some(before), after)]
+        }
+        ConfigFile::Link(target) => vec![
+            Change::new(
+                F_TYPE,
+                Some(format!("a symlink to {target}")),
+                Some("a file".into()),
+            ),
+            Change::new(F_CONTENT, None, after),
+        ],
+        ConfigFile::Other => {
+            return Err(f.error(format!(
+                "{path} is a folder or special file, not a regular file; not replacing it \
+                 (add an absent step before this one)"
+            )));
+        }
+    })
+}
+
+/// Shell text (inside a subshell that defines `die`) writing `content` to `path` atomically,
+/// mode 0644, owned by root when run as root, after copying what is there to `backup`
+/// (unless this run already holds a copy). Makes a missing folder (0755).
+pub(super) fn write_config(path: &str, content: &[u8], backup: &str) -> Script {
+    let dir = match path.rsplit_once('/') {
+        Some(("", _)) | None => "/",
+        Some((d, _)) => d,
+    };
+    let bdir = backup.rsplit_once('/').map_or("/", |(d, _)| d);
+    Script::new()
+        .raw("p=")
+        .arg(path)
+        .raw("\nd=")
+        .arg(dir)
+        .raw("\nb=")
+        .arg(backup)
+        .raw("\nbd=")
+        .arg(bdir)
+        .raw(
+            "\nt=\ntrap '[ -z \"$t\" ] || rm -f \"$t\"' EXIT\n\
+             if [ ! -d \"$d\" ]; then (umask 022 && mkdir -p \"$d\") || die \"cannot create the folder $d\"; fi\n\
+             if [ -d \"$p\" ]; then die \"$p is a folder (or a symlink to one): not replacing it\"; fi\n\
+             if { [ -e \"$p\" ] || [ -L \"$p\" ]; } && [ ! -e \"$b\" ] && [ ! -L \"$b\" ]; then\n\
+             \x20 { mkdir -p \"$bd\" && cp -pP \"$p\" \"$b\"; } || die \"cannot back up $p to $b\"\n\
+             fi\n\
+             t=$(mktemp \"$d/.rampart.XXXXXX\") || die \"cannot create a temporary file in $d\"\n\
+             base64 -d >\"$t\" ",
+        )
+        .payload(content)
+        .raw(
+            "[ $? -eq 0 ] || die \"cannot write the temporary file $t\"\n\
+             chmod 0644 \"$t\" || die \"cannot set the mode of $t\"\n\
+             if [ \"$(id -u)\" = 0 ]; then chown 0:0 \"$t\" || die \"cannot give $t to root\"; fi\n\
+             mv -f \"$t\" \"$p\" || die \"cannot rename $t to $p\"\n\
+             t=\n",
+        )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The unit type.
+
+/// The `unit` step as written (after templating).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitParams {
+    /// The unit's full name, with its suffix: `agent.service`.
+    pub name: String,
+    /// The unit file's whole text.
+    pub content: String,
+    pub enabled: Option<bool>,
+    pub state: Option<RunState>,
+    /// Default `/etc/systemd/system/NAME`.
+    pub path: Option<String>,
+}
+
+const SUFFIXES: &[&str] = &[
+    "service",
+    "socket",
+    "timer",
+    "path",
+    "target",
+    "mount",
+    "automount",
+    "swap",
+    "slice",
+];
+
+/// What the `unit` step wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub name: String,
+    pub content: String,
+    pub enabled: Option<bool>,
+    pub state: Option<RunState>,
+    pub path: String,
+}
+
+impl TryFrom<UnitParams> for Unit {
+    type Error = ParamError;
+    fn try_from(p: UnitParams) -> Result<Unit, ParamError> {
+        check_unit_name("unit", &p.name)?;
+        let name = &p.name;
+        let suffix = name.rsplit_once('.').map(|(_, s)| s).unwrap_or("");
+        if !SUFFIXES.contains(&suffix) {
+            return Err(ParamError(format!(
+                "unit: {name:?} has no unit type suffix; name the file, e.g. {name}.service \
+                 (suffixes: {})",
+                SUFFIXES.join(", ")
+            )));
+        }
+        if name.contains("@.") && (p.enabled.is_some() || p.state.is_some()) {
+            return Err(ParamError(format!(
+                "unit {name}: a template unit cannot be enabled or started itself; add a \
+                 service step for an instance (e.g. {})",
+                name.replacen("@.", "@main.", 1)
+            )));
+        }
+        let path = p
+            .path
+            .unwrap_or_else(|| format!("/etc/systemd/system/{name}"));
+        check_config_path("unit", &path)?;
+        if path.rsplit_once('/').map(|(_, f)| f) != Some(name.as_str()) {
+            return Err(ParamError(format!(
+                "unit {name}: path {path:?} must end in /{name}: systemd finds a unit by its \
+                 file name"
+            )));
+        }
+        Ok(Unit {
+            name: p.name,
+            content: p.content,
+            enabled: p.enabled,
+            state: p.state,
+            path,
+        })
+    }
+}
+
+const UNIT_PROBE_HEADER: &str = "rampart-unit 1";
+const F_LOADED: &str = "loaded";
+
+impl Unit {
+    fn probe_script(&self) -> Script {
+        Script::new()
+            .raw("(\nprintf '")
+            .raw(UNIT_PROBE_HEADER)
+            .raw("\\n'\nn=")
+            .arg(&self.name)
+            .raw("\n")
+            .then(config_probe(&self.path))
+            .raw(SYSTEMD_PROBE)
+            .raw("printf 'end\\n'\n)\n")
+    }
+
+    /// Pure: the verdict for the probe's output.
+    pub fn verdict(&self, out: &str) -> Result<Verdict, ProbeError> {
+        let keys: Vec<&str> = FILE_KEYS.iter().chain(SYSTEMD_KEYS).copied().collect();
+        let f = Fields::read(out, UNIT_PROBE_HEADER, &keys)?;
+        let file = parse_config(&f)?;
+        let Some(s) = parse_systemd(&f)? else {
+            return Err(f.error(format!(
+                "unit {}: this host runs no systemd (/run/systemd/system is missing)",
+                self.name
+            )));
+        };
+        if file == ConfigFile::Link("/dev/null".into()) {
+            return Err(f.error(format!(
+                "unit {}: {} is a symlink to /dev/null: the unit is masked; a unit step does \
+                 not unmask (systemctl unmask {} first, if it should run)",
+                self.name, self.path, self.name
+            )));
+        }
+        let mut c = config_changes(&self.path, &file, &self.content, &f)?;
+        let writes = !c.is_empty();
+        if !writes && s.needs_reload {
+            c.push(Change::new(
+                F_LOADED,
+                Some("stale (the file changed since systemd read it)".into()),
+                Some("current".into()),
+            ));
+        }
+        c.extend(systemd_changes(
+            &self.name,
+            &s,
+            self.enabled,
+            self.state,
+            writes,
+            &f,
+        )?);
+        Ok(if c.is_empty() {
+            let mut sentence = format!("{} is in line: {} as given", self.id(), self.path);
+            if self.enabled.is_some() || self.state.is_some() {
+                sentence.push_str(&format!("; {}", systemd_sentence(&s)));
+            }
+            Verdict::InLine(sentence)
+        } else if file == ConfigFile::Absent {
+            Verdict::Create(c)
+        } else {
+            Verdict::Modify(c)
+        })
+    }
+
+    fn apply_script(&self, v: &Verdict, ctx: &ApplyContext) -> Script {
+        let changes = match v {
+            Verdict::Create(c) | Verdict::Modify(c) => c,
+            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+        };
+        // An empty Modify: notified as a handler; everything, idempotently.
+        let all = changes.is_empty();
+        let has = |f: &str| all || changes.iter().any(|c| c.field == f);
+        let writes = has(F_CONTENT) || has(F_TYPE);
+        let reload = writes || has(F_LOADED);
+        let mut s = Script::new()
+            .raw("(\numask 077\n")
+            .raw(DIE)
+            .raw("n=")
+            .arg(&self.name)
+            .raw("\n");
+        if writes {
+            let backup = format!("{}{}", ctx.backup_dir(), self.path);
+            s = s.then(write_config(&self.path, self.content.as_bytes(), &backup));
+        }
+        if reload {
+            s = s.raw("systemctl daemon-reload || die \"systemctl daemon-reload failed\"\n");
+        }
+        if let Some(want) = self.enabled
+            && has(F_ENABLED)
+        {
+            s = s.then(enable_script(want));
+        }
+        match self.state {
+            Some(RunState::Started) if reload => s = s.then(systemctl("restart")),
+            Some(RunState::Started) if has(F_STATE) => s = s.then(systemctl("start")),
+            Some(RunState::Stopped) if has(F_STATE) => s = s.then(systemctl("stop")),
+            _ => {}
+        }
+        s.raw(") || exit 1\n")
+    }
+}
+
+impl Resource for Unit {
+    fn id(&self) -> String {
+        format!("unit {}", self.name)
+    }
+
+    fn probe(&self) -> Script {
+        self.probe_script()
+    }
+
+    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+        self.verdict(probe_output)
+    }
+
+    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
+        self.apply_script(verdict, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TEXT: &str =
+        "[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
+
+    fn unit(p: Value) -> Unit {
+        Unit::try_from(params::<UnitParams>(p).unwrap()).unwrap()
+    }
+
+    fn err(p: Value) -> String {
+        match params::<UnitParams>(p) {
+            Err(e) => e.0,
+            Ok(p) => Unit::try_from(p).unwrap_err().0,
+        }
+    }
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// A probe output: the file lines, then systemd's.
+    fn out(file: &str, load: &str, enabled: &str, active: &str, reload: &str) -> String {
+        format!(
+            "rampart-unit 1\n{file}systemd=yes\nload={load}\nenabled={enabled}\nactive={active}\n\
+             reload={reload}\nend\n"
+        )
+    }
+
+    fn file(text: &str) -> String {
+        format!("file=file\ncontent={}\n", b64(text))
+    }
+
+    fn agent() -> Unit {
+        unit(
+            json!({"name": "agent.service", "content": TEXT, "enabled": true,
+                    "state": "started"}),
+        )
+    }
+
+    fn change(field: &str, before: Option<&str>, after: &str) -> Change {
+        Change::new(field, before.map(String::from), Some(after.into()))
+    }
+
+    #[test]
+    fn every_declared_param_is_accepted_and_the_path_defaults() {
+        let p = json!({"name": "a.service", "content": "x", "enabled": true, "state": "stopped",
+                       "path": "/usr/local/lib/systemd/system/a.service"});
+        let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, UNIT.params);
+        assert!((UNIT.build)(p).is_ok());
+        assert_eq!(agent().path, "/etc/systemd/system/agent.service");
+    }
+
+    #[test]
+    fn bad_params_are_refused_with_the_reason() {
+        assert!(err(json!({"name": "agent", "content": ""})).contains("no unit type suffix"));
+        assert!(
+            err(json!({"name": "a.service", "content": "", "path": "/etc/b.service"}))
+                .contains("must end in /a.service")
+        );
+        assert!(
+            err(json!({"name": "a.service", "content": "", "path": "etc/a.service"}))
+                .contains("is not absolute")
+        );
+        assert!(
+            err(json!({"name": "a@.service", "content": "", "state": "started"}))
+                .contains("a@main.service")
+        );
+        assert!(err(json!({"name": "-a.service", "content": ""})).contains("not a systemd unit"));
+        assert!(err(json!({"name": "a.service"})).contains("missing field `content`"));
+    }
+
+    #[test]
+    fn a_missing_unit_is_created_enabled_and_started() {
+        let v = agent()
+            .verdict(&out("file=none\n", "not-found", "", "inactive", ""))
+            .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Create(vec![
+                Change::new("content", None, Some(TEXT.into())),
+                Change::new("enabled", None, Some("enabled".into())),
+                Change::new("state", None, Some("active".into())),
+            ])
+        );
+    }
+
+    #[test]
+    fn in_line_and_changed_units() {
+        let a = agent();
+        assert_eq!(
+            a.verdict(&out(&file(TEXT), "loaded", "enabled", "active", "no"))
+                .unwrap(),
+            Verdict::InLine(
+                "unit agent.service is in line: /etc/systemd/system/agent.service as given; \
+                 enabled, active"
+                    .into()
+            )
+        );
+        let old = TEXT.replace("infinity", "1000");
+        assert_eq!(
+            a.verdict(&out(&file(&old), "loaded", "enabled", "active", "yes"))
+                .unwrap(),
+            Verdict::Modify(vec![Change::new(
+                "content",
+                Some(old.clone()),
+                Some(TEXT.into())
+            )])
+        );
+        // In line on disk, but systemd holds an older version.
+        assert_eq!(
+            a.verdict(&out(&file(TEXT), "loaded", "enabled", "active", "yes"))
+                .unwrap(),
+            Verdict::Modify(vec![Change::new(
+                "loaded",
+                Some("stale (the file changed since systemd read it)".into()),
+                Some("current".into())
+            )])
+        );
+        assert_eq!(
+            a.verdict(&out(&file(TEXT), "loaded", "disabled", "failed", "no"))
+                .unwrap(),
+            Verdict::Modify(vec![
+                change("enabled", Some("disabled"), "enabled"),
+                change("state", Some("failed"), "active"),
+            ])
+        );
+        let link = format!("file=link {}\n", b64("/lib/systemd/system/agent.service\n"));
+        assert_eq!(
+            a.verdict(&out(&link, "loaded", "enabled", "active", "no"))
+                .unwrap()
+                .changes()[0],
+            change(
+                "type",
+                Some("a symlink to /lib/systemd/system/agent.service"),
+                "a file"
+            )
+        );
+    }
+
+    #[test]
+    fn masks_folders_and_junk_are_errors() {
+        let a = agent();
+        let masked = format!("file=link {}\n", b64("/dev/null\n"));
+        let e = a
+            .verdict(&out(&masked, "masked", "masked", "inactive", "no"))
+            .unwrap_err();
+        assert!(e.message.contains("the unit is masked"), "{e}");
+        let e = a
+            .verdict(&out("file=other\n", "loaded", "enabled", "active", "no"))
+            .unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        for junk in [
+            "",
+            "junk\n",
+            "rampart-unit 1\nfile=file\nsystemd=yes\nend\n",
+            "rampart-unit 1\nfile=none\ncontent=AA==\nsystemd=no\nend\n",
+            "rampart-unit 1\nfile=file\ncontent=%%%\nsystemd=no\nend\n",
+            "rampart-unit 1\nfile=weird\nsystemd=no\nend\n",
+            "rampart-unit 1\nfile=none\nsystemd=yes\nload=loaded\n",
+        ] {
+            assert!(a.verdict(junk).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn apply_writes_reloads_then_restarts_only_when_the_file_changed() {
+        let a = agent();
+        let ctx = ApplyContext::new("r1");
+        let v = Verdict::Modify(vec![change("content", Some("old"), TEXT)]);
+        let text = a.apply(&v, &ctx).render().unwrap();
+        let order: Vec<usize> = [
+            "base64 -d",
+            "systemctl daemon-reload",
+            "systemctl restart -- \"$n\"",
+        ]
+        .iter()
+        .map(|w| text.find(w).unwrap_or_else(|| panic!("{w} in {text}")))
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.contains("/var/lib/rampart/backups/r1/etc/systemd/system/agent.service"));
+        let v = Verdict::Modify(vec![change("state", Some("inactive"), "active")]);
+        let text = a.apply(&v, &ctx).render().unwrap();
+        assert!(text.contains("systemctl start -- \"$n\""), "{text}");
+        assert!(
+            !text.contains("daemon-reload") && !text.contains("base64"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn write_config_replaces_atomically_with_a_backup() {
+        use crate::transport::Session;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("sub/it's $(x).conf");
+        let p = path.to_str().unwrap();
+        let backup = format!("{}/backups{p}", tmp.path().display());
+        let run = |content: &'static str| {
+            let script = Script::new()
+                .raw("(\numask 077\n")
+                .raw(DIE)
+                .then(write_config(p, content.as_bytes(), &backup))
+                .raw(") || exit 1\n");
+            async move {
+                let out = crate::transport::local::LocalSession::default()
+                    .exec(
+                        &crate::remote::exec_command(false),
+                        script.render().unwrap().as_bytes(),
+                        std::time::Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap();
+                assert!(out.success(), "{}", out.stderr_block());
+            }
+        };
+        run("one\n").await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
+        assert!(
+            !std::path::Path::new(&backup).exists(),
+            "nothing to back up"
+        );
+        run("two\n").await;
+        run("three\n").await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), "one\n");
+        let names = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(names, 1, "no temporary file left");
+    }
+}

@@ -2,5 +2,6 @@ mod common;
 mod engine;
 mod facts;
 mod resources_file;
+mod resources_system;
 mod resources_user;
 mod transport;
