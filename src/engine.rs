@@ -81,6 +81,10 @@ pub struct StepReport {
     /// `create`, `modify`, `remove` or `in line`.
     pub action: Option<String>,
     pub changes: Vec<ChangeReport>,
+    /// For a step in line: what the probe found, e.g. "audit unavailable here: rules written,
+    /// not loaded".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,7 +194,8 @@ pub fn host_vars(
     );
     vars.insert("group_names".into(), serde_json::json!(host.groups));
     // The login settings are variables too (`user` even when the inventory left it unset).
-    vars.entry("user").or_insert_with(|| Value::String(host.user.clone()));
+    vars.entry("user")
+        .or_insert_with(|| Value::String(host.user.clone()));
     let groups: BTreeMap<&String, &Vec<String>> = inventory.groups.iter().collect();
     vars.insert("groups".into(), serde_json::json!(groups));
     // Variables may be templates of other variables (`port: "{{ 1 if a else 2 }}"`): render
@@ -622,6 +627,10 @@ pub fn step_report(step: &HostStep, status: StepStatus, verdict: Option<&Verdict
         changes: verdict
             .map(|v| v.changes().iter().map(ChangeReport::from).collect())
             .unwrap_or_default(),
+        note: match verdict {
+            Some(Verdict::InLine(sentence)) => Some(sentence.clone()),
+            _ => None,
+        },
     }
 }
 

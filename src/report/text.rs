@@ -59,7 +59,16 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style)
     }
     for step in host.steps.iter().chain(&host.handlers) {
         let (mark, detail) = match &step.status {
-            StepStatus::InLine | StepStatus::Skipped(_) => continue,
+            // An in-line step speaks only when it has more to say than "in line" (a setting
+            // this environment cannot hold, say).
+            StepStatus::InLine => match &step.note {
+                Some(note) if !note.ends_with("is in line") => {
+                    writeln!(out, "  = {}: {note}", step.name)?;
+                    continue;
+                }
+                _ => continue,
+            },
+            StepStatus::Skipped(_) => continue,
             StepStatus::Differs => ("~", None),
             StepStatus::Changed => ("*", None),
             StepStatus::NotRun => ("-", Some("not run: an earlier step failed".to_string())),
@@ -178,6 +187,7 @@ mod tests {
             status,
             action: Some("modify".into()),
             changes,
+            note: None,
         }
     }
 
