@@ -128,6 +128,12 @@ impl Secrets {
         let mut out = text.to_string();
         for (name, value) in pairs {
             out = out.replace(value.as_str(), &format!("<secret:{name}>"));
+            // In a JSON report the value is written escaped (`"` as `\"`): mask that form too.
+            let escaped = serde_json::to_string(value).expect("a string serializes");
+            let escaped = &escaped[1..escaped.len() - 1];
+            if escaped != value {
+                out = out.replace(escaped, &format!("<secret:{name}>"));
+            }
             // A multi-line secret may reach output line by line (a diff): mask each line too.
             for line in value.lines().filter(|l| l.trim().len() >= 8) {
                 out = out.replace(line, &format!("<secret:{name}>"));
@@ -168,6 +174,17 @@ mod tests {
             s.mask("x=env-secret-value y=file-secret-value z=cmd-secret-value plain"),
             "x=<secret:RAMPART_TEST_SECRET_A> y=<secret:token> z=<secret:vault> plain"
         );
+    }
+
+    #[test]
+    fn secrets_are_masked_in_json_too() {
+        // SAFETY: tests in this module set distinct variables.
+        unsafe { std::env::set_var("RAMPART_TEST_SECRET_Q", "new\"sec\\ret-xyz\nline2") };
+        let s = Secrets::default();
+        let mut v = json!({"secret": {"env": "RAMPART_TEST_SECRET_Q"}});
+        s.resolve_in(&mut v).unwrap();
+        let report = serde_json::to_string(&json!({"after": v})).unwrap();
+        assert_eq!(s.mask(&report), r#"{"after":"<secret:RAMPART_TEST_SECRET_Q>"}"#);
     }
 
     #[test]
