@@ -261,7 +261,10 @@ fn bad_input_is_a_located_error_and_nothing_is_applied() {
             "bad.yaml:4:31: undefined variable `nope`",
         ),
         // a value no shell argument can hold
-        ("  - file: {path: \"/root/nul\\0byte\", content: x}\n", "bad.yaml:4:5: a value contains a NUL byte"),
+        (
+            "  - file: {path: \"/root/nul\\0byte\", content: x}\n",
+            "bad.yaml:4:5: a value contains a NUL byte",
+        ),
         // undefined variable in a template file
         (
             "  - file: {path: /x, template: missing-var.j2}\n",
