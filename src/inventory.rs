@@ -62,6 +62,8 @@ pub struct Host {
     /// The login of a fresh host before its admin user exists (typically root).
     pub bootstrap_user: Option<String>,
     pub identity: Option<PathBuf>,
+    /// Run remote scripts under `sudo -n` (when the login is not root). Default: true for a
+    /// login other than root.
     pub become_root: bool,
     /// A bastion, `[user@]host[:port]` or the name of another inventory host.
     pub jump: Option<Endpoint>,
@@ -449,8 +451,10 @@ fn settings(
         })?,
     };
     let user = text("user")?.unwrap_or_else(|| "root".to_string());
+    // Hardening needs root: a login other than root becomes root with `sudo -n` unless the
+    // inventory says `become: false`.
     let become_root = match vars.get("become") {
-        None => false,
+        None => user != "root",
         Some(var) => match &var.value {
             Value::Bool(b) => *b,
             Value::String(s) if matches!(s.as_str(), "yes" | "true" | "True") => true,
