@@ -1,15 +1,988 @@
-//! Placeholder: being written.
-use super::{ParamError, Resource, TypeInfo};
-use serde_json::Value;
+//! nftables: the host's whole firewall ruleset, in its file (`/etc/nftables.conf`, loaded at
+//! boot by `nftables.service`) and live in the kernel, loaded atomically under the dead-man
+//! switch.
+//!
+//! Owns the `nftables` step's parameters, its probe, the pure parse and diff of the probe's
+//! output and the apply script. The file is written by [`file`](super::file)'s atomic writer
+//! (with its backup); running the scripts and confirming the change over a new connection
+//! (which disarms the switch) are the engine's.
+//!
+//! ## Parameters
+//!
+//! - `ruleset`: the complete ruleset, as `nft -f` reads it (playbooks render it from a
+//!   template). It replaces whatever is loaded: the load is `flush ruleset;` followed by it,
+//!   in one transaction, whether or not the text starts with its own `flush ruleset`.
+//! - `path`: the file, `/etc/nftables.conf` unless given.
+//! - `enabled`: `true` (default): `nftables.service` is enabled, so the file is loaded at
+//!   boot; `false`: it is disabled (the ruleset then lives until the next reboot). Hosts
+//!   without systemd are left alone on this point.
+//!
+//! ## The live ruleset
+//!
+//! rampart cannot work out what the kernel will list for a ruleset without loading it, so the
+//! live ruleset is compared with a record: after each load the apply writes
+//! `/var/lib/rampart/nftables.loaded`, a line `rampart-nftables-loaded <sha1 of the ruleset
+//! text>` followed by `nft -s list ruleset` as it was right after the load (`-s`: without
+//! counters, which change with every packet). The live ruleset is in line when the record
+//! names this ruleset and the live listing is still the recorded one. So a ruleset flushed
+//! or edited by hand (`nft flush ruleset`, `nft add rule …`) is drift, shown as a unified
+//! diff of the listings; so is a ruleset that tools change at run time (fail2ban, Docker),
+//! and a host where rampart never loaded the ruleset. After a reboot the boot-time load of
+//! the same file lists the same, so it stays in line.
+//!
+//! ## Apply
+//!
+//! 1. `nft -c -f` checks the new ruleset; if nft refuses it, nothing changes and the step fails
+//!    with nft's message (line numbers as in the ruleset).
+//! 2. When the live ruleset changes: the live ruleset is saved (`nft list ruleset`), with
+//!    copies of the file and of the record; the dead-man switch is armed (its restore loads
+//!    the saved ruleset, `flush ruleset` first, or, should that fail, flushes the ruleset
+//!    altogether, access coming before filtering; then puts the file and the record back);
+//!    the ruleset is loaded in one transaction and the record written.
+//! 3. The file is written (atomically, the old one backed up) when its content differs.
+//! 4. `systemctl enable` (or `disable`) `nftables.service` when that differs.
+//!
+//! A ruleset that drops the controller's packets may still let the apply's own output out;
+//! the engine's confirmation over a NEW connection then fails and the host restores itself.
+//!
+//! ## Probe output
+//!
+//! ```text
+//! rampart-nftables 1
+//! nft /usr/sbin/nft                # or: nft none (not installed)
+//! file content <base64>            # or: file none | file other
+//! live ok <sha1 of `nft -s list ruleset`>   # or: live failed <base64 of nft's stderr>
+//! record <sha1 of the ruleset> <sha1 of the recorded listing>   # or: record none
+//! listing <base64>                 # when the listings differ: the live one
+//! recorded <base64>                #   and the recorded one
+//! enabled enabled                  # `systemctl is-enabled nftables.service`; or: enabled n/a
+//! end
+//! ```
 
-fn build(_: Value) -> Result<Box<dyn Resource>, ParamError> {
-    Err(ParamError(
-        "the `nftables` resource type is not written yet".into(),
-    ))
-}
+use std::path::Path;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use sha1::{Digest as _, Sha1};
+
+use super::file::{File, FileParams};
+use super::sshd::condensed;
+use super::{
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, deadman_arm,
+    deadman_dir, params,
+};
+use crate::remote::Script;
 
 pub const NFTABLES: TypeInfo = TypeInfo {
     name: "nftables",
-    params: &[],
-    build,
+    params: &["ruleset", "path", "enabled"],
+    build: |v| Ok(Box::new(Nftables::try_from(params::<NftablesParams>(v)?)?)),
 };
+
+/// The file unless `path` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/nftables.conf";
+/// The record of the last load.
+pub const RECORD: &str = "/var/lib/rampart/nftables.loaded";
+
+const RECORD_HEADER: &str = "rampart-nftables-loaded";
+
+fn yes() -> bool {
+    true
+}
+
+/// `nftables` as written in the playbook (after templating).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NftablesParams {
+    pub ruleset: String,
+    pub path: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// `nftables`: this ruleset in the file and live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nftables {
+    pub path: String,
+    pub ruleset: String,
+    pub enabled: bool,
+    /// The record of the last load (a test points it elsewhere).
+    pub record: String,
+}
+
+impl TryFrom<NftablesParams> for Nftables {
+    type Error = ParamError;
+    fn try_from(p: NftablesParams) -> Result<Nftables, ParamError> {
+        let path = p.path.unwrap_or_else(|| DEFAULT_PATH.to_string());
+        let bad = |why: &str| Err(ParamError(format!("nftables: path {path:?} {why}")));
+        if !path.starts_with('/') || path.ends_with('/') {
+            return bad("must be an absolute path to a file");
+        }
+        if path.chars().any(char::is_control) {
+            return bad("contains a control character");
+        }
+        if path[1..]
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return bad("is not a plain path (no //, . or .. parts)");
+        }
+        if p.ruleset.trim().is_empty() {
+            return Err(ParamError(
+                "nftables: ruleset is empty; give the whole ruleset (an empty one would open \
+                 the firewall: write `flush ruleset` if that is what you want)"
+                    .into(),
+            ));
+        }
+        if p.ruleset.contains('\0') {
+            return Err(ParamError("nftables: ruleset contains a NUL byte".into()));
+        }
+        Ok(Nftables {
+            path,
+            ruleset: p.ruleset,
+            enabled: p.enabled,
+            record: RECORD.to_string(),
+        })
+    }
+}
+
+fn sha1_hex(data: &[u8]) -> String {
+    format!("{:x}", Sha1::digest(data))
+}
+
+fn is_sha1(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+// ---------------------------------------------------------------------------------------
+// Probe and parse.
+
+const B64: &str = "b64() { base64 | tr -d '\\n'; }\n";
+const PATH: &str = "PATH=\"$PATH:/usr/sbin:/sbin:/usr/local/sbin\"\n";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Current {
+    None,
+    Other,
+    Content(Vec<u8>),
+}
+
+/// The record of the last load, as the probe found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Record {
+    None,
+    /// The ruleset's sha1 (anything, when the header was garbled) and the listing's sha1.
+    Loaded {
+        ruleset: String,
+        listing: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    nft: bool,
+    file: Current,
+    /// The sha1 of the live listing, or why nft could not list it.
+    live: Option<Result<String, String>>,
+    record: Option<Record>,
+    /// The live and the recorded listing, when they differ.
+    listings: Option<(String, String)>,
+    /// `systemctl is-enabled`'s word; `None`: no systemd.
+    enabled: Option<String>,
+}
+
+fn decode(field: &str, text: &str, out: &str) -> Result<Vec<u8>, ProbeError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| ProbeError::new(format!("{field}: not base64: {e}"), &condensed(out)))
+}
+
+fn decode_text(field: &str, text: &str, out: &str) -> Result<String, ProbeError> {
+    Ok(String::from_utf8_lossy(&decode(field, text, out)?).into_owned())
+}
+
+/// Parses the probe's output. Pure.
+fn parse(out: &str) -> Result<Observed, ProbeError> {
+    let err = |m: String| ProbeError::new(m, &condensed(out));
+    let mut lines = out.lines();
+    match lines.next() {
+        Some("rampart-nftables 1") => {}
+        Some(l) => {
+            return Err(err(format!(
+                "expected `rampart-nftables 1` first, found {l:?}"
+            )));
+        }
+        None => return Err(err("the probe printed nothing".into())),
+    }
+    let mut obs = Observed {
+        nft: false,
+        file: Current::None,
+        live: None,
+        record: None,
+        listings: None,
+        enabled: None,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut listing, mut recorded) = (None, None);
+    let mut ended = false;
+    for line in lines.by_ref() {
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if key == "end" && rest.is_empty() {
+            ended = true;
+            break;
+        }
+        if !seen.insert(key) {
+            return Err(err(format!("`{key}` twice")));
+        }
+        let unexpected = || err(format!("unexpected line {line:?}"));
+        match key {
+            "nft" if !rest.is_empty() => obs.nft = rest != "none",
+            "file" => {
+                obs.file = match rest.split_once(' ') {
+                    Some(("content", b)) => Current::Content(decode("file", b, out)?),
+                    None if rest == "content" => Current::Content(Vec::new()),
+                    None if rest == "none" => Current::None,
+                    None if rest == "other" => Current::Other,
+                    _ => return Err(unexpected()),
+                }
+            }
+            "live" => {
+                obs.live = Some(match rest.split_once(' ').unwrap_or((rest, "")) {
+                    ("ok", h) if is_sha1(h) => Ok(h.to_string()),
+                    ("failed", b) => Err(decode_text("live", b, out)?),
+                    _ => return Err(unexpected()),
+                })
+            }
+            "record" => {
+                obs.record = Some(match rest.split_once(' ') {
+                    None if rest == "none" => Record::None,
+                    Some((r, l)) if is_sha1(l) => Record::Loaded {
+                        ruleset: r.to_string(),
+                        listing: l.to_string(),
+                    },
+                    _ => return Err(unexpected()),
+                })
+            }
+            "listing" => listing = Some(decode_text("listing", rest, out)?),
+            "recorded" => recorded = Some(decode_text("recorded", rest, out)?),
+            "enabled" => obs.enabled = (rest != "n/a").then(|| rest.to_string()),
+            _ => return Err(unexpected()),
+        }
+    }
+    if !ended {
+        return Err(err("no `end` line: the probe was cut short".into()));
+    }
+    if let Some(l) = lines.find(|l| !l.trim().is_empty()) {
+        return Err(err(format!("unexpected line after `end`: {l:?}")));
+    }
+    for key in ["nft", "file", "enabled"] {
+        if !seen.contains(key) {
+            return Err(err(format!("no `{key}` line")));
+        }
+    }
+    if obs.nft && (obs.live.is_none() || (matches!(obs.live, Some(Ok(_))) && obs.record.is_none()))
+    {
+        return Err(err(
+            "nft is installed but the live ruleset was not listed".into()
+        ));
+    }
+    obs.listings = match (listing, recorded) {
+        (Some(l), Some(r)) => Some((l, r)),
+        (None, None) => None,
+        _ => return Err(err("`listing` and `recorded` come together".into())),
+    };
+    Ok(obs)
+}
+
+const CONTENT: &str = "content";
+const LIVE: &str = "live ruleset";
+const ENABLED: &str = "enabled";
+
+impl Nftables {
+    /// What an apply loads: the ruleset after a `flush ruleset;` on its first line (so that
+    /// nft's line numbers are the ruleset's own).
+    fn load_text(&self) -> String {
+        format!("flush ruleset; {}", self.ruleset)
+    }
+
+    fn loaded(&self) -> String {
+        format!("the ruleset of {}", self.path)
+    }
+
+    /// Shell variables shared by the apply and the dead-man restore.
+    fn vars(&self, dm: &str) -> Script {
+        Script::new()
+            .raw(PATH)
+            .raw("p=")
+            .arg(&self.path)
+            .raw("\nst=")
+            .arg(&self.record)
+            .raw("\ndm=")
+            .arg(dm)
+            .raw("\n")
+    }
+
+    /// The dead-man switch's restore: the saved live ruleset back first (access), then the
+    /// file and the record.
+    fn restore(&self, dm: &str) -> Script {
+        self.vars(dm).raw(
+            "if ! { echo 'flush ruleset'; cat \"$dm/nftables.saved\"; } | nft -f -; then\n\
+             \x20 logger -t rampart 'dead-man switch: the saved ruleset did not load; flushing the ruleset' 2>/dev/null\n\
+             \x20 nft flush ruleset\n\
+             fi\n\
+             if [ -f \"$dm/nftables.prev\" ]; then\n\
+             \x20 cp -p \"$dm/nftables.prev\" \"$p.rampart-old\" && mv -f \"$p.rampart-old\" \"$p\"\n\
+             elif [ -e \"$dm/nftables.none\" ]; then rm -f \"$p\"; fi\n\
+             if [ -f \"$dm/nftables.record\" ]; then\n\
+             \x20 cp -p \"$dm/nftables.record\" \"$st.rampart-old\" && mv -f \"$st.rampart-old\" \"$st\"\n\
+             elif [ -e \"$dm/nftables.norecord\" ]; then rm -f \"$st\"; fi\n",
+        )
+    }
+}
+
+impl Resource for Nftables {
+    fn id(&self) -> String {
+        format!("nftables {}", self.path)
+    }
+
+    fn probe(&self) -> Script {
+        Script::new()
+            .raw("(\n")
+            .raw(PATH)
+            .raw(B64)
+            .raw("p=")
+            .arg(&self.path)
+            .raw("\nst=")
+            .arg(&self.record)
+            .raw(
+                "\necho 'rampart-nftables 1'\n\
+                 if command -v nft >/dev/null 2>&1; then printf 'nft %s\\n' \"$(command -v nft)\"; \
+                 else echo 'nft none'; fi\n\
+                 if [ -f \"$p\" ]; then printf 'file content %s\\n' \"$(b64 <\"$p\")\"\n\
+                 elif [ -e \"$p\" ] || [ -L \"$p\" ]; then echo 'file other'\n\
+                 else echo 'file none'; fi\n\
+                 if command -v nft >/dev/null 2>&1; then\n\
+                 \x20 if nft -s list ruleset >/dev/null 2>&1; then\n\
+                 \x20   ls=$(nft -s list ruleset | sha1sum | cut -d ' ' -f 1)\n\
+                 \x20   printf 'live ok %s\\n' \"$ls\"\n\
+                 \x20   if [ -f \"$st\" ]; then\n\
+                 \x20     h=$(head -n 1 \"$st\")\n\
+                 \x20     rs=$(tail -n +2 \"$st\" | sha1sum | cut -d ' ' -f 1)\n\
+                 \x20     printf 'record %s %s\\n' \"$(printf '%s' \"${h#rampart-nftables-loaded }\" | tr -c '0-9a-f' x)\" \"$rs\"\n\
+                 \x20     if [ \"$rs\" != \"$ls\" ]; then\n\
+                 \x20       printf 'listing %s\\n' \"$(nft -s list ruleset | b64)\"\n\
+                 \x20       printf 'recorded %s\\n' \"$(tail -n +2 \"$st\" | b64)\"\n\
+                 \x20     fi\n\
+                 \x20   else echo 'record none'; fi\n\
+                 \x20 else\n\
+                 \x20   printf 'live failed %s\\n' \"$(nft -s list ruleset 2>&1 >/dev/null | b64)\"\n\
+                 \x20 fi\n\
+                 fi\n\
+                 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then\n\
+                 \x20 printf 'enabled %s\\n' \"$(systemctl is-enabled nftables.service 2>/dev/null)\"\n\
+                 else echo 'enabled n/a'; fi\n\
+                 echo end\n)\n",
+            )
+    }
+
+    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+        let obs = parse(probe_output)?;
+        let err = |m: String| ProbeError::new(m, &condensed(probe_output));
+        let mut changes = Vec::new();
+        let create = match &obs.file {
+            Current::Other => {
+                return Err(err(format!(
+                    "{} is not a regular file; an nftables step does not replace it",
+                    self.path
+                )));
+            }
+            Current::None => {
+                changes.push(Change::new(CONTENT, None, Some(self.ruleset.clone())));
+                true
+            }
+            Current::Content(old) => {
+                if old != self.ruleset.as_bytes() {
+                    changes.push(Change::new(
+                        CONTENT,
+                        Some(String::from_utf8_lossy(old).into_owned()),
+                        Some(self.ruleset.clone()),
+                    ));
+                }
+                false
+            }
+        };
+        let live = |before: String| Change::new(LIVE, Some(before), Some(self.loaded()));
+        match (&obs.live, &obs.record) {
+            _ if !obs.nft => changes.push(live("nft is not installed".into())),
+            (Some(Err(e)), _) => {
+                return Err(err(format!(
+                    "nft cannot list the live ruleset:\n{}",
+                    e.trim_end()
+                )));
+            }
+            (Some(Ok(now)), Some(Record::Loaded { ruleset, listing })) => {
+                if *ruleset != sha1_hex(self.ruleset.as_bytes()) {
+                    changes.push(live("another ruleset, loaded by rampart before".into()));
+                } else if now != listing {
+                    let (now, then) = obs.listings.clone().ok_or_else(|| {
+                        err("the listings differ but the probe did not print them".into())
+                    })?;
+                    // `before` must differ from `after` even when both are one line.
+                    let now = if now.is_empty() {
+                        "(an empty ruleset)\n".to_string()
+                    } else {
+                        now
+                    };
+                    changes.push(Change::new(LIVE, Some(now), Some(then)));
+                }
+            }
+            _ => changes.push(live(format!(
+                "not loaded by rampart (no record in {})",
+                self.record
+            ))),
+        }
+        if let Some(word) = &obs.enabled {
+            let on = word == "enabled";
+            if on != self.enabled {
+                let before = if word.is_empty() {
+                    "not installed"
+                } else {
+                    word
+                };
+                let after = if self.enabled { "enabled" } else { "disabled" };
+                changes.push(Change::new(
+                    ENABLED,
+                    Some(before.into()),
+                    Some(after.into()),
+                ));
+            }
+        }
+        Ok(if changes.is_empty() {
+            Verdict::InLine(format!("{} is in line", self.id()))
+        } else if create {
+            Verdict::Create(changes)
+        } else {
+            Verdict::Modify(changes)
+        })
+    }
+
+    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
+        let changes = match verdict {
+            Verdict::Create(c) | Verdict::Modify(c) => c,
+            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+        };
+        let has = |f: &str| changes.iter().any(|c| c.field == f);
+        let dm = deadman_dir(ctx);
+        let mut s = Script::new()
+            .raw("(\numask 077\ndie() { printf 'rampart: %s\\n' \"$*\" >&2; exit 1; }\n")
+            .then(self.vars(&dm));
+        if has(CONTENT) || has(LIVE) {
+            s = s
+                .raw(
+                    "command -v nft >/dev/null 2>&1 || die \"nft is not installed (a package step \
+                     for nftables must come first)\"\n\
+                     { mkdir -p \"$dm\" && chmod 700 \"$dm\"; } || die \"cannot create $dm\"\n\
+                     new=\"$dm/nftables.rules\"\nbase64 -d >\"$new\" ",
+                )
+                .payload(self.load_text().as_bytes())
+                .raw(
+                    "[ $? -eq 0 ] || die \"cannot write $new\"\n\
+                     if ! out=$(nft -c -f \"$new\" 2>&1); then\n\
+                     \x20 die \"nft refuses the ruleset; nothing was changed:\n$out\"\n\
+                     fi\n",
+                );
+        }
+        if has(LIVE) {
+            let record_dir = Path::new(&self.record)
+                .parent()
+                .and_then(Path::to_str)
+                .unwrap_or("/");
+            s = s
+                .raw(
+                    "nft list ruleset >\"$dm/nftables.saved\" || die \"cannot save the live ruleset\"\n\
+                     rm -f \"$dm/nftables.prev\" \"$dm/nftables.none\" \"$dm/nftables.record\" \"$dm/nftables.norecord\"\n\
+                     if [ -f \"$p\" ]; then cp -p \"$p\" \"$dm/nftables.prev\" || die \"cannot save $p\"\n\
+                     else : >\"$dm/nftables.none\"; fi\n\
+                     if [ -f \"$st\" ]; then cp -p \"$st\" \"$dm/nftables.record\" || die \"cannot save $st\"\n\
+                     else : >\"$dm/nftables.norecord\"; fi\n",
+                )
+                .then(deadman_arm(ctx, "nftables", self.restore(&dm)))
+                .raw(
+                    "[ $? -eq 0 ] || die \"cannot arm the dead-man switch; nothing was changed\"\n\
+                     if ! out=$(nft -f \"$new\" 2>&1); then\n\
+                     \x20 die \"nft could not load the ruleset; the live ruleset is unchanged:\n$out\"\n\
+                     fi\n\
+                     sd=",
+                )
+                .arg(record_dir)
+                .raw(
+                    "\n{ mkdir -p \"$sd\" && { printf '%s %s\\n' ",
+                )
+                .arg(RECORD_HEADER)
+                .raw(" ")
+                .arg(&sha1_hex(self.ruleset.as_bytes()))
+                .raw(
+                    "; nft -s list ruleset; } >\"$st.tmp\" && mv -f \"$st.tmp\" \"$st\"; } || \
+                     die \"cannot record the loaded ruleset in $st\"\n",
+                );
+        }
+        if has(CONTENT) {
+            let writer = File::try_from(FileParams {
+                path: self.path.clone(),
+                content: self.ruleset.clone(),
+                owner: None,
+                group: None,
+                mode: None,
+                backup: true,
+            })
+            .expect("the path was checked when the step was built");
+            s = s.then(writer.apply(
+                &Verdict::Modify(vec![Change::new(CONTENT, None, None)]),
+                ctx,
+            ));
+        }
+        if has(ENABLED) {
+            let verb = if self.enabled { "enable" } else { "disable" };
+            s = s.raw(&format!(
+                "systemctl {verb} --quiet nftables.service || die \"cannot {verb} nftables.service\"\n"
+            ));
+        }
+        s.raw(") || exit 1\n")
+    }
+
+    fn risky(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Session;
+    use crate::transport::local::LocalSession;
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    const RULESET: &str = "flush ruleset\n\ntable inet filter {\n  chain input {\n    \
+        type filter hook input priority filter; policy drop;\n    ct state established,related accept\n    \
+        tcp dport 22 accept\n  }\n}\n";
+
+    /// `nft -s list ruleset` of `RULESET` on a testbed host.
+    const LISTING: &str = "table inet filter {\n\tchain input {\n\t\t\
+        type filter hook input priority filter; policy drop;\n\t\tct state established,related accept\n\t\t\
+        tcp dport 22 accept\n\t}\n}\n";
+
+    fn nft(v: Value) -> Nftables {
+        Nftables::try_from(params::<NftablesParams>(v).unwrap()).unwrap()
+    }
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn sha(s: &str) -> String {
+        sha1_hex(s.as_bytes())
+    }
+
+    fn change(field: &str, before: Option<&str>, after: Option<&str>) -> Change {
+        Change::new(field, before.map(String::from), after.map(String::from))
+    }
+
+    /// A probe output: the file, the live listing, the record (ruleset, listing).
+    fn probe(
+        file: Option<&str>,
+        live: &str,
+        record: Option<(&str, &str)>,
+        enabled: &str,
+    ) -> String {
+        let mut out = "rampart-nftables 1\nnft /usr/sbin/nft\n".to_string();
+        match file {
+            Some(c) => out.push_str(&format!("file content {}\n", b64(c))),
+            None => out.push_str("file none\n"),
+        }
+        out.push_str(&format!("live ok {}\n", sha(live)));
+        match record {
+            None => out.push_str("record none\n"),
+            Some((ruleset, listing)) => {
+                out.push_str(&format!("record {} {}\n", sha(ruleset), sha(listing)));
+                if listing != live {
+                    out.push_str(&format!(
+                        "listing {}\nrecorded {}\n",
+                        b64(live),
+                        b64(listing)
+                    ));
+                }
+            }
+        }
+        out.push_str(&format!("enabled {enabled}\nend\n"));
+        out
+    }
+
+    #[test]
+    fn parameters() {
+        let n = nft(json!({"ruleset": RULESET}));
+        assert_eq!((n.path.as_str(), n.enabled), ("/etc/nftables.conf", true));
+        assert_eq!(n.id(), "nftables /etc/nftables.conf");
+        assert!(n.risky());
+        let err = |v: Value| match params::<NftablesParams>(v) {
+            Err(e) => e.0,
+            Ok(p) => Nftables::try_from(p).unwrap_err().0,
+        };
+        for (v, want) in [
+            (json!({"ruleset": "  \n"}), "ruleset is empty"),
+            (json!({}), "missing field `ruleset`"),
+            (json!({"ruleset": "x", "path": "nft.conf"}), "absolute path"),
+            (
+                json!({"ruleset": "x", "path": "/etc/../x"}),
+                "not a plain path",
+            ),
+            (
+                json!({"ruleset": "x", "rules": "y"}),
+                "unknown field `rules`",
+            ),
+            (
+                json!({"ruleset": "x", "enabled": "yes"}),
+                "expected a boolean",
+            ),
+        ] {
+            let e = err(v.clone());
+            assert!(e.contains(want), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_host_gets_the_file_the_live_ruleset_and_the_boot_load() {
+        let n = nft(json!({"ruleset": RULESET}));
+        let out = probe(None, "", None, "disabled");
+        assert_eq!(
+            n.diff(&out).unwrap(),
+            Verdict::Create(vec![
+                change("content", None, Some(RULESET)),
+                change(
+                    "live ruleset",
+                    Some("not loaded by rampart (no record in /var/lib/rampart/nftables.loaded)"),
+                    Some("the ruleset of /etc/nftables.conf")
+                ),
+                change("enabled", Some("disabled"), Some("enabled")),
+            ])
+        );
+    }
+
+    #[test]
+    fn in_line_when_file_record_and_listing_agree() {
+        let n = nft(json!({"ruleset": RULESET}));
+        let out = probe(Some(RULESET), LISTING, Some((RULESET, LISTING)), "enabled");
+        assert_eq!(
+            n.diff(&out).unwrap(),
+            Verdict::InLine("nftables /etc/nftables.conf is in line".into())
+        );
+        let off = nft(json!({"ruleset": RULESET, "enabled": false}));
+        assert!(
+            off.diff(&probe(
+                Some(RULESET),
+                LISTING,
+                Some((RULESET, LISTING)),
+                "disabled"
+            ))
+            .unwrap()
+            .is_in_line()
+        );
+        let no_systemd = probe(Some(RULESET), LISTING, Some((RULESET, LISTING)), "n/a");
+        assert!(n.diff(&no_systemd).unwrap().is_in_line());
+    }
+
+    #[test]
+    fn a_flushed_ruleset_is_drift_shown_as_what_comes_back() {
+        let n = nft(json!({"ruleset": RULESET}));
+        let out = probe(Some(RULESET), "", Some((RULESET, LISTING)), "enabled");
+        assert_eq!(
+            n.diff(&out).unwrap(),
+            Verdict::Modify(vec![change(
+                "live ruleset",
+                Some("(an empty ruleset)\n"),
+                Some(LISTING)
+            )])
+        );
+        // A rule added by hand.
+        let edited = LISTING.replace("accept\n\t}", "accept\n\t\ttcp dport 8080 accept\n\t}");
+        let v = n
+            .diff(&probe(
+                Some(RULESET),
+                &edited,
+                Some((RULESET, LISTING)),
+                "enabled",
+            ))
+            .unwrap();
+        assert_eq!(v.changes()[0].before.as_deref(), Some(edited.as_str()));
+    }
+
+    #[test]
+    fn a_changed_ruleset_changes_the_file_and_the_live_ruleset() {
+        let n = nft(json!({"ruleset": RULESET.replace("22", "2222")}));
+        let v = n
+            .diff(&probe(
+                Some(RULESET),
+                LISTING,
+                Some((RULESET, LISTING)),
+                "enabled",
+            ))
+            .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Modify(vec![
+                change("content", Some(RULESET), Some(&n.ruleset)),
+                change(
+                    "live ruleset",
+                    Some("another ruleset, loaded by rampart before"),
+                    Some("the ruleset of /etc/nftables.conf")
+                ),
+            ])
+        );
+        // The file edited by hand while the live ruleset is the one loaded: the file only.
+        let n = nft(json!({"ruleset": RULESET}));
+        let v = n
+            .diff(&probe(
+                Some("# hand\n"),
+                LISTING,
+                Some((RULESET, LISTING)),
+                "enabled",
+            ))
+            .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Modify(vec![change("content", Some("# hand\n"), Some(RULESET))])
+        );
+    }
+
+    #[test]
+    fn without_nft_the_apply_has_work_to_do() {
+        let n = nft(json!({"ruleset": RULESET}));
+        let out = "rampart-nftables 1\nnft none\nfile none\nenabled \nend\n";
+        assert_eq!(
+            n.diff(out).unwrap(),
+            Verdict::Create(vec![
+                change("content", None, Some(RULESET)),
+                change(
+                    "live ruleset",
+                    Some("nft is not installed"),
+                    Some("the ruleset of /etc/nftables.conf")
+                ),
+                change("enabled", Some("not installed"), Some("enabled")),
+            ])
+        );
+    }
+
+    #[test]
+    fn junk_and_failures_are_probe_errors() {
+        let n = nft(json!({"ruleset": RULESET}));
+        let good = probe(Some(RULESET), "", Some((RULESET, LISTING)), "enabled");
+        let failed = good.replace(
+            &format!("live ok {}", sha("")),
+            &format!(
+                "live failed {}",
+                b64("Operation not permitted (you must be root)\n")
+            ),
+        );
+        let cases = [
+            ("", "the probe printed nothing"),
+            (
+                "nft: command not found\n",
+                "expected `rampart-nftables 1` first",
+            ),
+            (&good.replace("end\n", ""), "no `end` line"),
+            (
+                &good.replace("enabled enabled\n", "junk\nenabled enabled\n"),
+                "unexpected line \"junk\"",
+            ),
+            (
+                &good.replace("live ok ", "live ok x"),
+                "unexpected line \"live ok x",
+            ),
+            (
+                &good.replace("file content", "file content !"),
+                "file: not base64",
+            ),
+            (&good.replace("recorded ", "listing "), "`listing` twice"),
+            (&good.replace("enabled enabled\n", ""), "no `enabled` line"),
+            (
+                &failed,
+                "nft cannot list the live ruleset:\nOperation not permitted (you must be root)",
+            ),
+        ];
+        for (out, want) in cases {
+            let e = n.diff(out).unwrap_err();
+            assert!(e.message.contains(want), "{out:?}: {}", e.message);
+        }
+    }
+
+    // ---- the scripts, on this machine, with a stand-in for nft that keeps a "live" file ----
+
+    struct Bed {
+        dir: tempfile::TempDir,
+        ctx: ApplyContext,
+    }
+
+    impl Bed {
+        fn new(deadman_seconds: u32) -> Bed {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            std::fs::create_dir_all(d.join("bin")).unwrap();
+            std::fs::write(d.join("live"), "table inet before {\n}\n").unwrap();
+            // -c refuses "Bogus"; -f loads (flush ruleset dropped); list prints the live file.
+            let stub = format!(
+                "#!/bin/sh\nlive={d}/live\n\
+                 load() {{ sed -e 's/^flush ruleset;\\{{0,1\\}} *//' -e '/^$/d' \"$1\" >\"$live.new\" && mv \"$live.new\" \"$live\"; }}\n\
+                 case \"$*\" in\n\
+                 \x20 '-c -f '*) if grep -n Bogus \"$3\" >&2; then echo \"$3:2:1-5: Error: syntax error\" >&2; exit 1; fi ;;\n\
+                 \x20 '-f -') cat >\"$live.in\"; load \"$live.in\" ;;\n\
+                 \x20 '-f '*) load \"$2\" ;;\n\
+                 \x20 'list ruleset'|'-s list ruleset') cat \"$live\" ;;\n\
+                 \x20 'flush ruleset') : >\"$live\" ;;\n\
+                 \x20 *) echo \"nft stub: $*\" >&2; exit 2 ;;\n\
+                 esac\n",
+                d = d.display()
+            );
+            let p = d.join("bin/nft");
+            std::fs::write(&p, stub).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let mut ctx = ApplyContext::new("t1");
+            ctx.backup_root = d.join("state/backups").display().to_string();
+            ctx.deadman_seconds = deadman_seconds;
+            Bed { dir, ctx }
+        }
+
+        fn path(&self, rel: &str) -> std::path::PathBuf {
+            self.dir.path().join(rel)
+        }
+
+        fn read(&self, rel: &str) -> String {
+            std::fs::read_to_string(self.path(rel)).unwrap_or_else(|_| "<none>".into())
+        }
+
+        fn resource(&self, ruleset: &str) -> Nftables {
+            let mut n = nft(json!({
+                "ruleset": ruleset,
+                "path": self.path("nftables.conf").display().to_string(),
+            }));
+            n.record = self.path("state/nftables.loaded").display().to_string();
+            n
+        }
+
+        async fn run(&self, script: Script) -> crate::transport::ExecOutput {
+            let text = Script::new()
+                .raw("PATH=")
+                .arg(&format!("{}:/usr/bin:/bin", self.path("bin").display()))
+                .raw("\n")
+                .then(script)
+                .render()
+                .unwrap();
+            LocalSession::default()
+                .exec(
+                    &crate::remote::exec_command(false),
+                    text.as_bytes(),
+                    Duration::from_secs(20),
+                )
+                .await
+                .unwrap()
+        }
+
+        async fn diff(&self, n: &Nftables) -> Verdict {
+            let out = self.run(n.probe()).await;
+            assert!(out.success(), "{}", out.stderr_block());
+            n.diff(&String::from_utf8(out.stdout).unwrap()).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn load_record_drift_and_an_unconfirmed_restore() {
+        let bed = Bed::new(1);
+        std::fs::write(bed.path("nftables.conf"), "table inet before {\n}\n").unwrap();
+        let n = bed.resource("table inet after {\n}\n");
+        let v = bed.diff(&n).await;
+        assert_eq!(v.action(), "modify");
+        let out = bed.run(n.apply(&v, &bed.ctx)).await;
+        assert!(out.success(), "{}", out.stderr_block());
+        assert_eq!(bed.read("live"), "table inet after {\n}\n");
+        assert_eq!(bed.read("nftables.conf"), "table inet after {\n}\n");
+        assert_eq!(
+            bed.read("state/nftables.loaded"),
+            format!(
+                "rampart-nftables-loaded {}\ntable inet after {{\n}}\n",
+                sha(&n.ruleset)
+            )
+        );
+        assert!(bed.diff(&n).await.is_in_line());
+        // Flushed by hand: drift, shown as the listing that comes back.
+        std::fs::write(bed.path("live"), "").unwrap();
+        assert_eq!(
+            bed.diff(&n).await,
+            Verdict::Modify(vec![change(
+                "live ruleset",
+                Some("(an empty ruleset)\n"),
+                Some("table inet after {\n}\n")
+            )])
+        );
+        // Nobody confirmed the load: a second after it, everything is as before.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(bed.read("live"), "table inet before {\n}\n");
+        assert_eq!(bed.read("nftables.conf"), "table inet before {\n}\n");
+        assert_eq!(bed.read("state/nftables.loaded"), "<none>");
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_load_stays_and_a_file_only_change_does_not_reload() {
+        let bed = Bed::new(1);
+        let n = bed.resource("table inet after {\n}\n");
+        let v = bed.diff(&n).await;
+        assert_eq!(v.action(), "create");
+        assert!(bed.run(n.apply(&v, &bed.ctx)).await.success());
+        assert!(
+            bed.run(super::super::deadman_disarm(&bed.ctx))
+                .await
+                .success()
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(bed.read("live"), "table inet after {\n}\n");
+        assert!(bed.diff(&n).await.is_in_line());
+
+        std::fs::write(bed.path("nftables.conf"), "# edited\n").unwrap();
+        std::fs::write(bed.path("live"), "table inet after {\n}\n").unwrap();
+        let v = bed.diff(&n).await;
+        assert_eq!(v.changes().len(), 1, "{v:?}");
+        let mut ctx = bed.ctx.clone();
+        ctx.run_id = "t2".into();
+        assert!(bed.run(n.apply(&v, &ctx)).await.success());
+        assert!(
+            !bed.path("state/deadman/t2/nftables.armed").exists(),
+            "no load, no switch"
+        );
+        assert_eq!(bed.read("nftables.conf"), n.ruleset);
+        let backup = format!(
+            "{}{}",
+            bed.path("state/backups/t2").display(),
+            bed.path("nftables.conf").display()
+        );
+        assert_eq!(std::fs::read_to_string(backup).unwrap(), "# edited\n");
+    }
+
+    #[tokio::test]
+    async fn a_ruleset_nft_refuses_changes_nothing() {
+        let bed = Bed::new(60);
+        std::fs::write(bed.path("nftables.conf"), "table inet before {\n}\n").unwrap();
+        let n = bed.resource("table inet after {\n  Bogus\n}\n");
+        let v = bed.diff(&n).await;
+        let out = bed.run(n.apply(&v, &bed.ctx)).await;
+        assert!(!out.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("rampart: nft refuses the ruleset; nothing was changed:")
+                && stderr.contains("nftables.rules:2:1-5: Error: syntax error"),
+            "{stderr}"
+        );
+        assert_eq!(bed.read("live"), "table inet before {\n}\n");
+        assert_eq!(bed.read("nftables.conf"), "table inet before {\n}\n");
+        assert_eq!(bed.read("state/nftables.loaded"), "<none>");
+        assert!(!bed.path("state/deadman/t1/nftables.armed").exists());
+    }
+}

@@ -1,6 +1,8 @@
 mod common;
+mod deadman;
 mod engine;
 mod facts;
+mod resources_config;
 mod resources_file;
 mod resources_system;
 mod resources_user;
