@@ -417,7 +417,31 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
     )
     .await
     {
-        Err(e) => p.report.fail(HostStatus::Failed, e, None),
+        Err(e) => {
+            // The apply's own connection failed (a firewall change can do that): a risky step
+            // that was to change still decides by the confirmation over a new connection.
+            let risky_pending = p.steps.iter().zip(&p.verdicts).any(|(s, v)| {
+                matches!(&s.work, StepWork::Run(r) if r.risky())
+                    && v.as_ref().is_some_and(|v| !v.is_in_line())
+            });
+            p.report.fail(HostStatus::Failed, e, None);
+            if risky_pending {
+                match confirm(run, &p.host, &ctx).await {
+                    Ok(fresh) => {
+                        p.report.note =
+                            Some("the risky change was confirmed over a new connection".into());
+                        fresh.close().await;
+                    }
+                    Err(lost) => {
+                        p.report.error = Some(format!(
+                            "rolled back: lost access: {lost}; the host restores the previous state {} s after the change",
+                            ctx.deadman_seconds
+                        ));
+                        p.report.note = Some(after_rollback(run, &p.host, &ctx).await);
+                    }
+                }
+            }
+        }
         Ok((done, handlers_done)) => {
             let mut failed = false;
             for (i, result) in done.iter().enumerate() {
@@ -507,10 +531,22 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
 
 /// Opens a NEW connection (the same logins as any connection of the run) and disarms the
 /// run's dead-man switches over it. The new session is returned for the verify probe.
+///
+/// A refused or timed-out connection is retried for a while within the switch's time (sshd
+/// re-executes itself on reload and is briefly away); a refused login or a wrong host key is
+/// final.
 async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<SshSession, String> {
-    let connected = connect_host(host, &run.options)
-        .await
-        .map_err(|e| e.to_string())?;
+    let deadline =
+        Instant::now() + std::time::Duration::from_secs(u64::from(ctx.deadman_seconds) / 2);
+    let connected = loop {
+        match connect_host(host, &run.options).await {
+            Ok(c) => break c,
+            Err(e) if e.kind() == "unreachable" && Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     let become_root =
         run.playbook.become_root.unwrap_or(host.become_root) && connected.login != "root";
     let script = crate::resource::deadman_disarm(ctx)
@@ -525,7 +561,14 @@ async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<SshSessio
         )
         .await
         .map_err(|e| e.to_string())?;
-    if !out.success() || !String::from_utf8_lossy(&out.stdout).contains("disarmed") {
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(late) = text.lines().find(|l| l.starts_with("too late:")) {
+        return Err(format!(
+            "the dead-man switch fired before the confirmation arrived ({}); the host restored the previous state",
+            late.trim_start_matches("too late:").trim()
+        ));
+    }
+    if !out.success() || !text.contains("disarmed") {
         return Err(format!(
             "could not disarm the dead-man switch: {}\n{}",
             out.status_text(),
@@ -535,20 +578,43 @@ async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<SshSessio
     Ok(connected.session)
 }
 
-/// After a lost confirmation: waits for the host's restore, then says whether access is back.
+/// After a lost confirmation: waits until the host has run its restore (the run's switches are
+/// gone), then says whether access is back.
 async fn after_rollback(run: &Run, host: &Host, ctx: &ApplyContext) -> String {
-    tokio::time::sleep(std::time::Duration::from_secs(
-        u64::from(ctx.deadman_seconds) + 5,
-    ))
+    let dir = crate::resource::deadman_dir(ctx);
+    let check = crate::remote::Script::new()
+        .raw("for f in ")
+        .arg(&dir)
+        .raw("/*.armed; do [ -e \"$f\" ] && { echo armed; exit 0; }; done; echo restored\n");
+    let check = check.render().unwrap_or_default();
+    let give_up =
+        Instant::now() + std::time::Duration::from_secs(u64::from(ctx.deadman_seconds) + 60);
+    tokio::time::sleep(std::time::Duration::from_secs(u64::from(
+        ctx.deadman_seconds,
+    )))
     .await;
-    for _ in 0..6 {
+    while Instant::now() < give_up {
         if let Ok(c) = connect_host(host, &run.options).await {
+            let become_root =
+                run.playbook.become_root.unwrap_or(host.become_root) && c.login != "root";
+            let out = c
+                .session
+                .exec(
+                    &crate::remote::exec_command(become_root),
+                    check.as_bytes(),
+                    run.settings.timeout,
+                )
+                .await;
             c.session.close().await;
-            return "the host restored the previous state; access is back".to_string();
+            if let Ok(out) = out
+                && String::from_utf8_lossy(&out.stdout).contains("restored")
+            {
+                return "the host restored the previous state; access is back".to_string();
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
-    "the host is still unreachable after its restore time".to_string()
+    "the host is still unreachable (or not restored) after its restore time".to_string()
 }
 
 /// The verify probe: every changed step must now be in line ("not idempotent" otherwise).

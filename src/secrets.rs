@@ -184,7 +184,10 @@ mod tests {
         let mut v = json!({"secret": {"env": "RAMPART_TEST_SECRET_Q"}});
         s.resolve_in(&mut v).unwrap();
         let report = serde_json::to_string(&json!({"after": v})).unwrap();
-        assert_eq!(s.mask(&report), r#"{"after":"<secret:RAMPART_TEST_SECRET_Q>"}"#);
+        assert_eq!(
+            s.mask(&report),
+            r#"{"after":"<secret:RAMPART_TEST_SECRET_Q>"}"#
+        );
     }
 
     #[test]

@@ -193,14 +193,17 @@ pub fn deadman_arm(ctx: &ApplyContext, key: &str, restore: Script) -> Script {
     let script = format!("{dir}/{key}.sh");
     let unit = format!("rampart-deadman-{}-{key}", ctx.run_id);
     let body = Script::new()
-        .raw("#!/bin/sh\n[ -e ")
+        .raw("#!/bin/sh\n# Claims the switch: whoever removes the armed file first (this or the disarm) wins.\nrm ")
         .arg(&armed)
-        .raw(" ] || exit 0\nrm -f ")
-        .arg(&armed)
+        .raw(" 2>/dev/null || exit 0\n: >")
+        .arg(&format!("{dir}/{key}.fired"))
         .raw("\nlogger -t rampart \"dead-man switch: no confirmation, restoring ")
         .raw(key)
         .raw("\" 2>/dev/null || true\n")
-        .then(restore);
+        .then(restore)
+        .raw("\nrm -f ")
+        .arg(&script)
+        .raw("\n");
     let text = body.render().unwrap_or_default();
     Script::new()
         .raw("mkdir -p ")
@@ -215,7 +218,10 @@ pub fn deadman_arm(ctx: &ApplyContext, key: &str, restore: Script) -> Script {
         .arg(&armed)
         .raw("\nif [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then\n  systemd-run --quiet --collect --unit=")
         .arg(&unit)
-        .raw(&format!(" --on-active={} /bin/sh ", ctx.deadman_seconds))
+        .raw(&format!(
+            " --timer-property=AccuracySec=1s --on-active={} /bin/sh ",
+            ctx.deadman_seconds
+        ))
         .arg(&script)
         .raw("\nelse\n  (setsid sh -c 'sleep \"$1\"; sh \"$2\"' rampart-deadman ")
         .raw(&ctx.deadman_seconds.to_string())
@@ -227,14 +233,13 @@ pub fn deadman_arm(ctx: &ApplyContext, key: &str, restore: Script) -> Script {
 /// Disarms every dead-man switch of this run on the host (and stops their timers).
 pub fn deadman_disarm(ctx: &ApplyContext) -> Script {
     let dir = deadman_dir(ctx);
+    // Prints `disarmed`, or `too late: KEY...` for switches whose restore already claimed them.
     Script::new()
-        .raw("rm -f ")
+        .raw("d=")
         .arg(&dir)
-        .raw("/*.armed\nif command -v systemctl >/dev/null 2>&1; then\n  for u in $(systemctl list-units --all --plain --no-legend ")
+        .raw("\nlate=\nfor f in \"$d\"/*.sh \"$d\"/*.fired; do\n  [ -e \"$f\" ] || continue\n  k=${f%.*}\n  if [ -e \"$k.armed\" ] && rm \"$k.armed\" 2>/dev/null; then :; else late=\"$late ${k##*/}\"; fi\ndone\nif command -v systemctl >/dev/null 2>&1; then\n  for u in $(systemctl list-units --all --plain --no-legend ")
         .arg(&format!("rampart-deadman-{}-*", ctx.run_id))
-        .raw(" 2>/dev/null | awk '{print $1}'); do systemctl stop \"$u\" 2>/dev/null || true; done\nfi\nrm -rf ")
-        .arg(&dir)
-        .raw("\necho disarmed\n")
+        .raw(" 2>/dev/null | awk '{print $1}'); do systemctl stop \"$u\" 2>/dev/null || true; done\nfi\nif [ -n \"$late\" ]; then\n  printf 'too late:%s\\n' \"$late\" | awk '{ for (i = 1; i <= NF; i++) if (!seen[$i]++) printf \"%s%s\", (i > 1 ? \" \" : \"\"), $i; print \"\" }'\nelse\n  rm -rf \"$d\"\n  echo disarmed\nfi\n")
 }
 
 /// A resource type: its name in playbooks, its parameter names (for "unknown key" errors at
@@ -362,6 +367,8 @@ mod tests {
         sh(deadman_arm(&ctx, "fw", restore.clone())).await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(std::fs::read_to_string(&restored).unwrap(), "restored\n");
+        // A confirmation that comes after the restore says so.
+        assert_eq!(sh(deadman_disarm(&ctx)).await, "too late: fw\n");
 
         std::fs::remove_file(&restored).unwrap();
         let mut ctx2 = ctx.clone();
