@@ -121,3 +121,22 @@ pub fn fingerprint_of(pub_lines: &str, algo: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Runs OpenSSH's client as `user` on a testbed host; the output, or the error text.
+pub fn ssh_as(user: &str, host: &str, script: &str) -> Result<String, String> {
+    let out = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts().display()))
+        .arg("-i")
+        .arg(test_key())
+        .arg(format!("{user}@{}", addr(host)))
+        .arg(script)
+        .output()
+        .expect("ssh runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

@@ -359,7 +359,7 @@ fn the_bootstrap_login_is_used_until_the_admin_user_exists() {
         ),
     )
     .unwrap();
-    let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/site.yaml");
+    let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bootstrap.yaml");
     // A fresh host: the admin login is refused, root is used, and the run says so.
     let first = run(dir.path(), &inv, "apply", &site, &["--format", "json"]);
     assert_eq!(

@@ -6,4 +6,5 @@ mod resources_config;
 mod resources_file;
 mod resources_system;
 mod resources_user;
+mod site;
 mod transport;

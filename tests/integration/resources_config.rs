@@ -1,6 +1,6 @@
 //! The `json_config` and `audit_rules` resources on real hosts, through the library over a
-//! real SSH session: json_config on the container h12, audit_rules on the VM vm1 (whose kernel
-//! audits) and on h12 (which cannot). Every name carries the test process's id; the audit
+//! real SSH session: json_config on the container h13, audit_rules on the VM vm1 (whose kernel
+//! audits) and on h13 (which cannot). Every name carries the test process's id; the audit
 //! test removes its rules file and reloads at the end, leaving vm1's rules as it found them.
 //! The audit tests on vm1 share one test function: `augenrules --load` reloads every rule,
 //! so two of them at once would undo each other.
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::common::*;
 
-const CONTAINER: &str = "h12";
+const CONTAINER: &str = "h13";
 const VM: &str = "vm1";
 
 async fn root(host: &str) -> SshSession {

@@ -1,0 +1,85 @@
+//! playbooks/site.yaml (baseline + agent gateway) on three fresh hosts, from the inventory a
+//! user would write: hosts, the admin login, the bootstrap login and the agent's command.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::common::*;
+
+const HOSTS: [&str; 3] = ["h14", "h15", "h16"];
+/// A stand-in gateway: answers HTTP on the agent's port, on loopback only.
+const STANDIN: &str = "/usr/bin/python3 -m http.server --bind 127.0.0.1 --directory /usr/share/doc/python3 18789";
+
+fn run(dir: &Path, inv: &Path, cmd: &str) -> std::process::Output {
+    rampart(dir)
+        .args([cmd, "--format", "json", "-q", "-i"])
+        .arg(inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/site.yaml"))
+        .output()
+        .unwrap()
+}
+
+fn statuses(out: &std::process::Output) -> Vec<(String, String)> {
+    let j: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(out), stderr(out)));
+    j["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap().to_string(), h["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn site_converges_closes_the_agent_port_and_root_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    let mut text = format!(
+        "all:\n  vars:\n    user: admin\n    bootstrap_user: root\n    identity: {}\n    agent_command: {STANDIN}\n  hosts:\n",
+        test_key().display()
+    );
+    for h in HOSTS {
+        text.push_str(&format!("    {h}: {{address: {}}}\n", addr(h)));
+    }
+    std::fs::write(&inv, text).unwrap();
+
+    let first = run(dir.path(), &inv, "apply");
+    assert_eq!(first.status.code(), Some(0), "{}{}", stdout(&first), stderr(&first));
+    let second = run(dir.path(), &inv, "apply");
+    assert_eq!(second.status.code(), Some(0), "{}", stdout(&second));
+    for (name, status) in statuses(&second) {
+        assert_eq!(status, "in_line", "{name}: a second apply changes nothing:\n{}", stdout(&second));
+    }
+    let plan = run(dir.path(), &inv, "plan");
+    assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
+
+    for h in HOSTS {
+        // From the controller the agent's port is closed...
+        let target: SocketAddr = format!("{}:18789", addr(h)).parse().unwrap();
+        assert!(
+            TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_err(),
+            "{h}: the agent port answers from outside"
+        );
+        // ...while on the host the gateway answers on loopback.
+        let local = ssh_as(
+            "admin",
+            h,
+            "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:18789/\").status)'",
+        )
+        .unwrap();
+        assert_eq!(local, "200\n", "{h}");
+        // SSH works as the admin, who may sudo; root's login is refused.
+        assert_eq!(ssh_as("admin", h, "sudo -n id -un").unwrap(), "root\n");
+        let refused = ssh_as("root", h, "true").unwrap_err();
+        assert!(refused.contains("Permission denied"), "{h}: {refused}");
+        // The agent runs as its own unprivileged user, and its secrets file is 0600.
+        let who = ssh_as("admin", h, "ps -o user= -C python3 | sort -u").unwrap();
+        assert_eq!(who, "openclaw\n", "{h}");
+        assert_eq!(ssh_as("admin", h, "sudo -n stat -c %a /etc/openclaw/agent.env").unwrap(), "600\n");
+    }
+}
