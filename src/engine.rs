@@ -198,6 +198,12 @@ pub fn host_vars(
         .or_insert_with(|| Value::String(host.user.clone()));
     let groups: BTreeMap<&String, &Vec<String>> = inventory.groups.iter().collect();
     vars.insert("groups".into(), serde_json::json!(groups));
+    // The public half of the key rampart logs in with: the admin's default authorized key.
+    if !vars.contains_key("login_public_key")
+        && let Some(key) = login_public_key(host)
+    {
+        vars.insert("login_public_key".into(), Value::String(key));
+    }
     // Variables may be templates of other variables (`port: "{{ 1 if a else 2 }}"`): render
     // them in order, a few passes for chains; what still fails is left for the step that uses
     // it to report, with its place.
@@ -217,12 +223,6 @@ pub fn host_vars(
                 vars.insert(key, rendered);
             }
         }
-    }
-    // The public half of the key rampart logs in with: the admin's default authorized key.
-    if !vars.contains_key("login_public_key")
-        && let Some(key) = login_public_key(host)
-    {
-        vars.insert("login_public_key".into(), Value::String(key));
     }
     Ok(vars)
 }

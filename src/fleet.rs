@@ -427,7 +427,7 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
             p.report.fail(HostStatus::Failed, e, None);
             if risky_pending {
                 match confirm(run, &p.host, &ctx).await {
-                    Ok(fresh) => {
+                    Ok((fresh, _)) => {
                         p.report.note =
                             Some("the risky change was confirmed over a new connection".into());
                         fresh.close().await;
@@ -514,12 +514,14 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
                     p.report.status = HostStatus::Failed;
                     p.report.error = Some("a step failed; the steps after it did not run".into());
                 }
-            } else if let Some(fresh) = &confirmed {
+            } else if let Some((fresh, become_root)) = &confirmed {
+                // The new login may differ from the old (root closed, admin now): so may sudo.
+                p.become_root = *become_root;
                 verify(fresh, &mut p, timeout).await;
             } else {
                 verify(&session, &mut p, timeout).await;
             }
-            if let Some(fresh) = confirmed {
+            if let Some((fresh, _)) = confirmed {
                 fresh.close().await;
             }
         }
@@ -535,7 +537,7 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
 /// A refused or timed-out connection is retried for a while within the switch's time (sshd
 /// re-executes itself on reload and is briefly away); a refused login or a wrong host key is
 /// final.
-async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<SshSession, String> {
+async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<(SshSession, bool), String> {
     let deadline =
         Instant::now() + std::time::Duration::from_secs(u64::from(ctx.deadman_seconds) / 2);
     let connected = loop {
@@ -575,7 +577,7 @@ async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<SshSessio
             out.stderr_block()
         ));
     }
-    Ok(connected.session)
+    Ok((connected.session, become_root))
 }
 
 /// After a lost confirmation: waits until the host has run its restore (the run's switches are

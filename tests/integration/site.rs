@@ -11,7 +11,8 @@ use super::common::*;
 
 const HOSTS: [&str; 3] = ["h14", "h15", "h16"];
 /// A stand-in gateway: answers HTTP on the agent's port, on loopback only.
-const STANDIN: &str = "/usr/bin/python3 -m http.server --bind 127.0.0.1 --directory /usr/share/doc/python3 18789";
+const STANDIN: &str =
+    "/usr/bin/python3 -m http.server --bind 127.0.0.1 --directory /usr/share/doc/python3 18789";
 
 fn run(dir: &Path, inv: &Path, cmd: &str) -> std::process::Output {
     rampart(dir)
@@ -31,7 +32,12 @@ fn statuses(out: &std::process::Output) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| (h["name"].as_str().unwrap().to_string(), h["status"].as_str().unwrap().to_string()))
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_string(),
+                h["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -49,11 +55,22 @@ fn site_converges_closes_the_agent_port_and_root_login() {
     std::fs::write(&inv, text).unwrap();
 
     let first = run(dir.path(), &inv, "apply");
-    assert_eq!(first.status.code(), Some(0), "{}{}", stdout(&first), stderr(&first));
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&first),
+        stderr(&first)
+    );
     let second = run(dir.path(), &inv, "apply");
     assert_eq!(second.status.code(), Some(0), "{}", stdout(&second));
     for (name, status) in statuses(&second) {
-        assert_eq!(status, "in_line", "{name}: a second apply changes nothing:\n{}", stdout(&second));
+        assert_eq!(
+            status,
+            "in_line",
+            "{name}: a second apply changes nothing:\n{}",
+            stdout(&second)
+        );
     }
     let plan = run(dir.path(), &inv, "plan");
     assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
@@ -80,6 +97,9 @@ fn site_converges_closes_the_agent_port_and_root_login() {
         // The agent runs as its own unprivileged user, and its secrets file is 0600.
         let who = ssh_as("admin", h, "ps -o user= -C python3 | sort -u").unwrap();
         assert_eq!(who, "openclaw\n", "{h}");
-        assert_eq!(ssh_as("admin", h, "sudo -n stat -c %a /etc/openclaw/agent.env").unwrap(), "600\n");
+        assert_eq!(
+            ssh_as("admin", h, "sudo -n stat -c %a /etc/openclaw/agent.env").unwrap(),
+            "600\n"
+        );
     }
 }
