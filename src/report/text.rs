@@ -62,7 +62,9 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style)
             // An in-line step speaks only when it has more to say than "in line" (a setting
             // this environment cannot hold, say).
             StepStatus::InLine => match &step.note {
-                Some(note) if !note.ends_with("is in line") => {
+                // Notes about what this environment cannot do ("not settable live here",
+                // "audit unavailable here") are worth a line; routine sentences are not.
+                Some(note) if note.contains(" here") => {
                     writeln!(out, "  = {}: {note}", step.name)?;
                     continue;
                 }
