@@ -163,3 +163,31 @@ pub fn ssh_as(user: &str, host: &str, script: &str) -> Result<String, String> {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// An SSH session (rampart's own transport) to a testbed host as `user` with `identity`.
+pub async fn session_as(
+    host: &str,
+    user: &str,
+    identity: &Path,
+) -> rampart::transport::ssh::SshSession {
+    use rampart::transport::ssh::{self, ConnectOptions, Endpoint, Target};
+    let target = Target {
+        endpoint: Endpoint {
+            name: host.into(),
+            address: addr(host),
+            port: 22,
+            user: user.into(),
+            identity: Some(identity.to_path_buf()),
+        },
+        jump: None,
+    };
+    let options = ConnectOptions::new(known_hosts(), false, std::time::Duration::from_secs(10));
+    ssh::connect(&target, &options)
+        .await
+        .unwrap_or_else(|e| panic!("cannot log in to {host} as {user}: {e}"))
+}
+
+/// An SSH session as root with the testbed key.
+pub async fn root_session(host: &str) -> rampart::transport::ssh::SshSession {
+    session_as(host, "root", &test_key()).await
+}

@@ -5,12 +5,10 @@
 //! The audit tests on vm1 share one test function: `augenrules --load` reloads every rule,
 //! so two of them at once would undo each other.
 
-use std::time::Duration;
-
 use rampart::resource::audit_rules::AUDIT_RULES;
 use rampart::resource::json_config::JSON_CONFIG;
 use rampart::resource::{ApplyContext, Change, Resource, TypeInfo, Verdict, converge_one};
-use rampart::transport::ssh::{self, ConnectOptions, Endpoint, SshSession, Target};
+use rampart::transport::ssh::SshSession;
 use serde_json::{Value, json};
 
 use super::common::*;
@@ -19,22 +17,7 @@ const CONTAINER: &str = "h13";
 const VM: &str = "vm1";
 
 async fn root(host: &str) -> SshSession {
-    let target = Target {
-        endpoint: Endpoint {
-            name: host.into(),
-            address: addr(host),
-            port: 22,
-            user: "root".into(),
-            identity: Some(test_key()),
-        },
-        jump: None,
-    };
-    ssh::connect(
-        &target,
-        &ConnectOptions::new(known_hosts(), false, Duration::from_secs(10)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot log in to {host}: {e}"))
+    root_session(host).await
 }
 
 fn build(info: &TypeInfo, v: Value) -> Box<dyn Resource> {

@@ -3,11 +3,9 @@
 //! `/tmp/rampart-file-<test>-<pid>`; backups go to the real backup root under a run id of the
 //! same name, removed at the end.
 
-use std::time::Duration;
-
 use rampart::resource::file::{ABSENT, DIRECTORY, FILE, LINES};
 use rampart::resource::{ApplyContext, Change, Resource, TypeInfo, Verdict, converge_one};
-use rampart::transport::ssh::{self, ConnectOptions, Endpoint, SshSession, Target};
+use rampart::transport::ssh::SshSession;
 use serde_json::{Value, json};
 
 use super::common::*;
@@ -15,22 +13,7 @@ use super::common::*;
 const HOST: &str = "h5";
 
 async fn root() -> SshSession {
-    let target = Target {
-        endpoint: Endpoint {
-            name: HOST.into(),
-            address: addr(HOST),
-            port: 22,
-            user: "root".into(),
-            identity: Some(test_key()),
-        },
-        jump: None,
-    };
-    ssh::connect(
-        &target,
-        &ConnectOptions::new(known_hosts(), false, Duration::from_secs(10)),
-    )
-    .await
-    .unwrap()
+    root_session(HOST).await
 }
 
 fn build(info: &TypeInfo, v: Value) -> Box<dyn Resource> {

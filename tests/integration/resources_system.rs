@@ -18,7 +18,7 @@ use rampart::resource::sysctl::SYSCTL;
 use rampart::resource::unit::UNIT;
 use rampart::resource::{ApplyContext, Change, Resource, Verdict, converge_one};
 use rampart::transport::Session;
-use rampart::transport::ssh::{self, ConnectOptions, Endpoint, SshSession, Target};
+use rampart::transport::ssh::SshSession;
 use serde_json::{Value, json};
 
 use super::common::*;
@@ -29,22 +29,7 @@ const HOST: &str = "h10";
 const VM: &str = "vm1";
 
 async fn root(host: &str) -> SshSession {
-    let target = Target {
-        endpoint: Endpoint {
-            name: host.into(),
-            address: addr(host),
-            port: 22,
-            user: "root".into(),
-            identity: Some(test_key()),
-        },
-        jump: None,
-    };
-    ssh::connect(
-        &target,
-        &ConnectOptions::new(known_hosts(), false, Duration::from_secs(10)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot log in to {host} as root: {e}"))
+    root_session(host).await
 }
 
 fn build(ty: &rampart::resource::TypeInfo, params: Value) -> Box<dyn Resource> {

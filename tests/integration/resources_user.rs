@@ -10,7 +10,7 @@ use std::time::Duration;
 use rampart::resource::user::{GROUP, USER};
 use rampart::resource::{ApplyContext, Change, Resource, Verdict, converge_one};
 use rampart::transport::Session;
-use rampart::transport::ssh::{self, ConnectOptions, Endpoint, SshSession, Target};
+use rampart::transport::ssh::SshSession;
 use serde_json::{Value, json};
 
 use super::common::*;
@@ -18,22 +18,7 @@ use super::common::*;
 const HOST: &str = "h6";
 
 async fn connect(user: &str, identity: &Path) -> SshSession {
-    let target = Target {
-        endpoint: Endpoint {
-            name: HOST.into(),
-            address: addr(HOST),
-            port: 22,
-            user: user.into(),
-            identity: Some(identity.to_path_buf()),
-        },
-        jump: None,
-    };
-    ssh::connect(
-        &target,
-        &ConnectOptions::new(known_hosts(), false, Duration::from_secs(10)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot log in to {HOST} as {user}: {e}"))
+    session_as(HOST, user, identity).await
 }
 
 async fn root() -> SshSession {
