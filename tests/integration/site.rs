@@ -103,3 +103,52 @@ fn site_converges_closes_the_agent_port_and_root_login() {
         );
     }
 }
+
+#[test]
+fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
+    // vm2 is this test's own VM: a real kernel, where audit and every sysctl work.
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  vars:\n    user: admin\n    bootstrap_user: root\n    identity: {}\n    agent_command: {STANDIN}\n  hosts:\n    vm2: {{address: {}}}\n",
+            test_key().display(),
+            addr("vm2")
+        ),
+    )
+    .unwrap();
+    let apply = rampart(dir.path())
+        .args(["apply", "--format", "json", "-q", "--timeout", "900", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/site.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        apply.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&apply),
+        stderr(&apply)
+    );
+    let rules = ssh_as("admin", "vm2", "sudo -n auditctl -l").unwrap();
+    for key in [
+        "agent-config",
+        "agent-secrets",
+        "agent-exec",
+        "sshd-config",
+        "sudoers",
+    ] {
+        // auditctl lists watches with `-k KEY`, syscall rules with `-F key=KEY`.
+        assert!(
+            rules.contains(&format!("-k {key}")) || rules.contains(&format!("-F key={key}")),
+            "{key} not loaded:\n{rules}"
+        );
+    }
+    let sysctls = ssh_as("admin", "vm2", "/usr/sbin/sysctl -n kernel.kptr_restrict kernel.dmesg_restrict fs.suid_dumpable net.ipv4.ip_forward").unwrap();
+    assert_eq!(sysctls, "2\n1\n0\n0\n");
+    let plan = run(dir.path(), &inv, "plan");
+    assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
+}
