@@ -449,7 +449,7 @@ mod tests {
     fn an_unknown_resource_type_lists_the_types() {
         assert_eq!(
             load_err("steps:\n  - fiel: {path: /a}\n"),
-            "[DIR]/p.yaml:2:5: unknown resource type or step key `fiel`\n  hint: resource types: file, directory, absent, lines, user, group, command, package, service, unit, sysctl, sshd, nftables, audit_rules, json_config; step keys: name, when, tags, notify, include"
+            "[DIR]/p.yaml:2:5: unknown resource type or step key `fiel`\n  hint: resource types: file, directory, absent, lines, user, group, command, package, service, unit, sysctl, sshd, nftables, audit_rules, json_config, wireguard; step keys: name, when, tags, notify, include"
         );
     }
 

@@ -18,6 +18,7 @@ pub mod sshd;
 pub mod sysctl;
 pub mod unit;
 pub mod user;
+pub mod wireguard;
 
 use std::fmt;
 
@@ -275,6 +276,7 @@ pub const TYPES: &[TypeInfo] = &[
     nftables::NFTABLES,
     audit_rules::AUDIT_RULES,
     json_config::JSON_CONFIG,
+    wireguard::WIREGUARD,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static TypeInfo> {

@@ -6,5 +6,6 @@ mod resources_config;
 mod resources_file;
 mod resources_system;
 mod resources_user;
+mod resources_wireguard;
 mod site;
 mod transport;
