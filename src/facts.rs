@@ -33,6 +33,11 @@ for t in nft wg wg-quick auditctl sshd sudo systemctl; do
 done
 if command -v auditctl >/dev/null 2>&1 && auditctl -s >/dev/null 2>&1; then a=yes; else a=no; fi
 printf 'audit_usable=%s\n' "$a"
+for f in /etc/wireguard/*.key; do
+  [ -r "$f" ] || continue
+  i=${f##*/}; i=${i%.key}
+  k=$(wg pubkey <"$f" 2>/dev/null) && printf 'wireguard_%s=%s\n' "$i" "$k"
+done
 "#;
 
 /// What the probe found.
@@ -55,6 +60,9 @@ pub struct Facts {
     pub tools: Tools,
     /// Whether `auditctl -s` talks to the kernel's audit system (never inside a container).
     pub audit_usable: bool,
+    /// WireGuard interfaces with a key in /etc/wireguard (readable as root) -> public key.
+    /// Only public keys: the private key never leaves the host.
+    pub wireguard: std::collections::BTreeMap<String, String>,
 }
 
 /// Which tools exist (their paths), for the resources that need them.
@@ -105,6 +113,10 @@ pub fn parse(out: &str) -> Result<Facts, FactsError> {
             "tool_sudo" => f.tools.sudo = path(),
             "tool_systemctl" => f.tools.systemctl = path(),
             "audit_usable" => f.audit_usable = value == "yes",
+            k if k.starts_with("wireguard_") && !value.is_empty() => {
+                f.wireguard
+                    .insert(k["wireguard_".len()..].to_string(), value);
+            }
             _ => {}
         }
     }

@@ -89,6 +89,7 @@ use crate::resource::{ApplyContext, Verdict};
 use crate::secrets::Secrets;
 use crate::template::Templates;
 use crate::transport::Session;
+use serde_json::Value;
 
 /// What a run needs, shared by every host.
 pub struct Run {
@@ -151,12 +152,129 @@ struct Probed {
 /// nothing is applied on any host. Phase 2 (apply only), all hosts at once: apply what differs,
 /// run notified handlers, verify with a fresh probe.
 pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
+    if !uses_hostvars(&run) {
+        return run_once(run, None).await;
+    }
+    let fleet = Arc::new(fleet_facts(&run).await);
+    let first = run_once(run.clone(), Some(fleet)).await;
+    // A host that made its WireGuard key in this run has peers that could not know it yet:
+    // one more pass, with every host's facts gathered again, gives them the key.
+    let new_keys = first.hosts.iter().flat_map(|h| &h.steps).any(|s| {
+        s.status == StepStatus::Changed
+            && s.resource
+                .as_deref()
+                .is_some_and(|r| r.starts_with("wireguard"))
+            && s.changes.iter().any(|c| c.field == "private key")
+    });
+    if run.settings.apply && first.aborted.is_none() && new_keys {
+        let fleet = Arc::new(fleet_facts(&run).await);
+        let mut second = run_once(run, Some(fleet)).await;
+        for (h, before) in second.hosts.iter_mut().zip(&first.hosts) {
+            if before.status == HostStatus::Changed && h.status == HostStatus::InLine {
+                h.status = HostStatus::Changed;
+            }
+            let pass = "second pass: peers' new WireGuard keys".to_string();
+            h.note = Some(match h.note.take() {
+                Some(n) => format!("{n}; {pass}"),
+                None => pass,
+            });
+        }
+        return second;
+    }
+    first
+}
+
+/// What every host knows of the others (`hostvars`): their variables and facts.
+type FleetFacts = (
+    Value,
+    std::collections::HashMap<String, crate::facts::Facts>,
+);
+
+/// Whether a step (or a template it looks up) uses `hostvars`: then every host's facts are
+/// gathered before any host is rendered, over one extra connection per host.
+fn uses_hostvars(run: &Run) -> bool {
+    let text: String = run
+        .playbook
+        .steps
+        .iter()
+        .chain(&run.playbook.handlers)
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.params.to_json(),
+                s.when
+                    .as_ref()
+                    .map(|w| w.to_json().to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    if text.contains("hostvars") {
+        return true;
+    }
+    let lookups =
+        regex::Regex::new(r#"lookup\(\s*'template'\s*,\s*'([^']+)'\s*\)|"template":"([^"]+)""#)
+            .expect("valid");
+    lookups.captures_iter(&text).any(|c| {
+        let name = c
+            .get(1)
+            .or_else(|| c.get(2))
+            .map(|m| m.as_str())
+            .unwrap_or("");
+        run.templates
+            .source(name)
+            .is_some_and(|t| t.contains("hostvars"))
+    })
+}
+
+/// Connects to every host for its facts, then builds `hostvars`.
+async fn fleet_facts(run: &Arc<Run>) -> FleetFacts {
+    let facts = for_each_host(&run.hosts, run.forks, |host| {
+        let run = run.clone();
+        async move {
+            let c = connect_host(&host, &run.options).await.ok()?;
+            let become_root =
+                run.playbook.become_root.unwrap_or(host.become_root) && c.login != "root";
+            let f = engine::probe(&c.session, become_root, &[], run.settings.timeout)
+                .await
+                .ok();
+            c.session.close().await;
+            f.map(|(f, _)| (host.name.clone(), f))
+        }
+    })
+    .await;
+    let facts: std::collections::HashMap<String, crate::facts::Facts> =
+        facts.into_iter().flatten().collect();
+    let mut hostvars = serde_json::Map::new();
+    for host in &run.hosts {
+        let mut vars = engine::host_vars(
+            host,
+            &run.inventory,
+            &run.playbook,
+            &run.secrets,
+            &run.templates,
+        )
+        .unwrap_or_default();
+        vars.insert("address".into(), Value::String(host.address.clone()));
+        if let Some(f) = facts.get(&host.name) {
+            vars.insert(
+                "facts".into(),
+                serde_json::to_value(f).expect("facts serialize"),
+            );
+        }
+        hostvars.insert(host.name.clone(), Value::Object(vars));
+    }
+    (Value::Object(hostvars), facts)
+}
+
+async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary {
     let mode = if run.settings.apply { "apply" } else { "plan" };
     let probed = for_each_host(&run.hosts, run.forks, |host| {
         let run = run.clone();
+        let fleet = fleet.clone();
         async move {
             let line = run.progress.host(&host.name);
-            let p = probe_host(&run, host, &line).await;
+            let p = probe_host(&run, host, &line, fleet.as_deref()).await;
             let outcome = status_word(p.report.status);
             if run.settings.apply && p.report.status == HostStatus::Differs {
                 // Counted when its apply ends.
@@ -245,7 +363,12 @@ fn status_word(status: HostStatus) -> &'static str {
 /// Marks a host whose failure is bad input (not the host's fault).
 const INPUT_HINT: &str = "fix the playbook or inventory: nothing was applied on any host";
 
-async fn probe_host(run: &Run, host: Host, line: &crate::progress::HostLine) -> Probed {
+async fn probe_host(
+    run: &Run,
+    host: Host,
+    line: &crate::progress::HostLine,
+    fleet: Option<&FleetFacts>,
+) -> Probed {
     let started = Instant::now();
     let mut p = Probed {
         host: host.clone(),
@@ -272,6 +395,10 @@ async fn probe_host(run: &Run, host: Host, line: &crate::progress::HostLine) -> 
             return p;
         }
     };
+    let mut vars = vars;
+    if let Some((hostvars, _)) = fleet {
+        vars.insert("hostvars".into(), hostvars.clone());
+    }
     // Render before connecting: bad input is found without touching any host.
     let render = |facts: Option<&crate::facts::Facts>| {
         let steps = engine::render_steps(
@@ -292,7 +419,8 @@ async fn probe_host(run: &Run, host: Host, line: &crate::progress::HostLine) -> 
         )?;
         Ok::<_, engine::RenderFailure>((steps, handlers))
     };
-    let mut rendered = match render(None) {
+    let own_facts = fleet.and_then(|(_, facts)| facts.get(&host.name));
+    let mut rendered = match render(own_facts) {
         Ok(r) => Some(r),
         Err(e) if e.needs_facts => None,
         Err(e) => {

@@ -383,11 +383,20 @@ impl Walk {
                 jump.identity = jump.identity.take().or_else(|| host.identity.clone());
             }
         }
-        let groups = self
+        // A group holds its own hosts and its children's, in inventory order (as Ansible's
+        // `groups['all']` holds every host).
+        let mut groups: IndexMap<String, Vec<String>> = self
             .groups
-            .into_iter()
-            .map(|(name, (_, _, members))| (name, members))
+            .keys()
+            .map(|g| (g.clone(), Vec::new()))
             .collect();
+        for host in &hosts {
+            for g in &host.groups {
+                if let Some(members) = groups.get_mut(g) {
+                    members.push(host.name.clone());
+                }
+            }
+        }
         Ok(Inventory {
             path: path.to_path_buf(),
             hosts,
@@ -592,6 +601,7 @@ all:
                 .collect()
         };
         assert_eq!(names(&["pis"]), ["pi-1", "pi-2"]);
+        assert_eq!(inv.groups["all"], ["solo", "pi-1", "pi-2", "vps-1"]);
         assert_eq!(names(&["lab"]), ["pi-2"]);
         assert_eq!(names(&["v*,solo"]), ["solo", "vps-1"]);
         assert_eq!(names(&[]).len(), 4);

@@ -55,6 +55,14 @@ impl Templates {
         Templates { env }
     }
 
+    /// The text of template `name`, if the loader finds it.
+    pub fn source(&self, name: &str) -> Option<String> {
+        self.env
+            .get_template(name)
+            .ok()
+            .map(|t| t.source().to_string())
+    }
+
     /// The default look-up folders for a playbook: `<dir>/templates` and `<dir>/../templates`.
     pub fn for_playbook(playbook: &Path) -> Templates {
         let dir = playbook.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -332,7 +340,49 @@ fn lookup(state: &minijinja::State, kind: String, name: String) -> Result<JValue
     }
 }
 
+/// `"10.99.0.0/24" | ip_host(5)` -> `"10.99.0.5/24"`: the Nth address of an IPv4 network.
+fn ip_host(cidr: String, n: u32) -> Result<String, Error> {
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("ip_host: `{cidr}` is no IPv4 network like 10.99.0.0/24"),
+        )
+    };
+    let (net, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+    let prefix: u32 = prefix.parse().map_err(|_| bad())?;
+    let base: std::net::Ipv4Addr = net.parse().map_err(|_| bad())?;
+    if prefix > 30 {
+        return Err(bad());
+    }
+    let size = 1u64 << (32 - prefix);
+    if n == 0 || u64::from(n) >= size - 1 {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("ip_host: {n} is outside {cidr}"),
+        ));
+    }
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
+    let addr = std::net::Ipv4Addr::from((u32::from(base) & mask) + n);
+    Ok(format!("{addr}/{prefix}"))
+}
+
 fn add_filters(env: &mut Environment<'static>) {
+    env.add_filter("ip_host", ip_host);
+    env.add_filter(
+        "index_of",
+        |list: Vec<JValue>, item: JValue| -> Result<usize, Error> {
+            list.iter().position(|v| v == &item).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("index_of: {item} is not in the list"),
+                )
+            })
+        },
+    );
     env.add_function("lookup", lookup);
     env.add_filter("from_json", |s: String| -> Result<JValue, Error> {
         let v: Value = serde_json::from_str(&s)
@@ -463,6 +513,17 @@ mod tests {
         assert_eq!(v["d"], "x22");
         let err = render("a: '{{ nope }}'\n").unwrap_err();
         assert_eq!(err.to_string(), "p.yaml:1:4: undefined variable `nope`");
+    }
+
+    #[test]
+    fn network_filters() {
+        let v = render(
+            "a: \"{{ '10.99.0.0/24' | ip_host(5) }}\"\nb: \"{{ ports | index_of(443) }}\"\n",
+        )
+        .unwrap();
+        assert_eq!(v["a"], "10.99.0.5/24");
+        assert_eq!(v["b"], 1);
+        assert!(render("a: \"{{ '10.99.0.0/24' | ip_host(255) }}\"\n").is_err());
     }
 
     #[test]

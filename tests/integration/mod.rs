@@ -9,3 +9,4 @@ mod resources_user;
 mod resources_wireguard;
 mod site;
 mod transport;
+mod wireguard_mesh;

@@ -102,6 +102,13 @@ fn site_converges_closes_the_agent_port_and_root_login() {
             "600\n"
         );
     }
+    // The hosts reach each other over WireGuard (h14, h15, h16 are 10.99.0.1, .2, .3).
+    let ping = ssh_as(
+        "admin",
+        "h14",
+        "ping -c1 -W3 10.99.0.2 >/dev/null && ping -c1 -W3 10.99.0.3 >/dev/null && echo ok",
+    );
+    assert_eq!(ping.as_deref(), Ok("ok\n"), "{ping:?}");
 }
 
 #[test]
@@ -149,6 +156,9 @@ fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
     }
     let sysctls = ssh_as("admin", "vm2", "/usr/sbin/sysctl -n kernel.kptr_restrict kernel.dmesg_restrict fs.suid_dumpable net.ipv4.ip_forward").unwrap();
     assert_eq!(sysctls, "2\n1\n0\n0\n");
+    // WireGuard on the kernel module here, not wireguard-go.
+    let link = ssh_as("admin", "vm2", "/usr/sbin/ip -d link show wg0").unwrap();
+    assert!(link.contains("wireguard"), "{link}");
     let plan = run(dir.path(), &inv, "plan");
     assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
 }

@@ -1,0 +1,71 @@
+//! playbooks/wireguard.yaml on two fresh hosts: each makes its own key, the fleet shares the
+//! public keys, and the hosts reach each other over their WireGuard addresses.
+
+use std::path::Path;
+
+use super::common::*;
+
+#[test]
+fn two_hosts_ping_each_other_over_wireguard_and_keys_stay_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  vars:\n    ansible_user: root\n    identity: {}\n  hosts:\n    h19: {{address: {}}}\n    h20: {{address: {}}}\n",
+            test_key().display(),
+            addr("h19"),
+            addr("h20")
+        ),
+    )
+    .unwrap();
+    let book = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/wireguard.yaml");
+    let run = |cmd: &str| {
+        rampart(dir.path())
+            .args([cmd, "-q", "-i"])
+            .arg(&inv)
+            .arg("--known-hosts")
+            .arg(known_hosts())
+            .arg(&book)
+            .output()
+            .unwrap()
+    };
+    let apply = run("apply");
+    assert_eq!(
+        apply.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&apply),
+        stderr(&apply)
+    );
+    let plan = run("plan");
+    assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
+
+    // h19 is the group's first host (10.99.0.1), h20 the second (10.99.0.2).
+    let ping = ssh_root(
+        "h19",
+        "ping -c1 -W2 10.99.0.2 >/dev/null && echo ok || (sleep 2; ping -c1 -W2 10.99.0.2 >/dev/null && echo ok)",
+    );
+    assert_eq!(ping, "ok\n");
+    assert_eq!(
+        ssh_root("h20", "ping -c1 -W2 10.99.0.1 >/dev/null && echo ok"),
+        "ok\n"
+    );
+    // The private keys never reached the controller's output.
+    let all = format!(
+        "{}{}{}{}",
+        stdout(&apply),
+        stderr(&apply),
+        stdout(&plan),
+        stderr(&plan)
+    );
+    for h in ["h19", "h20"] {
+        let private = ssh_root(h, "cat /etc/wireguard/wg0.key");
+        assert!(!private.trim().is_empty());
+        assert!(
+            !all.contains(private.trim()),
+            "{h}'s private key appeared in rampart's output"
+        );
+        assert_eq!(ssh_root(h, "stat -c %a /etc/wireguard/wg0.key"), "600\n");
+    }
+}
