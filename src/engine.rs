@@ -41,6 +41,8 @@ pub struct RunSettings {
 #[derive(Debug)]
 pub struct HostStep {
     pub name: String,
+    /// Marked `risky: true`: applied under the dead-man switch with the type's restore.
+    pub risky: bool,
     pub location: String,
     pub notify: Vec<String>,
     pub work: StepWork,
@@ -315,6 +317,7 @@ pub fn render_steps(
     let mut out = Vec::new();
     for step in steps {
         let mut host_step = HostStep {
+            risky: step.risky,
             name: step.name.clone(),
             location: step.location(),
             notify: step.notify.clone(),
@@ -376,6 +379,20 @@ pub fn render_steps(
         if let Err(e) = resource.probe().render() {
             return Err(RenderFailure {
                 message: format!("{}: {e}\n  in step `{}`", step.location(), step.name),
+                needs_facts: false,
+            });
+        }
+        if step.risky
+            && !resource.risky()
+            && resource.restore(&ApplyContext::new("check")).is_none()
+        {
+            return Err(RenderFailure {
+                message: format!(
+                    "{}: `risky: true` needs a type that can restore itself (file, with backup on); `{}` cannot\n  in step `{}`",
+                    step.location(),
+                    step.kind.name,
+                    step.name
+                ),
                 needs_facts: false,
             });
         }
@@ -543,7 +560,18 @@ pub async fn apply<S: Session>(
         if let (StepWork::Run(resource), Some(v)) = (&step.work, verdict)
             && !v.is_in_line()
         {
-            let body = Script::new().raw("set -e\n").then(resource.apply(v, ctx));
+            let mut body = Script::new().raw("set -e\n");
+            if step.risky
+                && !resource.risky()
+                && let Some(restore) = resource.restore(ctx)
+            {
+                body = body.then(crate::resource::deadman_arm(
+                    ctx,
+                    &format!("step{i}"),
+                    restore,
+                ));
+            }
+            let body = body.then(resource.apply(v, ctx));
             s = s
                 .then(framed(&nonce, &i.to_string(), body, true))
                 .raw("[ \"$rc\" -eq 0 ] || exit 0\n");

@@ -549,7 +549,7 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
             // The apply's own connection failed (a firewall change can do that): a risky step
             // that was to change still decides by the confirmation over a new connection.
             let risky_pending = p.steps.iter().zip(&p.verdicts).any(|(s, v)| {
-                matches!(&s.work, StepWork::Run(r) if r.risky())
+                (s.risky || matches!(&s.work, StepWork::Run(r) if r.risky()))
                     && v.as_ref().is_some_and(|v| !v.is_in_line())
             });
             p.report.fail(HostStatus::Failed, e, None);
@@ -607,7 +607,7 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
                 .iter()
                 .enumerate()
                 .filter(|(i, s)| {
-                    matches!(&s.work, StepWork::Run(r) if r.risky())
+                    (s.risky || matches!(&s.work, StepWork::Run(r) if r.risky()))
                         && matches!(
                             p.report.steps[*i].status,
                             StepStatus::Changed | StepStatus::Failed(_)

@@ -725,6 +725,23 @@ impl Resource for File {
         format!("file {}", shown(&self.path))
     }
 
+    /// Puts back what this run's apply replaced: the run's backup of the file, or no file
+    /// when there was none. Only with backups on (the default).
+    fn restore(&self, ctx: &ApplyContext) -> Option<Script> {
+        if !self.backup {
+            return None;
+        }
+        let backup = backup_path(ctx, &self.path);
+        Some(
+            Script::new()
+                .raw("b=")
+                .arg(&backup)
+                .raw(" p=")
+                .arg(&self.path)
+                .raw("\nif [ -e \"$b\" ] || [ -L \"$b\" ]; then\n  cp -a \"$b\" \"$p.rampart-restore\" && mv -f \"$p.rampart-restore\" \"$p\"\nelse\n  rm -f \"$p\"\nfi\n"),
+        )
+    }
+
     fn probe(&self) -> Script {
         probe_path(&self.path, false, true)
     }

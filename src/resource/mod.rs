@@ -164,6 +164,12 @@ pub trait Resource: fmt::Debug + Send + Sync {
     fn risky(&self) -> bool {
         false
     }
+
+    /// POSIX sh that puts back the state this run's apply replaced, for a step marked
+    /// `risky: true` in a playbook (its dead-man switch runs it). `None`: this type cannot.
+    fn restore(&self, _ctx: &ApplyContext) -> Option<Script> {
+        None
+    }
 }
 
 /// How long a host waits for the controller's confirmation before it restores itself.

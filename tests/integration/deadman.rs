@@ -288,3 +288,67 @@ fn sshd_good_settings_stay_and_settings_that_refuse_rampart_are_rolled_back() {
     }
     plain_sshd(h);
 }
+
+/// `risky: true` on a `file` step: replacing root's authorized_keys with a key we do not hold
+/// cuts rampart off; the host puts the old file back by itself.
+#[test]
+fn a_risky_file_step_that_locks_us_out_is_rolled_back() {
+    let host = "h21";
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  vars:\n    ansible_user: root\n    identity: {}\n  hosts:\n    {host}: {{address: {}}}\n",
+            super::common::test_key().display(),
+            super::common::addr(host)
+        ),
+    )
+    .unwrap();
+    let before = super::common::ssh_root(host, "cat /root/.ssh/authorized_keys");
+    let book = dir.path().join("risky.yaml");
+    std::fs::write(
+        &book,
+        "steps:\n  - name: rotate root's keys (wrongly)\n    file:\n      path: /root/.ssh/authorized_keys\n      content: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA nobody\\n\"\n      mode: \"0600\"\n    risky: true\n",
+    )
+    .unwrap();
+    let out = super::common::rampart(dir.path())
+        .args([
+            "apply",
+            "--format",
+            "json",
+            "-q",
+            "--deadman-seconds",
+            "10",
+            "-i",
+        ])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(super::common::known_hosts())
+        .arg(&book)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        super::common::stdout(&out)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &j["hosts"][0];
+    assert!(
+        h["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("rolled back: lost access"),
+        "{h:#}"
+    );
+    assert_eq!(
+        h["note"], "the host restored the previous state; access is back",
+        "{h:#}"
+    );
+    assert_eq!(
+        super::common::ssh_root(host, "cat /root/.ssh/authorized_keys"),
+        before
+    );
+}
