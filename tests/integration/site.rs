@@ -72,6 +72,26 @@ fn site_converges_closes_the_agent_port_and_root_login() {
             stdout(&second)
         );
     }
+    // In a container the audit rules are written but cannot be loaded: said, not hidden.
+    let j: Value = serde_json::from_slice(&second.stdout).unwrap();
+    let audit_notes: Vec<&str> = j["hosts"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["resource"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("audit_rules"))
+        })
+        .filter_map(|s| s["note"].as_str())
+        .collect();
+    assert_eq!(audit_notes.len(), 2, "{audit_notes:?}");
+    assert!(
+        audit_notes
+            .iter()
+            .all(|n| n.contains("audit unavailable here")),
+        "{audit_notes:?}"
+    );
     let plan = run(dir.path(), &inv, "plan");
     assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
 

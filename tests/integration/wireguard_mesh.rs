@@ -69,3 +69,46 @@ fn two_hosts_ping_each_other_over_wireguard_and_keys_stay_home() {
         assert_eq!(ssh_root(h, "stat -c %a /etc/wireguard/wg0.key"), "600\n");
     }
 }
+
+#[test]
+fn spokes_reach_each_other_through_the_hub() {
+    // h22 is the hub (10.99.0.1), h23 and h24 spokes (.2, .3) that peer only with the hub.
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  vars:\n    ansible_user: root\n    identity: {}\n    wireguard_hub: h22\n  hosts:\n    h22: {{address: {}}}\n    h23: {{address: {}}}\n    h24: {{address: {}}}\n",
+            test_key().display(),
+            addr("h22"),
+            addr("h23"),
+            addr("h24")
+        ),
+    )
+    .unwrap();
+    let book = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/wireguard.yaml");
+    let apply = rampart(dir.path())
+        .args(["apply", "-q", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .arg(&book)
+        .output()
+        .unwrap();
+    assert_eq!(
+        apply.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&apply),
+        stderr(&apply)
+    );
+    // A spoke knows only the hub...
+    assert_eq!(ssh_root("h23", "wg show wg0 peers | wc -l"), "1\n");
+    assert_eq!(ssh_root("h22", "wg show wg0 peers | wc -l"), "2\n");
+    // ...and still reaches the other spoke, through it.
+    let ping = ssh_root(
+        "h23",
+        "ping -c1 -W3 10.99.0.3 >/dev/null && echo ok || (sleep 2; ping -c1 -W3 10.99.0.3 >/dev/null && echo ok)",
+    );
+    assert_eq!(ping, "ok\n");
+}
