@@ -182,3 +182,67 @@ fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
     let plan = run(dir.path(), &inv, "plan");
     assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
 }
+
+#[test]
+fn the_starter_flavour_writes_the_guides_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    let standin = STANDIN.replace("18789", "18860");
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  vars:\n    ansible_user: root\n    identity: {}\n    agent_flavor: starter\n    agent_command: {standin}\n    agent_channels: {{whatsapp: {{allow_from: ['+15550100'], capabilities: [chat]}}}}\n  hosts:\n    h25: {{address: {}}}\n",
+            test_key().display(),
+            addr("h25")
+        ),
+    )
+    .unwrap();
+    let book = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/agent-gateway.yaml");
+    let apply = rampart(dir.path())
+        .args(["apply", "-q", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .arg(&book)
+        .output()
+        .unwrap();
+    assert_eq!(
+        apply.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&apply),
+        stderr(&apply)
+    );
+    let config: Value =
+        serde_json::from_str(&ssh_root("h25", "cat /home/openclaw/.openclaw/config.json")).unwrap();
+    assert_eq!(config["gateway"]["host"], "127.0.0.1");
+    assert_eq!(config["gateway"]["port"], 18860);
+    assert_eq!(config["gateway"]["authToken"], "${AGENT_AUTH_TOKEN}");
+    assert_eq!(config["exec"]["security"], "allowlist");
+    assert_eq!(config["exec"]["ask"], "always");
+    assert!(
+        config["exec"]["denyPatterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "rm -rf")
+    );
+    assert_eq!(config["skills"]["enabled"], false);
+    assert_eq!(
+        config["channels"]["whatsapp"]["allowedNumbers"][0],
+        "+15550100"
+    );
+    assert_eq!(config["channels"]["whatsapp"]["capabilities"][0], "chat");
+    // The token was made on the host, 32 random bytes as hex, and stays there.
+    let token = ssh_root(
+        "h25",
+        "sed -n 's/^AGENT_AUTH_TOKEN=//p' /etc/openclaw/token.env",
+    );
+    assert_eq!(token.trim().len(), 64, "{token}");
+    assert!(!stdout(&apply).contains(token.trim()));
+    let answer = ssh_root(
+        "h25",
+        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:18860/\").status)'",
+    );
+    assert_eq!(answer, "200\n");
+}
