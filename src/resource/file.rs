@@ -169,7 +169,7 @@ fn check_path(ty: &str, path: &str) -> Result<(), ParamError> {
 }
 
 /// A user or group name (or number) that `chown`/`chgrp` cannot take for an option.
-fn check_name(ty: &str, field: &str, name: &Option<String>) -> Result<(), ParamError> {
+pub(super) fn check_name(ty: &str, field: &str, name: &Option<String>) -> Result<(), ParamError> {
     let Some(name) = name else { return Ok(()) };
     if name.is_empty()
         || name.starts_with('-')
@@ -186,7 +186,7 @@ fn check_name(ty: &str, field: &str, name: &Option<String>) -> Result<(), ParamE
 
 /// `"0644"` or `"644"` -> 0o644. A number is refused: YAML reads `0644` as decimal 644 or as
 /// octal depending on the version, and a wrong mode is a security bug.
-fn parse_mode(ty: &str, mode: &Option<Value>) -> Result<Option<u32>, ParamError> {
+pub(super) fn parse_mode(ty: &str, mode: &Option<Value>) -> Result<Option<u32>, ParamError> {
     let text = match mode {
         None => return Ok(None),
         Some(Value::String(s)) => s,
@@ -227,7 +227,7 @@ fn shown(path: &str) -> String {
     }
 }
 
-fn octal(mode: u32) -> String {
+pub(super) fn octal(mode: u32) -> String {
     format!("{mode:04o}")
 }
 

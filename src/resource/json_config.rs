@@ -56,6 +56,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha1::{Digest as _, Sha1};
 
+use super::file::{check_name, octal, parse_mode};
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
 
@@ -189,51 +190,6 @@ pub(super) fn check_file_path(ty: &str, path: &str) -> Result<(), ParamError> {
         }
     }
     Ok(())
-}
-
-fn check_name(ty: &str, field: &str, name: &Option<String>) -> Result<(), ParamError> {
-    let Some(name) = name else { return Ok(()) };
-    if name.is_empty()
-        || name.starts_with('-')
-        || name
-            .chars()
-            .any(|c| c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(ParamError(format!(
-            "{ty}: {field} {name:?} is not a user or group name (no spaces, `:` or leading `-`)"
-        )));
-    }
-    Ok(())
-}
-
-/// `"0600"` or `"600"` -> 0o600. A number is refused: YAML may read `0600` as decimal.
-fn parse_mode(ty: &str, mode: &Option<Value>) -> Result<Option<u32>, ParamError> {
-    let text = match mode {
-        None => return Ok(None),
-        Some(Value::String(s)) => s,
-        Some(Value::Number(n)) => {
-            return Err(ParamError(format!(
-                "{ty}: mode {n} is a number; write it as a quoted string of octal digits, \
-                 e.g. mode: \"0{n}\", so that YAML cannot read it as decimal"
-            )));
-        }
-        Some(other) => {
-            return Err(ParamError(format!(
-                "{ty}: mode must be a string of octal digits like \"0600\", found {other}"
-            )));
-        }
-    };
-    let ok = (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
-    match u32::from_str_radix(text, 8) {
-        Ok(m) if ok => Ok(Some(m)),
-        _ => Err(ParamError(format!(
-            "{ty}: mode {text:?} is not an octal mode; write 3 or 4 digits 0-7, e.g. \"0600\""
-        ))),
-    }
-}
-
-fn octal(mode: u32) -> String {
-    format!("{mode:04o}")
 }
 
 pub(super) fn sha1_hex(data: &[u8]) -> String {
