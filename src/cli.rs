@@ -439,6 +439,7 @@ async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Out
             tags,
             skip_tags,
             deadman_seconds,
+            inspect: None,
         },
         forks: host_args.forks,
     };

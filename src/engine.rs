@@ -35,6 +35,20 @@ pub struct RunSettings {
     pub skip_tags: Vec<String>,
     /// Seconds a risky change waits for confirmation before the host restores itself.
     pub deadman_seconds: u32,
+    /// `drift` or `audit`: the probe also scans the host for unmanaged drift (read-only).
+    pub inspect: Option<crate::inspect::Kind>,
+}
+
+impl RunSettings {
+    /// The run's name in reports: `plan`, `apply`, `drift` or `audit`.
+    pub fn mode(&self) -> &'static str {
+        match (self.apply, self.inspect) {
+            (true, _) => "apply",
+            (false, Some(crate::inspect::Kind::Drift)) => "drift",
+            (false, Some(crate::inspect::Kind::Audit)) => "audit",
+            (false, None) => "plan",
+        }
+    }
 }
 
 /// One step, rendered for one host.
@@ -138,6 +152,10 @@ pub struct HostReport {
     pub note: Option<String>,
     pub steps: Vec<StepReport>,
     pub handlers: Vec<StepReport>,
+    /// `drift` and `audit`: unmanaged drift the scan found (empty otherwise).
+    pub findings: Vec<crate::inspect::Finding>,
+    /// `audit`: the checklist (empty otherwise).
+    pub checks: Vec<crate::inspect::Check>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts: Option<Facts>,
     pub stats: StatsSnapshot,
@@ -156,6 +174,8 @@ impl HostReport {
             note: None,
             steps: Vec::new(),
             handlers: Vec::new(),
+            findings: Vec::new(),
+            checks: Vec::new(),
             facts: None,
             stats: StatsSnapshot::default(),
             seconds: 0.0,
@@ -677,6 +697,7 @@ mod tests {
             tags: vec![],
             skip_tags: vec![],
             deadman_seconds: 60,
+            inspect: None,
         }
     }
 

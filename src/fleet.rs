@@ -104,11 +104,21 @@ pub struct Run {
     pub progress: crate::progress::Progress,
 }
 
+/// The version of the JSON reports' schema (README.md).
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// The fleet's record of a run: every host's report, in inventory order.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FleetSummary {
+    /// The JSON schema's version (README.md, "JSON reports"); bumped on any breaking change.
+    pub schema_version: u32,
     pub run_id: String,
+    /// `plan`, `apply`, `drift` or `audit`.
     pub mode: &'static str,
+    /// When the run started, seconds since the Unix epoch.
+    pub started: u64,
+    /// How long the run took.
+    pub seconds: f64,
     pub hosts: Vec<HostReport>,
     /// Set when bad input stopped the run before anything was applied anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,7 +135,13 @@ impl FleetSummary {
                 .any(|h| matches!(h.status, HostStatus::Failed | HostStatus::Unreachable))
         {
             Outcome::Failed
-        } else if self.hosts.iter().any(|h| h.status == HostStatus::Differs) {
+        } else if self.hosts.iter().any(|h| {
+            h.status == HostStatus::Differs
+                || !h.findings.is_empty()
+                || h.checks
+                    .iter()
+                    .any(|c| c.status == crate::inspect::CheckStatus::Fail)
+        }) {
             Outcome::Differs
         } else {
             Outcome::Ok
@@ -152,6 +168,18 @@ struct Probed {
 /// nothing is applied on any host. Phase 2 (apply only), all hosts at once: apply what differs,
 /// run notified handlers, verify with a fresh probe.
 pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
+    let started = Instant::now();
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut summary = run_passes(run).await;
+    summary.started = since_epoch;
+    summary.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    summary
+}
+
+async fn run_passes(run: Arc<Run>) -> FleetSummary {
     if !uses_hostvars(&run) {
         return run_once(run, None).await;
     }
@@ -268,7 +296,7 @@ async fn fleet_facts(run: &Arc<Run>) -> FleetFacts {
 }
 
 async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary {
-    let mode = if run.settings.apply { "apply" } else { "plan" };
+    let mode = run.settings.mode();
     let probed = for_each_host(&run.hosts, run.forks, |host| {
         let run = run.clone();
         let fleet = fleet.clone();
@@ -304,8 +332,11 @@ async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary
         let hosts = close_all(probed).await;
         run.progress.finish();
         return FleetSummary {
+            schema_version: SCHEMA_VERSION,
             run_id: run.settings.run_id.clone(),
             mode,
+            started: 0,
+            seconds: 0.0,
             hosts,
             aborted,
         };
@@ -342,8 +373,11 @@ async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary
     .await;
     run.progress.finish();
     FleetSummary {
+        schema_version: SCHEMA_VERSION,
         run_id: run.settings.run_id.clone(),
         mode,
+        started: 0,
+        seconds: 0.0,
         hosts: reports,
         aborted: None,
     }

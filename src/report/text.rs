@@ -171,6 +171,8 @@ mod tests {
             note: None,
             steps,
             handlers: vec![],
+            findings: vec![],
+            checks: vec![],
             facts: None,
             stats: StatsSnapshot {
                 round_trips: 1,
@@ -199,7 +201,10 @@ mod tests {
         down.error = Some("cannot reach pi-2.example:22: Connection refused".into());
         down.hint = Some("check the address".into());
         let summary = FleetSummary {
+            schema_version: 1,
             run_id: "r".into(),
+            started: 1_764_000_000,
+            seconds: 1.5,
             mode: "plan",
             hosts: vec![
                 host(
