@@ -41,6 +41,9 @@ enum Command {
     /// Connect to every host and show what rampart sees: OS, architecture, init system,
     /// package manager and the tools the hardening needs.
     Facts(FactsArgs),
+    /// Print (or install) a systemd timer and service, or a cron line, that runs the nightly
+    /// `rampart drift` with Prometheus and JSON reports.
+    Schedule(crate::schedule::ScheduleArgs),
 }
 
 /// Which hosts, and how to reach them.
@@ -130,6 +133,7 @@ pub fn main() -> ExitCode {
             Command::Facts(args) => facts_command(args).await,
             Command::Plan(args) => playbook_command(args, false).await,
             Command::Apply(args) => playbook_command(args, true).await,
+            Command::Schedule(args) => crate::schedule::run(args),
         }
     });
     match result {

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod resource;
+pub mod schedule;
 pub mod secrets;
 pub mod template;
 pub mod transport;
