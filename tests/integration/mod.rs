@@ -1,12 +1,16 @@
 mod common;
 mod deadman;
+mod drift;
 mod engine;
 mod facts;
+mod report_html;
+mod report_machine;
 mod resources_config;
 mod resources_file;
 mod resources_system;
 mod resources_user;
 mod resources_wireguard;
+mod schedule;
 mod site;
 mod transport;
 mod wireguard_mesh;
