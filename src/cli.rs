@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::report::text::Style;
 use serde::Serialize;
 
 use crate::exit::Outcome;
@@ -38,6 +40,16 @@ enum Command {
     /// Converge every host to the playbook, then verify. Exit 0 when every host is in line
     /// afterwards, 1 when any host failed or could not be reached.
     Apply(PlaybookArgs),
+    /// Nightly mode: probe every host read-only (one round trip each), report each step that
+    /// moved away from the playbook and the unmanaged drift the scan finds (public listeners,
+    /// uid-0 accounts, sudo members, unknown SSH keys, plaintext secrets, loose secrets files,
+    /// unpinned skills, the agent bound off loopback or without auth). Exit 0 in line, 2 drift,
+    /// 1 when a host failed or could not be reached.
+    Drift(PlaybookArgs),
+    /// The guide's security checklist and the baseline's key controls per host, pass, fail or
+    /// unknown with evidence, including a TCP connect from here to each host's agent port
+    /// (it must fail). Read-only. Exit 0 nothing fails, 2 a check fails, 1 errors.
+    Audit(PlaybookArgs),
     /// Connect to every host and show what rampart sees: OS, architecture, init system,
     /// package manager and the tools the hardening needs.
     Facts(FactsArgs),
@@ -74,9 +86,65 @@ struct HostArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FactsFormat {
+    Text,
+    Json,
+}
+
+/// A report format of `plan`, `apply`, `drift` and `audit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
+    /// JUnit XML: one testsuite per host, one testcase per step, finding and check.
+    Junit,
+    /// A Prometheus textfile for node_exporter's textfile collector.
+    Prometheus,
+    /// One self-contained HTML page: hosts x steps/checks, click a cell for its detail.
+    Html,
+}
+
+impl Format {
+    /// The format a file's extension names.
+    fn of_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "txt" | "text" | "log" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            "xml" => Some(Format::Junit),
+            "prom" => Some(Format::Prometheus),
+            "html" | "htm" => Some(Format::Html),
+            _ => None,
+        }
+    }
+}
+
+/// `--output [FORMAT:]FILE`.
+#[derive(Debug, Clone)]
+struct Output {
+    format: Format,
+    path: PathBuf,
+}
+
+fn parse_output(arg: &str) -> Result<Output, String> {
+    if let Some((name, path)) = arg.split_once(':')
+        && let Ok(format) = Format::from_str(name, true)
+    {
+        if path.is_empty() {
+            return Err(format!("`{arg}` names no file after `{name}:`"));
+        }
+        return Ok(Output {
+            format,
+            path: PathBuf::from(path),
+        });
+    }
+    let path = PathBuf::from(arg);
+    match Format::of_path(&path) {
+        Some(format) => Ok(Output { format, path }),
+        None => Err(format!(
+            "cannot tell the format of `{arg}` from its extension (.txt .json .xml .prom .html); \
+             write FORMAT:FILE, e.g. `prometheus:{arg}`"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -91,9 +159,14 @@ struct PlaybookArgs {
     /// No step with one of these tags.
     #[arg(long, value_delimiter = ',')]
     skip_tags: Vec<String>,
-    /// Output format.
+    /// The format of the report on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Also write the report to FILE (repeatable), in the format its extension names
+    /// (.txt .json .xml=JUnit .prom=Prometheus .html) or as `FORMAT:FILE`. Written
+    /// atomically: a reader never sees half a file.
+    #[arg(short, long, value_name = "[FORMAT:]FILE", value_parser = parse_output)]
+    output: Vec<Output>,
     /// Show round trips and bytes per host (always in JSON).
     #[arg(long)]
     stats: bool,
@@ -111,8 +184,8 @@ struct FactsArgs {
     #[command(flatten)]
     hosts: HostArgs,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = FactsFormat::Text)]
+    format: FactsFormat,
 }
 
 pub fn main() -> ExitCode {
@@ -131,8 +204,14 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Facts(args) => facts_command(args).await,
-            Command::Plan(args) => playbook_command(args, false).await,
-            Command::Apply(args) => playbook_command(args, true).await,
+            Command::Plan(args) => playbook_command(args, false, None).await,
+            Command::Apply(args) => playbook_command(args, true, None).await,
+            Command::Drift(args) => {
+                playbook_command(args, false, Some(crate::inspect::Kind::Drift)).await
+            }
+            Command::Audit(args) => {
+                playbook_command(args, false, Some(crate::inspect::Kind::Audit)).await
+            }
             Command::Schedule(args) => crate::schedule::run(args),
         }
     });
@@ -234,11 +313,11 @@ async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
 
     let mut out = std::io::stdout().lock();
     match args.format {
-        Format::Json => {
+        FactsFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "hosts": results }))?;
             writeln!(out)?;
         }
-        Format::Text => write_facts_table(&mut out, &results)?,
+        FactsFormat::Text => write_facts_table(&mut out, &results)?,
     }
     out.flush()?;
     Ok(if results.iter().all(|r| r.status == "ok") {
@@ -381,6 +460,50 @@ fn write_facts_table(out: &mut impl Write, results: &[HostFacts]) -> std::io::Re
     Ok(())
 }
 
+/// A summary in one format.
+fn render(
+    summary: &crate::fleet::FleetSummary,
+    format: Format,
+    style: Style,
+) -> anyhow::Result<String> {
+    let mut text = Vec::new();
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut text, summary)?;
+            text.push(b'\n');
+        }
+        Format::Text => crate::report::text::write(&mut text, summary, style)?,
+        Format::Junit => crate::report::junit::write(&mut text, summary)?,
+        Format::Prometheus => crate::report::prometheus::write(&mut text, summary)?,
+        Format::Html => crate::report::html::write(&mut text, summary)?,
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Writes `data` to a temporary file beside `path`, then renames it over `path`: a reader
+/// (node_exporter's textfile collector) sees the old file or the new one, never half.
+fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// A run id that sorts by time: `20261125T103000Z-4f2a9c`.
 fn run_id() -> String {
     let now = std::time::SystemTime::now()
@@ -414,13 +537,18 @@ fn run_id() -> String {
     )
 }
 
-async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Outcome> {
+async fn playbook_command(
+    args: PlaybookArgs,
+    apply: bool,
+    inspect: Option<crate::inspect::Kind>,
+) -> anyhow::Result<Outcome> {
     let PlaybookArgs {
         hosts: host_args,
         playbook,
         tags,
         skip_tags,
         format,
+        output,
         stats,
         quiet,
         deadman_seconds,
@@ -443,30 +571,34 @@ async fn playbook_command(args: PlaybookArgs, apply: bool) -> anyhow::Result<Out
             tags,
             skip_tags,
             deadman_seconds,
-            inspect: None,
+            inspect,
         },
         forks: host_args.forks,
     };
     let run = std::sync::Arc::new(run);
-    let summary = crate::fleet::run_playbook(run.clone()).await;
-    let mut text = Vec::new();
-    match format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut text, &summary)?;
-            text.push(b'\n');
-        }
-        Format::Text => {
-            let style = crate::report::text::Style {
-                stats,
-                color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-            };
-            crate::report::text::write(&mut text, &summary, style)?
-        }
+    let mut summary = crate::fleet::run_playbook(run.clone()).await;
+    // Secrets never leave in clear, whatever put them in a report: masked in the summary
+    // every format is made from, and again in the finished text.
+    summary.mask(&run.secrets);
+    let style = crate::report::text::Style {
+        stats,
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    for out in &output {
+        let text = render(
+            &summary,
+            out.format,
+            Style {
+                color: false,
+                ..style
+            },
+        )?;
+        write_atomically(&out.path, run.secrets.mask(&text).as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.path.display()))?;
     }
-    // Secrets never leave in clear, whatever put them in the text.
-    let masked = run.secrets.mask(&String::from_utf8_lossy(&text));
+    let text = render(&summary, format, style)?;
     let mut out = std::io::stdout().lock();
-    out.write_all(masked.as_bytes())?;
+    out.write_all(run.secrets.mask(&text).as_bytes())?;
     out.flush()?;
     Ok(summary.outcome())
 }

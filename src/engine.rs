@@ -433,7 +433,7 @@ fn tag_skip(step: &Step, settings: &RunSettings) -> Option<String> {
 }
 
 /// A fresh nonce for the markers of one script.
-fn nonce() -> String {
+pub(crate) fn nonce() -> String {
     let mut bytes = [0u8; 8];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;
@@ -443,11 +443,14 @@ fn nonce() -> String {
 }
 
 /// The probe of every step that runs, and the facts, in one script.
-fn probe_script(nonce: &str, steps: &[HostStep]) -> Script {
+fn probe_script(nonce: &str, steps: &[HostStep], scan: Option<&Script>) -> Script {
     let mut s = remote::frame_start(nonce, "facts")
         .raw("(\n")
         .raw(facts::PROBE)
         .raw("\n)\n");
+    if let Some(scan) = scan {
+        s = s.then(framed(nonce, "scan", scan.clone(), false));
+    }
     for (i, step) in steps.iter().enumerate() {
         if let StepWork::Run(resource) = &step.work {
             s = s.then(framed(nonce, &i.to_string(), resource.probe(), false));
@@ -511,8 +514,25 @@ pub async fn probe<S: Session>(
     steps: &[HostStep],
     timeout: Duration,
 ) -> Result<(Facts, Vec<Option<Result<Verdict, String>>>), String> {
+    probe_with_scan(session, become_root, steps, None, timeout)
+        .await
+        .map(|(facts, verdicts, _)| (facts, verdicts))
+}
+
+/// Probed facts, each step's verdict, and the scan's output.
+pub type ScanProbe = (Facts, Vec<Option<Result<Verdict, String>>>, Option<String>);
+
+/// [`probe`], with the read-only scan of `drift`/`audit` in the same round trip.
+pub async fn probe_with_scan<S: Session>(
+    session: &S,
+    become_root: bool,
+    steps: &[HostStep],
+    scan: Option<&Script>,
+    timeout: Duration,
+) -> Result<ScanProbe, String> {
     let nonce = nonce();
-    let out = run_script(session, become_root, &probe_script(&nonce, steps), timeout).await?;
+    let script = probe_script(&nonce, steps, scan);
+    let out = run_script(session, become_root, &script, timeout).await?;
     let frames = Frames::parse(&nonce, &out);
     let facts_text = frames.get("facts").map(|(t, _)| t).unwrap_or("");
     let facts = facts::parse(facts_text).map_err(|e| {
@@ -542,7 +562,8 @@ pub async fn probe<S: Session>(
             }),
         })
         .collect();
-    Ok((facts, verdicts))
+    let scanned = scan.and_then(|_| frames.get("scan").map(|(t, _)| t.to_string()));
+    Ok((facts, verdicts, scanned))
 }
 
 /// What one host's apply does: the steps with their verdicts, and the handlers with whether

@@ -80,9 +80,10 @@ pub async fn connect_host(
     }
 }
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::engine::{self, HostReport, HostStatus, HostStep, RunSettings, StepStatus, StepWork};
+use crate::inspect::scan::ScanParams;
 use crate::inventory::Inventory;
 use crate::playbook::Playbook;
 use crate::resource::{ApplyContext, Verdict};
@@ -103,6 +104,9 @@ pub struct Run {
     pub forks: usize,
     pub progress: crate::progress::Progress,
 }
+
+/// How long `audit`'s outside probe waits for a TCP connect to a forbidden port.
+const OUTSIDE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The version of the JSON reports' schema (README.md).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -126,6 +130,48 @@ pub struct FleetSummary {
 }
 
 impl FleetSummary {
+    /// Masks every secret in every text of the summary, so that no format (JUnit, HTML, ...)
+    /// can show one, whatever escaping it applies.
+    pub fn mask(&mut self, secrets: &Secrets) {
+        if secrets.is_empty() {
+            return;
+        }
+        let m = |s: &mut String| *s = secrets.mask(s);
+        let mo = |s: &mut Option<String>| {
+            if let Some(t) = s {
+                *t = secrets.mask(t);
+            }
+        };
+        if let Some(a) = &mut self.aborted {
+            m(a);
+        }
+        for h in &mut self.hosts {
+            mo(&mut h.error);
+            mo(&mut h.hint);
+            mo(&mut h.note);
+            for step in h.steps.iter_mut().chain(h.handlers.iter_mut()) {
+                m(&mut step.name);
+                mo(&mut step.resource);
+                mo(&mut step.note);
+                if let StepStatus::Skipped(t) | StepStatus::Failed(t) = &mut step.status {
+                    m(t);
+                }
+                for c in &mut step.changes {
+                    m(&mut c.field);
+                    mo(&mut c.before);
+                    mo(&mut c.after);
+                }
+            }
+            for f in &mut h.findings {
+                m(&mut f.subject);
+                f.evidence.iter_mut().for_each(m);
+            }
+            for c in &mut h.checks {
+                c.evidence.iter_mut().for_each(m);
+            }
+        }
+    }
+
     pub fn outcome(&self) -> crate::exit::Outcome {
         use crate::exit::Outcome;
         if self.aborted.is_some()
@@ -501,10 +547,63 @@ async fn probe_host(
         }
     }
     let (steps, handlers) = rendered.expect("rendered above");
+    let scan = match settings.inspect {
+        None => None,
+        Some(_) => match ScanParams::from_vars(&vars) {
+            Ok(params) => {
+                let marker = format!("@@{}", engine::nonce());
+                let script = params.script(&marker);
+                Some((params, marker, script))
+            }
+            Err(e) => {
+                p.report
+                    .fail(HostStatus::Failed, e, Some(INPUT_HINT.into()));
+                p.session = Some(session);
+                return p;
+            }
+        },
+    };
     run.progress.phase(line, "probing");
-    match engine::probe(&session, p.become_root, &steps, settings.timeout).await {
+    let probed = engine::probe_with_scan(
+        &session,
+        p.become_root,
+        &steps,
+        scan.as_ref().map(|(_, _, script)| script),
+        settings.timeout,
+    )
+    .await;
+    match probed {
         Err(e) => p.report.fail(HostStatus::Failed, e, None),
-        Ok((facts, verdicts)) => {
+        Ok((facts, verdicts, scanned)) => {
+            if let Some((params, marker, _)) = &scan {
+                match scanned {
+                    None => {
+                        p.report
+                            .fail(HostStatus::Failed, "the scan did not run".into(), None);
+                    }
+                    Some(text) => {
+                        let obs = crate::inspect::scan::parse(marker, &text);
+                        let findings = crate::inspect::findings::findings(&obs, params);
+                        if settings.inspect == Some(crate::inspect::Kind::Audit) {
+                            run.progress.phase(line, "outside probe");
+                            let outside = crate::inspect::checks::outside_probe(
+                                &host.address,
+                                &params.forbidden_ports,
+                                OUTSIDE_PROBE_TIMEOUT,
+                            )
+                            .await;
+                            p.report.checks = crate::inspect::checks::checks(
+                                &obs,
+                                params,
+                                &facts,
+                                &findings,
+                                Some(&outside),
+                            );
+                        }
+                        p.report.findings = findings;
+                    }
+                }
+            }
             p.report.facts = Some(facts);
             let mut differs = false;
             let mut failed = false;
@@ -527,7 +626,7 @@ async fn probe_host(
                     .push(engine::step_report(step, status, v.as_ref()));
                 p.verdicts.push(v);
             }
-            p.report.status = if failed {
+            p.report.status = if failed || p.report.status == HostStatus::Failed {
                 p.report.error = Some("a step's probe failed".into());
                 HostStatus::Failed
             } else if differs {
@@ -811,7 +910,7 @@ async fn verify(session: &SshSession, p: &mut Probed, timeout: std::time::Durati
                     None => {}
                 }
             }
-            p.report.status = if failed {
+            p.report.status = if failed || p.report.status == HostStatus::Failed {
                 HostStatus::Failed
             } else {
                 HostStatus::Changed

@@ -372,6 +372,12 @@ fn ip_host(cidr: String, n: u32) -> Result<String, Error> {
 
 fn add_filters(env: &mut Environment<'static>) {
     env.add_filter("ip_host", ip_host);
+    // For values a `command` step puts into shell code: one quoted word, through the same
+    // quoting function as every value rampart sends (Ansible's `quote`).
+    env.add_filter("quote", |s: String| -> Result<String, Error> {
+        crate::remote::quote(&s)
+            .map_err(|e| Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+    });
     env.add_filter(
         "index_of",
         |list: Vec<JValue>, item: JValue| -> Result<usize, Error> {
@@ -535,8 +541,10 @@ mod tests {
             "r: '{{ \"a-b-c\" | regex_replace(\"-(\\\\w)\", \"_\\\\1\") }}'\n",
             "b: '{{ \"hi\" | b64encode }}'\n",
             "e: '{{ \"<&>\" }}'\n",
+            "q: \"{{ \\\"it's $HOME\\\" | quote }}\"\n",
         ))
         .unwrap();
+        assert_eq!(v["q"], r#"'it'\''s $HOME'"#);
         assert_eq!(v["j"], "[22,443]");
         assert_eq!(v["d"], "dflt");
         assert_eq!(v["c"], r#"{"a":1,"n":{"x":1,"y":2},"b":2}"#);

@@ -86,3 +86,6 @@ pub struct Check {
     pub status: CheckStatus,
     pub evidence: Vec<String>,
 }
+pub mod checks;
+pub mod findings;
+pub mod scan;

@@ -7,6 +7,7 @@ use similar::TextDiff;
 
 use crate::engine::{ChangeReport, HostReport, HostStatus, StepStatus};
 use crate::fleet::FleetSummary;
+use crate::inspect::CheckStatus;
 
 /// How to show a report: with `--stats` lines, and in color (a terminal).
 #[derive(Debug, Clone, Copy, Default)]
@@ -22,20 +23,28 @@ pub fn write(out: &mut impl Write, summary: &FleetSummary, style: Style) -> io::
     if let Some(aborted) = &summary.aborted {
         writeln!(out, "error: {aborted}")?;
     }
-    let count = |s: HostStatus| summary.hosts.iter().filter(|h| h.status == s).count();
-    let mut parts = Vec::new();
-    for (status, label) in [
-        (HostStatus::Changed, "changed"),
-        (HostStatus::Differs, "to change"),
-        (HostStatus::InLine, "in line"),
-        (HostStatus::Failed, "failed"),
-        (HostStatus::Unreachable, "unreachable"),
-    ] {
-        let n = count(status);
-        if n > 0 {
-            parts.push(format!("{n} {label}"));
+    if summary.mode == "audit" {
+        write_checklist_table(out, summary)?;
+    }
+    let mut parts: Vec<(String, usize)> = Vec::new();
+    for host in &summary.hosts {
+        let label = host_label(host, summary.mode).to_lowercase();
+        match parts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => parts.push((label, 1)),
         }
     }
+    let order = [
+        "changed",
+        "to change",
+        "drift",
+        "findings",
+        "in line",
+        "failed",
+        "unreachable",
+    ];
+    parts.sort_by_key(|(l, _)| order.iter().position(|o| o == l));
+    let parts: Vec<String> = parts.iter().map(|(l, n)| format!("{n} {l}")).collect();
     writeln!(
         out,
         "{}: {} hosts: {}",
@@ -45,13 +54,24 @@ pub fn write(out: &mut impl Write, summary: &FleetSummary, style: Style) -> io::
     )
 }
 
-fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style) -> io::Result<()> {
-    let status = match host.status {
+/// A host's word in the report: its status, with `drift`/`findings` for drift and audit.
+fn host_label(host: &HostReport, mode: &str) -> &'static str {
+    let failing = host.checks.iter().any(|c| c.status == CheckStatus::Fail);
+    match host.status {
+        HostStatus::Differs if mode == "plan" => "to change",
+        HostStatus::Differs => "drift",
+        HostStatus::InLine if !host.findings.is_empty() || failing => "findings",
         HostStatus::InLine => "in line",
-        HostStatus::Differs => "differs",
         HostStatus::Changed => "changed",
         HostStatus::Failed => "FAILED",
         HostStatus::Unreachable => "UNREACHABLE",
+    }
+}
+
+fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style) -> io::Result<()> {
+    let status = match host_label(host, mode) {
+        "to change" => "differs",
+        other => other,
     };
     writeln!(out, "{} ({}): {status}", host.name, host.address)?;
     if let Some(note) = &host.note {
@@ -87,7 +107,7 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style)
             "  {mark} {} ({what}){action}  {}",
             step.name, step.location
         )?;
-        if mode == "plan" || matches!(step.status, StepStatus::Changed) {
+        if mode != "apply" || matches!(step.status, StepStatus::Changed) {
             for change in &step.changes {
                 write_change(out, change, style.color)?;
             }
@@ -96,6 +116,31 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style)
             for line in detail.lines() {
                 writeln!(out, "      {line}")?;
             }
+        }
+    }
+    for f in &host.findings {
+        writeln!(
+            out,
+            "  ! [{}] {} {}: {}",
+            f.severity.as_str(),
+            f.id,
+            f.subject,
+            f.title
+        )?;
+        for e in &f.evidence {
+            writeln!(out, "      {e}")?;
+        }
+    }
+    // Passing checks are in the fleet table; here what needs a look, with its evidence.
+    for c in host.checks.iter().filter(|c| c.status != CheckStatus::Pass) {
+        let mark = if c.status == CheckStatus::Fail {
+            "FAIL"
+        } else {
+            "unknown"
+        };
+        writeln!(out, "  {mark} {} ({}): {}", c.id, c.source, c.title)?;
+        for e in &c.evidence {
+            writeln!(out, "      {e}")?;
         }
     }
     if let Some(error) = &host.error {
@@ -114,6 +159,49 @@ fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style)
         )?;
     }
     Ok(())
+}
+
+/// `audit`'s fleet table: one row per check, one column per host.
+fn write_checklist_table(out: &mut impl Write, summary: &FleetSummary) -> io::Result<()> {
+    let mut ids: Vec<(&str, &str)> = Vec::new();
+    for h in &summary.hosts {
+        for c in &h.checks {
+            if !ids.iter().any(|(id, _)| *id == c.id) {
+                ids.push((&c.id, &c.title));
+            }
+        }
+    }
+    let mut rows = vec![vec!["CHECK".to_string()]];
+    rows[0].extend(summary.hosts.iter().map(|h| h.name.clone()));
+    for (id, _) in &ids {
+        let mut row = vec![id.to_string()];
+        for h in &summary.hosts {
+            row.push(match h.checks.iter().find(|c| c.id == *id) {
+                Some(c) => match c.status {
+                    CheckStatus::Pass => "pass",
+                    CheckStatus::Fail => "FAIL",
+                    CheckStatus::Unknown => "?",
+                }
+                .to_string(),
+                None if h.status == HostStatus::Unreachable => "unreachable".into(),
+                None => "-".into(),
+            });
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    writeln!(out)?;
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
+    }
+    writeln!(out)
 }
 
 fn write_change(out: &mut impl Write, c: &ChangeReport, color: bool) -> io::Result<()> {

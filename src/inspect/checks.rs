@@ -1,0 +1,667 @@
+//! checks: the guide's security checklist and the baseline's key controls, per host, from the
+//! scan, the findings and the outside probe. Each is pass, fail or unknown, with evidence.
+
+use super::findings::{AgentConfig, Auth, public_listeners};
+use super::scan::{Observations, ScanParams};
+use super::{Check, CheckStatus, Finding};
+use crate::facts::Facts;
+
+use CheckStatus::{Fail, Pass, Unknown};
+
+/// The guide's `.gitignore` entries (§3).
+const GITIGNORE: &[&str] = &[
+    "config.json",
+    "*.env",
+    ".env*",
+    "secrets/",
+    "*.key",
+    "*.pem",
+];
+
+/// A backup older than this fails `backups`.
+const BACKUP_MAX_AGE: u64 = 3 * 86_400;
+
+/// What the controller's TCP connects found, per forbidden port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutsideProbe {
+    pub address: String,
+    /// (port, connected, what happened)
+    pub ports: Vec<(u16, bool, String)>,
+}
+
+struct Builder(Vec<Check>);
+
+impl Builder {
+    fn add(
+        &mut self,
+        id: &str,
+        source: &str,
+        title: &str,
+        status: CheckStatus,
+        evidence: Vec<String>,
+    ) {
+        self.0.push(Check {
+            id: id.into(),
+            source: source.into(),
+            title: title.into(),
+            status,
+            evidence,
+        });
+    }
+}
+
+fn of(findings: &[Finding], prefix: &str) -> Vec<String> {
+    findings
+        .iter()
+        .filter(|f| f.id.starts_with(prefix))
+        .flat_map(|f| {
+            f.evidence
+                .iter()
+                .map(move |e| format!("{} ({}): {e}", f.subject, f.id))
+        })
+        .collect()
+}
+
+/// The checklist for one host.
+pub fn checks(
+    obs: &Observations,
+    params: &ScanParams,
+    facts: &Facts,
+    findings: &[Finding],
+    outside: Option<&OutsideProbe>,
+) -> Vec<Check> {
+    let mut b = Builder(Vec::new());
+    const G: &str = "guide checklist";
+    const B: &str = "baseline";
+    let agent = params.agent_user.is_some();
+    let cfg = AgentConfig::read(obs);
+    let no_agent = || vec!["the playbook has no agent (agent_user is not set)".to_string()];
+    let no_config = || {
+        vec![match (&obs.config_path, &params.agent_config) {
+            (Some(p), _) => format!("{p} is not JSON rampart can read"),
+            (None, Some(p)) => format!("{p} does not exist"),
+            (None, None) => "no agent config".into(),
+        }]
+    };
+
+    // 1. Auth token set and strong (32+ chars)
+    let (status, evidence) = match (&cfg, agent) {
+        (_, false) => (Unknown, no_agent()),
+        (None, _) => (Fail, no_config()),
+        (Some(c), _) => match &c.auth {
+            Auth::Missing(why) => (Fail, vec![format!("{}: {why}", c.path)]),
+            Auth::Literal(n) => (
+                if *n >= 32 { Pass } else { Fail },
+                vec![format!("{}: a literal token of {n} characters", c.path)],
+            ),
+            Auth::Env(var) => {
+                // The unit reads token.env, then agent.env: agent.env's value wins.
+                let found = params.secret_files.iter().find_map(|f| {
+                    let vars = obs.env.get(f)?;
+                    let (_, len) = vars.iter().rev().find(|(n, _)| n == var)?;
+                    Some((f, var, *len))
+                });
+                match found {
+                    Some((file, _, len)) => (
+                        if len >= 32 { Pass } else { Fail },
+                        vec![format!(
+                            "{}: ${{{var}}}; {var} in {file}: {len} characters",
+                            c.path
+                        )],
+                    ),
+                    None => (
+                        Fail,
+                        vec![format!(
+                            "{}: ${{{var}}}, but no env file sets {var} ({})",
+                            c.path,
+                            params.secret_files.join(", ")
+                        )],
+                    ),
+                }
+            }
+        },
+    };
+    b.add(
+        "auth_token",
+        G,
+        "Auth token set and strong (32+ chars)",
+        status,
+        evidence,
+    );
+
+    // 2. Gateway bound to localhost only
+    let (status, evidence) = match (&cfg, agent) {
+        (_, false) => (Unknown, no_agent()),
+        (None, _) => (Fail, no_config()),
+        (Some(c), _) => {
+            let exposed: Vec<String> = public_listeners(obs)
+                .filter(|l| Some(l.port) == params.agent_port && l.proto == "tcp")
+                .map(|l| format!("listening on {}", l.endpoint()))
+                .collect();
+            let mut ev = vec![format!("{}: {}", c.path, c.bind)];
+            ev.extend(exposed.iter().cloned());
+            let status = match c.loopback {
+                Some(false) => Fail,
+                _ if !exposed.is_empty() => Fail,
+                Some(true) => Pass,
+                None => Unknown,
+            };
+            (status, ev)
+        }
+    };
+    b.add(
+        "loopback_bind",
+        G,
+        "Gateway bound to localhost only",
+        status,
+        evidence,
+    );
+
+    // 3. Exec mode set to allowlist
+    let (status, evidence) = match (&cfg, agent) {
+        (_, false) => (Unknown, no_agent()),
+        (None, _) => (Fail, no_config()),
+        (Some(c), _) => match &c.exec_security {
+            Some(s) if s == "allowlist" => (
+                Pass,
+                vec![format!("{}: exec security is \"allowlist\"", c.path)],
+            ),
+            Some(s) => (Fail, vec![format!("{}: exec security is {s:?}", c.path)]),
+            None => (Fail, vec![format!("{}: exec security is not set", c.path)]),
+        },
+    };
+    b.add(
+        "exec_allowlist",
+        G,
+        "Exec mode set to `allowlist`",
+        status,
+        evidence,
+    );
+
+    // 4. Secrets in env vars, not files
+    let mut ev = of(findings, "secret.");
+    let status = if !agent {
+        ev = no_agent();
+        Unknown
+    } else if ev.is_empty() {
+        ev.push(format!(
+            "no secret-looking string in {} outside {}; secrets files not readable by others",
+            params.agent_folders.join(", "),
+            params.secret_files.join(", ")
+        ));
+        Pass
+    } else {
+        Fail
+    };
+    b.add(
+        "secrets_in_env",
+        G,
+        "Secrets in env vars, not files",
+        status,
+        ev,
+    );
+
+    // 5. .gitignore excludes all sensitive files
+    let (status, evidence) = match (&obs.gitignore, &params.gitignore) {
+        (_, None) => (Unknown, no_agent()),
+        (None, Some(p)) => (Fail, vec![format!("{p} does not exist")]),
+        (Some(text), Some(p)) => {
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let missing: Vec<&str> = GITIGNORE
+                .iter()
+                .copied()
+                .filter(|g| !lines.contains(g))
+                .collect();
+            if missing.is_empty() {
+                (Pass, vec![format!("{p} lists {}", GITIGNORE.join(" "))])
+            } else {
+                (Fail, vec![format!("{p} lacks {}", missing.join(" "))])
+            }
+        }
+    };
+    b.add(
+        "gitignore",
+        G,
+        "`.gitignore` excludes all sensitive files",
+        status,
+        evidence,
+    );
+
+    // 6. Running as unprivileged user
+    let (status, evidence) = unprivileged(obs, params);
+    b.add(
+        "unprivileged_user",
+        G,
+        "Running as unprivileged user",
+        status,
+        evidence,
+    );
+
+    // 7. No skills from untrusted sources
+    let mut ev = of(findings, "skill.");
+    let status = if !agent {
+        ev = no_agent();
+        Unknown
+    } else if ev.is_empty() {
+        let n: usize = obs.skills.values().map(Vec::len).sum();
+        ev.push(format!(
+            "{n} skills installed, all pinned ({})",
+            if params.pinned_skills.is_empty() {
+                "none pinned".to_string()
+            } else {
+                params.pinned_skills.join(", ")
+            }
+        ));
+        Pass
+    } else {
+        Fail
+    };
+    b.add(
+        "trusted_skills",
+        G,
+        "No skills from untrusted sources",
+        status,
+        ev,
+    );
+
+    // 8. Backup strategy in place
+    let (status, evidence) = backups(obs, params);
+    b.add("backups", G, "Backup strategy in place", status, evidence);
+
+    // 9. Monitoring/alerting configured
+    let (status, evidence) = match (&params.agent_audit_rules, obs.audit_rules_file) {
+        (None, _) => (Unknown, no_agent()),
+        (Some(f), Some(false) | None) => (
+            Fail,
+            vec![format!("{f} is missing: no audit rules for the agent")],
+        ),
+        (Some(f), Some(true)) => match &obs.audit_loaded {
+            Some(loaded) => {
+                let n = loaded.lines().filter(|l| l.contains("agent-")).count();
+                if n > 0 {
+                    (
+                        Pass,
+                        vec![format!("{f}: {n} agent rules loaded (auditctl -l)")],
+                    )
+                } else {
+                    (
+                        Fail,
+                        vec![format!("{f} exists but auditctl -l lists no agent rule")],
+                    )
+                }
+            }
+            None => (
+                Unknown,
+                vec![format!(
+                    "{f} is written, but audit is unavailable here ({}): rules not loaded",
+                    facts.virtualization
+                )],
+            ),
+        },
+    };
+    b.add(
+        "monitoring",
+        G,
+        "Monitoring/alerting configured",
+        status,
+        evidence,
+    );
+
+    // 10. Incident response plan documented
+    let (status, evidence) = match (&params.incident_doc, obs.incident_doc) {
+        (None, _) => (Unknown, no_agent()),
+        (Some(d), Some(true)) => (Pass, vec![format!("{d} is in place")]),
+        (Some(d), _) => (Fail, vec![format!("{d} is missing or empty")]),
+    };
+    b.add(
+        "incident_response",
+        G,
+        "Incident response plan documented",
+        status,
+        evidence,
+    );
+
+    // The outside probe (guide §1: "Verify you're not exposed").
+    let (status, evidence) = match outside {
+        None => (Unknown, vec!["no outside probe was made".to_string()]),
+        Some(p) if p.ports.is_empty() => (
+            Unknown,
+            vec!["no port to probe: agent_port and forbidden_ports are not set".to_string()],
+        ),
+        Some(p) => {
+            let open = p.ports.iter().any(|(_, connected, _)| *connected);
+            (
+                if open { Fail } else { Pass },
+                p.ports
+                    .iter()
+                    .map(|(port, _, what)| {
+                        format!("from the controller to {}:{port}: {what}", p.address)
+                    })
+                    .collect(),
+            )
+        }
+    };
+    b.add(
+        "outside_probe",
+        "guide §1",
+        "The agent port is not reachable from outside",
+        status,
+        evidence,
+    );
+
+    // Baseline key controls.
+    let sshd = |k: &str| obs.sshd.get(k).map(String::as_str);
+    let (status, evidence) = match sshd("permitrootlogin") {
+        None => (Unknown, vec!["sshd -T gave no answer".to_string()]),
+        Some(v) => (
+            if v == "no" { Pass } else { Fail },
+            vec![format!("sshd -T: permitrootlogin {v}")],
+        ),
+    };
+    b.add("ssh_root_login", B, "SSH root login off", status, evidence);
+    let (status, evidence) = match (
+        sshd("passwordauthentication"),
+        sshd("kbdinteractiveauthentication"),
+    ) {
+        (None, _) => (Unknown, vec!["sshd -T gave no answer".to_string()]),
+        (Some(p), k) => {
+            let k = k.unwrap_or("no");
+            (
+                if p == "no" && k == "no" { Pass } else { Fail },
+                vec![format!(
+                    "sshd -T: passwordauthentication {p}, kbdinteractiveauthentication {k}"
+                )],
+            )
+        }
+    };
+    b.add(
+        "ssh_password_login",
+        B,
+        "SSH password login off",
+        status,
+        evidence,
+    );
+
+    let (status, evidence) = match &obs.nft {
+        None => (Unknown, vec!["nft is not installed".to_string()]),
+        Some(rules) => firewall(rules),
+    };
+    b.add(
+        "firewall",
+        B,
+        "Firewall drops inbound by default",
+        status,
+        evidence,
+    );
+
+    let uid0 = of(findings, "user.uid0");
+    b.add(
+        "root_only_uid0",
+        B,
+        "root is the only account with uid 0",
+        if uid0.is_empty() { Pass } else { Fail },
+        if uid0.is_empty() {
+            vec!["/etc/passwd: only root has uid 0".to_string()]
+        } else {
+            uid0
+        },
+    );
+
+    let sudo = of(findings, "sudo.");
+    b.add(
+        "sudo_members",
+        B,
+        "Only the inventory's admins may sudo",
+        if sudo.is_empty() { Pass } else { Fail },
+        if sudo.is_empty() {
+            let members: Vec<String> = obs
+                .admin_groups
+                .iter()
+                .map(|(g, m)| {
+                    format!(
+                        "{g}: {}",
+                        if m.is_empty() {
+                            "-".into()
+                        } else {
+                            m.join(",")
+                        }
+                    )
+                })
+                .collect();
+            vec![format!("/etc/group: {}", members.join("; "))]
+        } else {
+            sudo
+        },
+    );
+
+    let keys = of(findings, "ssh.unknown_key");
+    let (status, evidence) = if params.known_keys.is_none() {
+        (
+            Unknown,
+            vec!["the inventory names no keys (admin_keys, authorized_keys_allow)".to_string()],
+        )
+    } else if keys.is_empty() {
+        (
+            Pass,
+            vec![format!(
+                "{} authorized keys, all known to the inventory",
+                obs.keys.len()
+            )],
+        )
+    } else {
+        (Fail, keys)
+    };
+    b.add(
+        "ssh_keys",
+        B,
+        "Only the inventory's SSH keys are authorized",
+        status,
+        evidence,
+    );
+
+    let listeners = of(findings, "listener.");
+    b.add(
+        "listeners",
+        B,
+        "Only allowed ports listen off loopback",
+        if listeners.is_empty() { Pass } else { Fail },
+        if listeners.is_empty() {
+            vec![format!(
+                "off loopback: {}",
+                public_listeners(obs)
+                    .map(|l| format!("{} {}", l.proto, l.endpoint()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )]
+        } else {
+            listeners
+        },
+    );
+
+    let (status, evidence) = match &obs.upgrades {
+        None => (
+            Fail,
+            vec!["/etc/apt/apt.conf.d/20auto-upgrades does not exist".to_string()],
+        ),
+        Some(text) => {
+            let on = text.lines().any(|l| {
+                let l = l.replace(' ', "");
+                l.starts_with("APT::Periodic::Unattended-Upgrade\"1\"")
+            });
+            (
+                if on { Pass } else { Fail },
+                vec![format!(
+                    "/etc/apt/apt.conf.d/20auto-upgrades: Unattended-Upgrade {}",
+                    if on { "\"1\"" } else { "not \"1\"" }
+                )],
+            )
+        }
+    };
+    b.add(
+        "auto_updates",
+        B,
+        "Security updates install automatically",
+        status,
+        evidence,
+    );
+    b.0
+}
+
+fn unprivileged(obs: &Observations, params: &ScanParams) -> (CheckStatus, Vec<String>) {
+    let Some(unit) = &params.agent_service else {
+        return (
+            Unknown,
+            vec!["the playbook has no agent (agent_user is not set)".into()],
+        );
+    };
+    let load = obs
+        .service
+        .get("LoadState")
+        .map(String::as_str)
+        .unwrap_or("");
+    if load != "loaded" {
+        return (
+            Unknown,
+            vec![format!("{unit} is not installed (LoadState={load})")],
+        );
+    }
+    let user = obs.service.get("User").cloned().unwrap_or_default();
+    let mut ev = vec![format!(
+        "{unit}: User={}",
+        if user.is_empty() { "(root)" } else { &user }
+    )];
+    if user.is_empty() || user == "root" {
+        return (Fail, ev);
+    }
+    let uid = obs.users.iter().find(|u| u.0 == user).map(|u| u.1);
+    match uid {
+        Some(0) => {
+            ev.push(format!("{user} has uid 0"));
+            return (Fail, ev);
+        }
+        Some(u) => ev.push(format!("{user} has uid {u}")),
+        None => ev.push(format!("{user} is not in /etc/passwd")),
+    }
+    let admin: Vec<&String> = obs
+        .admin_groups
+        .iter()
+        .filter(|(_, m)| m.contains(&user))
+        .map(|(g, _)| g)
+        .collect();
+    if !admin.is_empty() {
+        ev.push(format!(
+            "{user} is in {}",
+            admin
+                .iter()
+                .map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        return (Fail, ev);
+    }
+    if let Some(p) = obs.service.get("ProcessUser") {
+        ev.push(format!("the running process is {p}'s"));
+        if p == "root" {
+            return (Fail, ev);
+        }
+    }
+    (Pass, ev)
+}
+
+fn backups(obs: &Observations, params: &ScanParams) -> (CheckStatus, Vec<String>) {
+    let (Some(timer), Some(folder)) = (&params.backup_timer, &params.backup_folder) else {
+        return (
+            Unknown,
+            vec!["the playbook has no agent (agent_user is not set)".into()],
+        );
+    };
+    let mut ev = Vec::new();
+    let timer_on = match &obs.backup_timer {
+        Some((enabled, active)) => {
+            ev.push(format!("{timer}: {enabled}, {active}"));
+            enabled == "enabled" && active == "active"
+        }
+        None => {
+            ev.push(format!("{timer}: no answer"));
+            false
+        }
+    };
+    let fresh = match (&obs.backup_latest, obs.now) {
+        (Some((mtime, size, path)), Some(now)) => {
+            let age = now.saturating_sub(*mtime);
+            ev.push(format!(
+                "newest backup {path}, {size} bytes, {} h old",
+                age / 3600
+            ));
+            age <= BACKUP_MAX_AGE && *size > 0
+        }
+        _ => {
+            ev.push(format!("no backup in {folder}"));
+            false
+        }
+    };
+    (if timer_on && fresh { Pass } else { Fail }, ev)
+}
+
+/// Whether nft's ruleset drops inbound by default.
+fn firewall(rules: &str) -> (CheckStatus, Vec<String>) {
+    let input_drop = rules.lines().any(|l| {
+        let l = l.trim();
+        l.contains("hook input") && l.contains("policy drop")
+    });
+    if input_drop {
+        (
+            Pass,
+            vec!["nft list ruleset: an input chain with policy drop".into()],
+        )
+    } else if rules.trim().is_empty() {
+        (
+            Fail,
+            vec!["nft list ruleset is empty: nothing is filtered".into()],
+        )
+    } else {
+        (
+            Fail,
+            vec!["nft list ruleset: no input chain with policy drop".into()],
+        )
+    }
+}
+
+/// Connects from the controller to each forbidden port of `address`, all at once; a port
+/// that accepts is exposed. Refused and timed-out connects both count as closed.
+pub async fn outside_probe(
+    address: &str,
+    ports: &[u16],
+    timeout: std::time::Duration,
+) -> OutsideProbe {
+    let mut set = tokio::task::JoinSet::new();
+    for &port in ports {
+        let target = if address.contains(':') && !address.starts_with('[') {
+            format!("[{address}]:{port}")
+        } else {
+            format!("{address}:{port}")
+        };
+        set.spawn(async move {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
+                Ok(Ok(_)) => (port, true, "connected: the port is open".to_string()),
+                Ok(Err(e)) => (port, false, format!("closed ({e})")),
+                Err(_) => (
+                    port,
+                    false,
+                    format!("closed (no answer in {} s)", timeout.as_secs()),
+                ),
+            }
+        });
+    }
+    let mut ports = Vec::new();
+    while let Some(done) = set.join_next().await {
+        if let Ok(p) = done {
+            ports.push(p);
+        }
+    }
+    ports.sort();
+    OutsideProbe {
+        address: address.to_string(),
+        ports,
+    }
+}

@@ -1,0 +1,841 @@
+//! scan: the read-only look at a host that `drift` and `audit` add to the probe's round trip.
+//!
+//! [`ScanParams`] come from the host's variables (the playbook's defaults and the inventory):
+//! the agent's user, port and folders, the ports allowed to listen, the admins, the keys the
+//! inventory knows. [`ScanParams::script`] is POSIX sh that only reads: it prints sections
+//! (`<marker> name args`, then raw lines) that [`parse`] turns into [`Observations`]. No
+//! secret value leaves the host: for secrets the script prints names, paths, line numbers and
+//! lengths, never content.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+
+use crate::remote::Script;
+
+/// Secret-looking strings (name, POSIX extended regular expression). `playbooks/
+/// agent-gateway.yaml` quarantines files matching the same list (`secret_patterns`); a unit
+/// test keeps the two equal.
+pub const SECRET_PATTERNS: &[(&str, &str)] = &[
+    ("Anthropic API key", "sk-ant-[A-Za-z0-9_-]{16,}"),
+    (
+        "OpenAI API key",
+        "sk-proj-[A-Za-z0-9_-]{20,}|(^|[^A-Za-z0-9_-])sk-[A-Za-z0-9]{20,}",
+    ),
+    (
+        "GitHub token",
+        "gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}",
+    ),
+    ("AWS access key", "(AKIA|ASIA)[A-Z0-9]{16}"),
+    ("Slack token", "xox[abprs]-[A-Za-z0-9-]{10,}"),
+    ("private key", "-----BEGIN ([A-Z0-9]+ )?PRIVATE KEY-----"),
+];
+
+/// What the scan looks for on one host, from its variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanParams {
+    /// The agent's user: `openclaw`. Without it (a playbook without the agent) the agent's
+    /// parts are not scanned.
+    pub agent_user: Option<String>,
+    pub agent_port: Option<u16>,
+    /// The agent's config file, by flavour.
+    pub agent_config: Option<String>,
+    pub agent_service: Option<String>,
+    /// Folders searched for plaintext secrets and loose secrets files.
+    pub agent_folders: Vec<String>,
+    /// Where skills live; each entry a skill.
+    pub skill_folders: Vec<String>,
+    /// Skills the inventory pins (`agent_skills`' keys).
+    pub pinned_skills: Vec<String>,
+    /// The env files secrets belong in (exempt from the plaintext search).
+    pub secret_files: Vec<String>,
+    pub gitignore: Option<String>,
+    pub backup_timer: Option<String>,
+    pub backup_folder: Option<String>,
+    pub incident_doc: Option<String>,
+    pub agent_audit_rules: Option<String>,
+    /// Ports that may listen on non-loopback addresses.
+    pub allowed_tcp: Vec<u16>,
+    pub allowed_udp: Vec<u16>,
+    /// Ports the outside probe must find closed (the agent's above all).
+    pub forbidden_ports: Vec<u16>,
+    /// Members of sudo/wheel/admin the inventory expects.
+    pub sudo_users: Vec<String>,
+    /// Public keys the inventory knows (`type base64`), matched by their base64 blob.
+    /// `None`: the inventory names none, so unknown keys cannot be told apart.
+    pub known_keys: Option<Vec<String>>,
+    pub patterns: Vec<(String, String)>,
+}
+
+fn string(vars: &Map<String, Value>, key: &str) -> Option<String> {
+    match vars.get(key)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(vars: &Map<String, Value>, key: &str) -> Vec<String> {
+    match vars.get(key) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.trim().to_string()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Some(Value::String(s)) if !s.trim().is_empty() => vec![s.trim().to_string()],
+        _ => Vec::new(),
+    }
+}
+
+fn port(vars: &Map<String, Value>, key: &str) -> Result<Option<u16>, String> {
+    match string(vars, key) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("variable `{key}` is {s:?}, not a port number")),
+    }
+}
+
+fn ports(vars: &Map<String, Value>, key: &str) -> Result<Vec<u16>, String> {
+    strings(vars, key)
+        .into_iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("variable `{key}` holds {s:?}, not a port number"))
+        })
+        .collect()
+}
+
+impl ScanParams {
+    /// The scan's parameters from a host's variables. Variables the playbooks define
+    /// (`agent_user`, `agent_port`, `agent_flavor`, `ssh_port`, `wireguard_port`, `admin_user`,
+    /// `admin_keys`, `agent_skills`, `secret_patterns`) plus ones only for the scan:
+    /// `listen_allow_tcp`, `listen_allow_udp`, `forbidden_ports`, `sudo_allow`,
+    /// `authorized_keys_allow`.
+    pub fn from_vars(vars: &Map<String, Value>) -> Result<ScanParams, String> {
+        let agent_user = string(vars, "agent_user");
+        let agent_port = port(vars, "agent_port")?;
+        let flavor = string(vars, "agent_flavor").unwrap_or_else(|| "openclaw".into());
+        let home = agent_user.as_ref().map(|u| format!("/home/{u}"));
+        let state = home.as_ref().map(|h| format!("{h}/.openclaw"));
+        let etc = agent_user.as_ref().map(|u| format!("/etc/{u}"));
+
+        let mut allowed_tcp = vec![port(vars, "ssh_port")?.unwrap_or(22)];
+        allowed_tcp.extend(ports(vars, "listen_allow_tcp")?);
+        let mut allowed_udp = Vec::new();
+        if let Some(p) = port(vars, "wireguard_port")? {
+            allowed_udp.push(p);
+        }
+        allowed_udp.extend(ports(vars, "listen_allow_udp")?);
+        let mut forbidden_ports: Vec<u16> = agent_port.into_iter().collect();
+        forbidden_ports.extend(ports(vars, "forbidden_ports")?);
+        forbidden_ports.sort_unstable();
+        forbidden_ports.dedup();
+
+        let mut sudo_users: Vec<String> = string(vars, "admin_user").into_iter().collect();
+        sudo_users.extend(strings(vars, "sudo_allow"));
+
+        let mut keys = strings(vars, "admin_keys");
+        keys.extend(strings(vars, "authorized_keys_allow"));
+        keys.extend(string(vars, "login_public_key"));
+        let known_keys = (!keys.is_empty()).then_some(keys);
+
+        let pinned_skills = match vars.get("agent_skills") {
+            Some(Value::Object(m)) => m.keys().cloned().collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Object(o) => o.get("name").and_then(|n| n.as_str()).map(String::from),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+
+        let patterns = match vars.get("secret_patterns") {
+            Some(Value::Object(m)) => m
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect(),
+            _ => SECRET_PATTERNS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+
+        Ok(ScanParams {
+            agent_config: state.as_ref().map(|s| {
+                if flavor == "starter" {
+                    format!("{s}/config.json")
+                } else {
+                    format!("{s}/openclaw.json")
+                }
+            }),
+            agent_service: agent_user.as_ref().map(|u| format!("{u}-gateway.service")),
+            agent_folders: home.iter().chain(&etc).cloned().collect(),
+            skill_folders: state
+                .iter()
+                .flat_map(|s| [format!("{s}/skills"), format!("{s}/workspace/skills")])
+                .collect(),
+            pinned_skills,
+            secret_files: etc
+                .iter()
+                .flat_map(|e| [format!("{e}/agent.env"), format!("{e}/token.env")])
+                .collect(),
+            gitignore: state.as_ref().map(|s| format!("{s}/workspace/.gitignore")),
+            backup_timer: agent_user.as_ref().map(|u| format!("{u}-backup.timer")),
+            backup_folder: agent_user.as_ref().map(|u| format!("/var/backups/{u}")),
+            incident_doc: string(vars, "incident_response_doc").or_else(|| {
+                agent_user
+                    .as_ref()
+                    .map(|_| "/usr/local/share/doc/rampart/incident-response.md".to_string())
+            }),
+            agent_audit_rules: agent_user
+                .as_ref()
+                .map(|_| "/etc/audit/rules.d/61-rampart-agent.rules".to_string()),
+            agent_user,
+            agent_port,
+            allowed_tcp,
+            allowed_udp,
+            forbidden_ports,
+            sudo_users,
+            known_keys,
+            patterns,
+        })
+    }
+
+    /// The scan script. `marker` starts each section's header line.
+    pub fn script(&self, marker: &str) -> Script {
+        let mut s = Script::new()
+            .raw("PATH=\"$PATH:/usr/sbin:/sbin\"\nM=")
+            .arg(marker)
+            .raw(SCAN_FUNCTIONS);
+        let call = |s: Script, f: &str, args: &[&str]| {
+            let mut s = s.raw(f);
+            for a in args {
+                s = s.raw(" ").arg(a);
+            }
+            s.raw("\n")
+        };
+        s = s
+            .raw("EXEMPT=")
+            .arg(&self.secret_files.join(" "))
+            .raw("\n")
+            .raw(SCAN_HOST);
+        if let Some(c) = &self.agent_config {
+            s = call(s, "file_section config", &[c]);
+        }
+        for f in &self.secret_files {
+            s = call(s, "env_lengths", &[f]);
+        }
+        let mut find_args: Vec<&str> = Vec::new();
+        for dir in &self.agent_folders {
+            find_args.push(dir);
+        }
+        if !find_args.is_empty() {
+            for (name, pattern) in &self.patterns {
+                let mut args = vec![name.as_str(), pattern.as_str()];
+                args.extend(find_args.iter().copied());
+                s = call(s, "secret_search", &args);
+            }
+            s = call(s, "loose_secrets", &find_args);
+        }
+        for f in &self.secret_files {
+            s = call(s, "mode_of", &[f]);
+        }
+        for dir in &self.skill_folders {
+            s = call(s, "list_dir skills", &[dir]);
+        }
+        if let Some(unit) = &self.agent_service {
+            s = call(s, "service_section", &[unit]);
+        }
+        if let Some(g) = &self.gitignore {
+            s = call(s, "file_section gitignore", &[g]);
+        }
+        if let Some(t) = &self.backup_timer {
+            s = call(s, "enabled_section backup_timer", &[t]);
+        }
+        if let Some(d) = &self.backup_folder {
+            s = call(s, "latest_section backup", &[d]);
+        }
+        if let Some(d) = &self.incident_doc {
+            s = call(s, "exists_section incident", &[d]);
+        }
+        if let Some(r) = &self.agent_audit_rules {
+            s = call(s, "exists_section audit_rules", &[r]);
+        }
+        s
+    }
+}
+
+/// Shell functions of the scan; every one only reads.
+const SCAN_FUNCTIONS: &str = r#"
+sec() { printf '%s %s\n' "$M" "$*"; }
+file_section() { sec "$1" "$2"; if [ -f "$2" ]; then cat -- "$2"; echo; else sec missing "$2"; fi; }
+exists_section() { if [ -s "$2" ]; then sec "$1" yes "$2"; else sec "$1" no "$2"; fi; }
+enabled_section() {
+  sec "$1" "$2"
+  systemctl is-enabled "$2" 2>/dev/null || true
+  systemctl is-active "$2" 2>/dev/null || true
+}
+latest_section() {
+  sec "$1" "$2"
+  [ -d "$2" ] || return 0
+  f=$(ls -1t -- "$2" 2>/dev/null | head -n 1)
+  [ -n "$f" ] && stat -c '%Y %s %n' -- "$2/$f" 2>/dev/null
+  date +%s
+}
+env_lengths() {
+  sec env "$1"
+  [ -f "$1" ] || { sec missing "$1"; return 0; }
+  awk '/^[ \t]*(export[ \t]+)?[A-Za-z_][A-Za-z0-9_]*=/ {
+    sub(/^[ \t]*(export[ \t]+)?/, ""); n = $0; sub(/=.*/, "", n); v = $0; sub(/^[^=]*=/, "", v)
+    gsub(/^["'\'']|["'\'']$/, "", v); print n, length(v) }' "$1"
+}
+secret_search() {
+  kind=$1; pat=$2; shift 2
+  for d in "$@"; do
+    [ -d "$d" ] || continue
+    find "$d" -xdev -type f -size -4096k 2>/dev/null | while IFS= read -r f; do
+      skip=no
+      for e in $EXEMPT; do [ "$f" = "$e" ] && skip=yes; done
+      [ $skip = yes ] && continue
+      lines=$(grep -IEn -e "$pat" -- "$f" 2>/dev/null | cut -d: -f1 | head -n 5 | tr '\n' ',')
+      [ -n "$lines" ] && printf '%s\t%s\t%s\n' "$kind" "${lines%,}" "$f"
+    done
+  done | { sec secrets; cat; }
+}
+loose_secrets() {
+  sec loose
+  for d in "$@"; do
+    [ -d "$d" ] || continue
+    find "$d" -xdev -type f \( -name '*.env' -o -name '.env*' -o -name '*.key' -o -name '*.pem' \
+      -o -name '*.p12' -o -name 'credentials*' -o -path '*/secrets/*' \) -perm /044 \
+      -exec stat -c '%a %U %G %n' {} + 2>/dev/null
+  done
+  for f in /etc/wireguard/*.key; do [ -f "$f" ] && stat -c '%a %U %G %n' -- "$f"; done
+  true
+}
+mode_of() { sec mode "$1"; [ -e "$1" ] && stat -c '%a %U %G %n' -- "$1"; true; }
+list_dir() { sec "$1" "$2"; [ -d "$2" ] && ls -1A -- "$2"; true; }
+service_section() {
+  sec service "$1"
+  systemctl show -p LoadState -p ActiveState -p UnitFileState -p User -p MainPID -- "$1" 2>/dev/null
+  pid=$(systemctl show -p MainPID --value -- "$1" 2>/dev/null)
+  [ -n "$pid" ] && [ "$pid" != 0 ] && printf 'ProcessUser=%s\n' "$(ps -o user= -p "$pid" 2>/dev/null)"
+  true
+}
+"#;
+
+/// The host-wide part of the scan.
+const SCAN_HOST: &str = r#"
+for t in tcp tcp6 udp udp6; do sec proc_net "$t"; cat "/proc/net/$t" 2>/dev/null; done
+if command -v ss >/dev/null 2>&1; then sec ss; ss -Htulnp 2>/dev/null; fi
+sec passwd; cut -d: -f1,3,6,7 /etc/passwd
+sec group; grep -E '^(sudo|wheel|admin):' /etc/group
+cut -d: -f1,6 /etc/passwd | while IFS=: read -r u h; do
+  for f in "$h/.ssh/authorized_keys" "$h/.ssh/authorized_keys2"; do
+    [ -f "$f" ] && { sec keys "$u" "$f"; cat -- "$f"; echo; }
+  done
+done
+if command -v sshd >/dev/null 2>&1; then sec sshd; sshd -T 2>/dev/null | grep -E '^(permitrootlogin|passwordauthentication|kbdinteractiveauthentication|pubkeyauthentication|port) '; fi
+if command -v nft >/dev/null 2>&1; then sec nft; nft list ruleset 2>/dev/null; else sec nft_missing; fi
+file_section upgrades /etc/apt/apt.conf.d/20auto-upgrades
+if command -v auditctl >/dev/null 2>&1 && auditctl -s >/dev/null 2>&1; then
+  sec audit_loaded; auditctl -l 2>/dev/null
+fi
+"#;
+
+/// A socket listening (TCP) or bound unconnected (UDP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// `python3 (pid 812)`, when `ss` could tell.
+    pub process: Option<String>,
+}
+
+impl Listener {
+    pub fn endpoint(&self) -> String {
+        match self.addr {
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+        }
+    }
+}
+
+/// An `authorized_keys` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedKey {
+    pub user: String,
+    pub file: String,
+    pub line: usize,
+    pub key_type: String,
+    pub blob: String,
+    pub comment: String,
+}
+
+/// A file with a secret-looking string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretHit {
+    pub kind: String,
+    pub lines: String,
+    pub path: String,
+}
+
+/// `stat -c '%a %U %G %n'`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMode {
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub path: String,
+}
+
+impl FileMode {
+    fn parse(line: &str) -> Option<FileMode> {
+        let mut it = line.splitn(4, ' ');
+        Some(FileMode {
+            mode: u32::from_str_radix(it.next()?, 8).ok()?,
+            owner: it.next()?.to_string(),
+            group: it.next()?.to_string(),
+            path: it.next()?.to_string(),
+        })
+    }
+
+    pub fn shown(&self) -> String {
+        format!(
+            "{} mode {:04o} {}:{}",
+            self.path, self.mode, self.owner, self.group
+        )
+    }
+}
+
+/// What the scan saw on a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observations {
+    pub listeners: Vec<Listener>,
+    /// name, uid, home, shell
+    pub users: Vec<(String, u32, String, String)>,
+    /// sudo/wheel/admin -> members
+    pub admin_groups: BTreeMap<String, Vec<String>>,
+    pub keys: Vec<AuthorizedKey>,
+    pub sshd: BTreeMap<String, String>,
+    /// `None`: no nft on the host.
+    pub nft: Option<String>,
+    pub upgrades: Option<String>,
+    /// `auditctl -l`, when audit works here.
+    pub audit_loaded: Option<String>,
+    /// The agent's config text (never shown: it may hold a literal token).
+    pub config: Option<String>,
+    pub config_path: Option<String>,
+    /// env file -> (variable, value length)
+    pub env: BTreeMap<String, Vec<(String, usize)>>,
+    pub secret_hits: Vec<SecretHit>,
+    /// Secrets files readable by group or others.
+    pub loose: Vec<FileMode>,
+    pub modes: Vec<FileMode>,
+    /// skills folder -> entries
+    pub skills: BTreeMap<String, Vec<String>>,
+    pub service: BTreeMap<String, String>,
+    pub gitignore: Option<String>,
+    /// `systemctl is-enabled`, `is-active` of the backup timer.
+    pub backup_timer: Option<(String, String)>,
+    /// newest backup: (mtime, size, path), and the host's clock.
+    pub backup_latest: Option<(u64, u64, String)>,
+    pub now: Option<u64>,
+    pub incident_doc: Option<bool>,
+    pub audit_rules_file: Option<bool>,
+}
+
+/// Reads the scan's output.
+pub fn parse(marker: &str, text: &str) -> Observations {
+    let mut obs = Observations::default();
+    let mut ss_lines = Vec::new();
+    let mut section: Vec<String> = Vec::new();
+    let mut body: Vec<&str> = Vec::new();
+    let head = format!("{marker} ");
+    let mut flush = |section: &[String], body: &[&str], obs: &mut Observations| {
+        if let Some(name) = section.first() {
+            take(obs, &mut ss_lines, name, &section[1..], body);
+        }
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&head) {
+            flush(&section, &body, &mut obs);
+            section = rest.split(' ').map(String::from).collect();
+            body.clear();
+        } else if line == marker {
+            flush(&section, &body, &mut obs);
+            section.clear();
+            body.clear();
+        } else {
+            body.push(line);
+        }
+    }
+    flush(&section, &body, &mut obs);
+    let processes = ss_processes(&ss_lines);
+    for l in &mut obs.listeners {
+        l.process = processes.get(&(l.proto, l.port)).cloned();
+    }
+    obs.listeners
+        .sort_by(|a, b| (a.proto, a.port, a.addr).cmp(&(b.proto, b.port, b.addr)));
+    obs.listeners.dedup();
+    obs
+}
+
+fn take(
+    obs: &mut Observations,
+    ss_lines: &mut Vec<String>,
+    name: &str,
+    args: &[String],
+    body: &[&str],
+) {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    // Paths may hold spaces: everything after the fixed arguments.
+    let rest = |from: usize| args.get(from..).map(|a| a.join(" ")).unwrap_or_default();
+    let text = || {
+        let mut t = body.join("\n");
+        if t.ends_with('\n') || t.is_empty() {
+            return t;
+        }
+        t.push('\n');
+        t
+    };
+    match name {
+        "proc_net" => {
+            let proto = if arg(0).starts_with("tcp") {
+                "tcp"
+            } else {
+                "udp"
+            };
+            obs.listeners
+                .extend(body.iter().filter_map(|l| proc_net_line(proto, l)));
+        }
+        "ss" => ss_lines.extend(body.iter().map(|l| l.to_string())),
+        "passwd" => {
+            for l in body {
+                let f: Vec<&str> = l.splitn(4, ':').collect();
+                if let [name, uid, home, shell] = f[..]
+                    && let Ok(uid) = uid.parse()
+                {
+                    obs.users
+                        .push((name.into(), uid, home.into(), shell.into()));
+                }
+            }
+        }
+        "group" => {
+            for l in body {
+                let f: Vec<&str> = l.split(':').collect();
+                if f.len() == 4 {
+                    let members = f[3]
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(String::from)
+                        .collect();
+                    obs.admin_groups.insert(f[0].into(), members);
+                }
+            }
+        }
+        "keys" => {
+            let (user, file) = (arg(0), rest(1));
+            for (i, l) in body.iter().enumerate() {
+                if let Some(k) = authorized_key(l) {
+                    obs.keys.push(AuthorizedKey {
+                        user: user.clone(),
+                        file: file.clone(),
+                        line: i + 1,
+                        ..k
+                    });
+                }
+            }
+        }
+        "sshd" => {
+            for l in body {
+                if let Some((k, v)) = l.split_once(' ') {
+                    obs.sshd.insert(k.into(), v.trim().into());
+                }
+            }
+        }
+        "nft" => obs.nft = Some(text()),
+        "upgrades" => obs.upgrades = Some(text()),
+        "audit_loaded" => obs.audit_loaded = Some(text()),
+        "config" => {
+            obs.config_path = Some(rest(0));
+            obs.config = Some(text());
+        }
+        "missing" => {
+            let path = rest(0);
+            if obs.config_path.as_deref() == Some(path.as_str()) {
+                obs.config = None;
+            }
+            if path.ends_with(".gitignore") {
+                obs.gitignore = None;
+            }
+            if path.ends_with("20auto-upgrades") {
+                obs.upgrades = None;
+            }
+            if obs.env.get(&path).is_some_and(|v| v.is_empty()) {
+                obs.env.remove(&path);
+            }
+        }
+        "env" => {
+            let vars = body
+                .iter()
+                .filter_map(|l| {
+                    let (n, len) = l.rsplit_once(' ')?;
+                    Some((n.to_string(), len.parse().ok()?))
+                })
+                .collect();
+            obs.env.insert(rest(0), vars);
+        }
+        "secrets" => {
+            for l in body {
+                let f: Vec<&str> = l.splitn(3, '\t').collect();
+                if let [kind, lines, path] = f[..] {
+                    obs.secret_hits.push(SecretHit {
+                        kind: kind.into(),
+                        lines: lines.into(),
+                        path: path.into(),
+                    });
+                }
+            }
+        }
+        "loose" => obs
+            .loose
+            .extend(body.iter().filter_map(|l| FileMode::parse(l))),
+        "mode" => obs
+            .modes
+            .extend(body.iter().filter_map(|l| FileMode::parse(l))),
+        "skills" => {
+            obs.skills.insert(
+                rest(0),
+                body.iter()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.to_string())
+                    .collect(),
+            );
+        }
+        "service" => {
+            for l in body {
+                if let Some((k, v)) = l.split_once('=') {
+                    obs.service.insert(k.into(), v.trim().into());
+                }
+            }
+        }
+        "gitignore" => obs.gitignore = Some(text()),
+        "backup_timer" => {
+            let mut it = body.iter().map(|l| l.trim().to_string());
+            obs.backup_timer = Some((it.next().unwrap_or_default(), it.next().unwrap_or_default()));
+        }
+        "backup" => {
+            let mut lines: Vec<&str> = body.iter().copied().filter(|l| !l.is_empty()).collect();
+            obs.now = lines.pop().and_then(|l| l.trim().parse().ok());
+            obs.backup_latest = lines.first().and_then(|l| {
+                let mut it = l.splitn(3, ' ');
+                Some((
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.to_string(),
+                ))
+            });
+        }
+        "incident" => obs.incident_doc = Some(arg(0) == "yes"),
+        "audit_rules" => obs.audit_rules_file = Some(arg(0) == "yes"),
+        _ => {}
+    }
+}
+
+/// One line of `/proc/net/{tcp,tcp6,udp,udp6}`, when it is a listening (TCP state 0A) or
+/// unconnected (UDP, remote port 0) socket.
+fn proc_net_line(proto: &'static str, line: &str) -> Option<Listener> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 4 || !f[0].ends_with(':') {
+        return None;
+    }
+    let (local, remote, state) = (f[1], f[2], f[3]);
+    let listening = match proto {
+        "tcp" => state == "0A",
+        _ => remote.ends_with(":0000"),
+    };
+    if !listening {
+        return None;
+    }
+    let (addr, port) = local.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // The kernel prints each 32-bit word of the address in host (little-endian) order.
+    let words: Option<Vec<[u8; 4]>> = (0..addr.len() / 8)
+        .map(|i| {
+            u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16)
+                .ok()
+                .map(|w| w.to_le_bytes())
+        })
+        .collect();
+    let bytes: Vec<u8> = words?.concat();
+    let addr = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
+        }
+        _ => return None,
+    };
+    Some(Listener {
+        proto,
+        addr,
+        port,
+        process: None,
+    })
+}
+
+/// `ss -Htulnp` lines -> (proto, port) -> `name (pid N)`.
+fn ss_processes(lines: &[String]) -> BTreeMap<(&'static str, u16), String> {
+    let re = regex::Regex::new(r#"users:\(\("([^"]+)",pid=(\d+)"#).expect("valid");
+    let mut out = BTreeMap::new();
+    for l in lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 5 {
+            continue;
+        }
+        let proto = if f[0] == "tcp" { "tcp" } else { "udp" };
+        let Some(port) = f[4].rsplit_once(':').and_then(|(_, p)| p.parse().ok()) else {
+            continue;
+        };
+        if let Some(c) = re.captures(l) {
+            out.insert((proto, port), format!("{} (pid {})", &c[1], &c[2]));
+        }
+    }
+    out
+}
+
+/// An `authorized_keys` line: options, then `type base64 [comment]`.
+pub fn authorized_key(line: &str) -> Option<AuthorizedKey> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words.iter().position(|w| is_key_type(w))?;
+    let blob = words.get(i + 1)?;
+    Some(AuthorizedKey {
+        user: String::new(),
+        file: String::new(),
+        line: 0,
+        key_type: words[i].to_string(),
+        blob: blob.to_string(),
+        comment: words[i + 2..].join(" "),
+    })
+}
+
+fn is_key_type(w: &str) -> bool {
+    w.starts_with("ssh-")
+        || w.starts_with("ecdsa-sha2-")
+        || w.starts_with("sk-ssh-")
+        || w.starts_with("sk-ecdsa-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_lines_give_listeners_in_network_order() {
+        let tcp = "  0: 00000000:4965 00000000:0000 0A 00000000:00000000 00:00000000 00000000   997        0 1 1 0 100 0 0 10 0";
+        let l = proc_net_line("tcp", tcp).unwrap();
+        assert_eq!((l.addr.to_string(), l.port), ("0.0.0.0".into(), 18789));
+        let lo = "  1: 0100007F:4965 00000000:0000 0A 0";
+        assert_eq!(
+            proc_net_line("tcp", lo).unwrap().addr.to_string(),
+            "127.0.0.1"
+        );
+        let established = "  2: 6400CB0A:0016 0100CB0A:D2F0 01 0";
+        assert_eq!(proc_net_line("tcp", established), None);
+        let v6_any =
+            "  0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 0";
+        assert_eq!(proc_net_line("tcp", v6_any).unwrap().addr.to_string(), "::");
+        let v6_lo =
+            "  0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 0";
+        assert_eq!(proc_net_line("tcp", v6_lo).unwrap().addr.to_string(), "::1");
+        let udp = "  5: 00000000:CA6C 00000000:0000 07 0";
+        assert_eq!(proc_net_line("udp", udp).unwrap().port, 51820);
+    }
+
+    #[test]
+    fn authorized_keys_lines_with_options_and_comments() {
+        let k = authorized_key(r#"no-pty,command="echo hi there" ssh-ed25519 AAAAC3Nza me@laptop"#)
+            .unwrap();
+        assert_eq!(
+            (k.key_type.as_str(), k.blob.as_str(), k.comment.as_str()),
+            ("ssh-ed25519", "AAAAC3Nza", "me@laptop")
+        );
+        assert_eq!(authorized_key("# a comment"), None);
+        assert_eq!(authorized_key(""), None);
+    }
+
+    #[test]
+    fn the_scan_output_is_read_section_by_section() {
+        let m = "@@x";
+        let text = format!(
+            "{m} proc_net tcp\n  sl  local_address rem_address   st\n  0: 00000000:4965 00000000:0000 0A 0\n\
+             {m} ss\ntcp   LISTEN 0      5      0.0.0.0:18789      0.0.0.0:*    users:((\"python3\",pid=812,fd=3))\n\
+             {m} passwd\nroot:0:/root:/bin/bash\ntoor:0:/root:/bin/sh\nadmin:1000:/home/admin:/bin/bash\n\
+             {m} group\nsudo:x:27:admin,eve\n\
+             {m} keys root /root/.ssh/authorized_keys\nssh-ed25519 AAAA1 a\n\nssh-rsa BBBB2 b\n\
+             {m} env /etc/openclaw/token.env\nAGENT_AUTH_TOKEN 64\n\
+             {m} env /etc/openclaw/agent.env\n{m} missing /etc/openclaw/agent.env\n\
+             {m} secrets\nAnthropic API key\t3\t/home/openclaw/.openclaw/workspace/my notes.md\n\
+             {m} loose\n644 root root /etc/openclaw/agent.env\n\
+             {m} skills /home/openclaw/.openclaw/skills\nweather\n\
+             {m} backup /var/backups/openclaw\n1764000000 2048 /var/backups/openclaw/a.tar.gz\n1764003600\n\
+             {m} incident yes /usr/local/share/doc/rampart/incident-response.md\n"
+        );
+        let o = parse(m, &text);
+        assert_eq!(o.listeners.len(), 1);
+        assert_eq!(o.listeners[0].process.as_deref(), Some("python3 (pid 812)"));
+        assert_eq!(o.users.len(), 3);
+        assert_eq!(o.admin_groups["sudo"], vec!["admin", "eve"]);
+        assert_eq!(o.keys.len(), 2);
+        assert_eq!((o.keys[1].line, o.keys[1].blob.as_str()), (3, "BBBB2"));
+        assert_eq!(
+            o.env["/etc/openclaw/token.env"],
+            vec![("AGENT_AUTH_TOKEN".to_string(), 64)]
+        );
+        assert!(!o.env.contains_key("/etc/openclaw/agent.env"));
+        assert_eq!(
+            o.secret_hits[0].path,
+            "/home/openclaw/.openclaw/workspace/my notes.md"
+        );
+        assert_eq!(o.loose[0].mode, 0o644);
+        assert_eq!(o.skills["/home/openclaw/.openclaw/skills"], vec!["weather"]);
+        assert_eq!(o.backup_latest.as_ref().unwrap().0, 1_764_000_000);
+        assert_eq!(o.now, Some(1_764_003_600));
+        assert_eq!(o.incident_doc, Some(true));
+    }
+
+    #[test]
+    fn the_playbook_quarantines_what_the_scan_looks_for() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/agent-gateway.yaml"),
+        )
+        .unwrap();
+        for (name, pattern) in SECRET_PATTERNS {
+            let line = format!("{name}: {}", serde_json::to_string(pattern).unwrap());
+            assert!(
+                text.contains(&line),
+                "agent-gateway.yaml's secret_patterns lacks `{line}`"
+            );
+        }
+    }
+}
