@@ -41,7 +41,8 @@ done
 "#;
 
 /// What the probe found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Facts {
     pub os_id: String,
     pub os_version: String,
@@ -66,7 +67,8 @@ pub struct Facts {
 }
 
 /// Which tools exist (their paths), for the resources that need them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Tools {
     pub nft: Option<String>,
     pub wg: Option<String>,

@@ -80,9 +80,12 @@ pub async fn connect_host(
     }
 }
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, HostReport, HostStatus, HostStep, RunSettings, StepStatus, StepWork};
+use crate::facts::Facts;
 use crate::inspect::scan::ScanParams;
 use crate::inventory::Inventory;
 use crate::playbook::Playbook;
@@ -258,11 +261,21 @@ async fn run_passes(run: Arc<Run>) -> FleetSummary {
     first
 }
 
-/// What every host knows of the others (`hostvars`): their variables and facts.
-type FleetFacts = (
-    Value,
-    std::collections::HashMap<String, crate::facts::Facts>,
-);
+/// What every host knows of the others (`hostvars`): their variables and facts. The
+/// connections the gathering opened stay open for the run's own probe: one SSH handshake per
+/// host, whatever the number of passes over it.
+struct FleetFacts {
+    hostvars: Value,
+    facts: HashMap<String, Facts>,
+    /// Each host's connection (or why there is none), taken by its probe.
+    connections: std::sync::Mutex<HashMap<String, Result<Connected, ConnectError>>>,
+}
+
+impl FleetFacts {
+    fn take_connection(&self, host: &str) -> Option<Result<Connected, ConnectError>> {
+        self.connections.lock().expect("not poisoned").remove(host)
+    }
+}
 
 /// Whether a step (or a template it looks up) uses `hostvars`: then every host's facts are
 /// gathered before any host is rendered, over one extra connection per host.
@@ -301,24 +314,45 @@ fn uses_hostvars(run: &Run) -> bool {
     })
 }
 
-/// Connects to every host for its facts, then builds `hostvars`.
+/// Connects to every host for its facts, then builds `hostvars`. A host that cannot be
+/// reached lends the facts it had last time (the controller's fact cache): its WireGuard peers
+/// keep it while it is down, and a drift check does not report them as drift.
 async fn fleet_facts(run: &Arc<Run>) -> FleetFacts {
-    let facts = for_each_host(&run.hosts, run.forks, |host| {
+    let gathered = for_each_host(&run.hosts, run.forks, |host| {
         let run = run.clone();
         async move {
-            let c = connect_host(&host, &run.options).await.ok()?;
+            let c = match connect_host(&host, &run.options).await {
+                Ok(c) => c,
+                Err(e) => return (host.name.clone(), None, Err(e)),
+            };
             let become_root =
                 run.playbook.become_root.unwrap_or(host.become_root) && c.login != "root";
             let f = engine::probe(&c.session, become_root, &[], run.settings.timeout)
                 .await
-                .ok();
-            c.session.close().await;
-            f.map(|(f, _)| (host.name.clone(), f))
+                .ok()
+                .map(|(f, _)| f);
+            (host.name.clone(), f, Ok(c))
         }
     })
     .await;
-    let facts: std::collections::HashMap<String, crate::facts::Facts> =
-        facts.into_iter().flatten().collect();
+    let cache = FactCache::new();
+    let mut facts = HashMap::new();
+    let mut connections = HashMap::new();
+    for ((name, f, c), host) in gathered.into_iter().zip(&run.hosts) {
+        match f {
+            Some(f) => {
+                cache.save(host, &f);
+                facts.insert(name.clone(), f);
+            }
+            None => {
+                if let Some(f) = cache.load(host) {
+                    tracing::info!("{name}: no facts now; using the cached facts");
+                    facts.insert(name.clone(), f);
+                }
+            }
+        }
+        connections.insert(name, c);
+    }
     let mut hostvars = serde_json::Map::new();
     for host in &run.hosts {
         let mut vars = engine::host_vars(
@@ -338,7 +372,65 @@ async fn fleet_facts(run: &Arc<Run>) -> FleetFacts {
         }
         hostvars.insert(host.name.clone(), Value::Object(vars));
     }
-    (Value::Object(hostvars), facts)
+    FleetFacts {
+        hostvars: Value::Object(hostvars),
+        facts,
+        connections: std::sync::Mutex::new(connections),
+    }
+}
+
+/// The controller's cache of each host's last facts, for `hostvars` of hosts that are down:
+/// `$XDG_CACHE_HOME/rampart/facts/` (or `~/.cache/...`), one JSON file per host and address.
+/// Facts hold no secret (WireGuard public keys, the OS); a cache that cannot be written or
+/// read is skipped.
+struct FactCache(Option<PathBuf>);
+
+impl FactCache {
+    fn new() -> FactCache {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        FactCache(base.map(|b| b.join("rampart/facts")))
+    }
+
+    fn path(&self, host: &Host) -> Option<PathBuf> {
+        let safe = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        Some(self.0.as_ref()?.join(format!(
+            "{}@{}_{}.json",
+            safe(&host.name),
+            safe(&host.address),
+            host.port
+        )))
+    }
+
+    fn save(&self, host: &Host, facts: &Facts) {
+        let Some(path) = self.path(host) else { return };
+        let write = || -> std::io::Result<()> {
+            let dir = path.parent().expect("in the cache folder");
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(facts)?)?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::debug!("cannot cache the facts of {}: {e}", host.name);
+        }
+    }
+
+    fn load(&self, host: &Host) -> Option<Facts> {
+        let text = std::fs::read(self.path(host)?).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
 }
 
 async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary {
@@ -476,8 +568,8 @@ async fn probe_host(
         }
     };
     let mut vars = vars;
-    if let Some((hostvars, _)) = fleet {
-        vars.insert("hostvars".into(), hostvars.clone());
+    if let Some(f) = fleet {
+        vars.insert("hostvars".into(), f.hostvars.clone());
     }
     // Render before connecting: bad input is found without touching any host.
     let render = |facts: Option<&crate::facts::Facts>| {
@@ -499,7 +591,7 @@ async fn probe_host(
         )?;
         Ok::<_, engine::RenderFailure>((steps, handlers))
     };
-    let own_facts = fleet.and_then(|(_, facts)| facts.get(&host.name));
+    let own_facts = fleet.and_then(|f| f.facts.get(&host.name));
     let mut rendered = match render(own_facts) {
         Ok(r) => Some(r),
         Err(e) if e.needs_facts => None,
@@ -510,7 +602,11 @@ async fn probe_host(
         }
     };
     run.progress.phase(line, "connecting");
-    let connected = match connect_host(&host, &run.options).await {
+    let connection = match fleet.and_then(|f| f.take_connection(&host.name)) {
+        Some(c) => c,
+        None => connect_host(&host, &run.options).await,
+    };
+    let connected = match connection {
         Ok(c) => c,
         Err(e) => {
             let status = if e.kind() == "unreachable" {
