@@ -412,7 +412,9 @@ pub fn service_unit(job: &Job) -> String {
     u.push_str("# A hung run must not block tomorrow's.\nTimeoutStartSec=1h\n");
     u.push_str(
         "# The drift only reads the hosts over SSH and writes its two reports.\n\
-         NoNewPrivileges=yes\nPrivateTmp=yes\nProtectSystem=strict\nProtectHome=read-only\n",
+         NoNewPrivileges=yes\nPrivateTmp=yes\nProtectSystem=strict\nProtectHome=read-only\n\
+         # rampart's fact cache (a host that is down lends its last facts to its peers).\n\
+         CacheDirectory=rampart\nEnvironment=XDG_CACHE_HOME=/var/cache\n",
     );
     let _ = writeln!(u, "ReadWritePaths={}", rw.join(" "));
     u
@@ -668,6 +670,9 @@ mod tests {
         PrivateTmp=yes
         ProtectSystem=strict
         ProtectHome=read-only
+        # rampart's fact cache (a host that is down lends its last facts to its peers).
+        CacheDirectory=rampart
+        Environment=XDG_CACHE_HOME=/var/cache
         ReadWritePaths=-/var/lib/prometheus/node-exporter -/var/lib/rampart
         "#);
         insta::assert_snapshot!(timer_unit(&job(systemd())), @r"

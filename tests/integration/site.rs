@@ -181,6 +181,26 @@ fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
     assert!(link.contains("wireguard"), "{link}");
     let plan = run(dir.path(), &inv, "plan");
     assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
+    // On a real kernel nothing is left unknown: every check passes, monitoring included
+    // (the agent's audit rules are loaded), and the scan finds nothing unmanaged.
+    let drift = run(dir.path(), &inv, "drift");
+    assert_eq!(drift.status.code(), Some(0), "{}", stdout(&drift));
+    let audit = run(dir.path(), &inv, "audit");
+    assert_eq!(audit.status.code(), Some(0), "{}", stdout(&audit));
+    let report: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let checks = report["hosts"][0]["checks"].as_array().unwrap();
+    assert!(checks.len() >= 19, "{checks:?}");
+    for c in checks {
+        assert_eq!(c["status"], "pass", "{c}");
+    }
+    let monitoring = checks.iter().find(|c| c["id"] == "monitoring").unwrap();
+    assert!(
+        monitoring["evidence"][0]
+            .as_str()
+            .unwrap()
+            .contains("agent rules loaded"),
+        "{monitoring}"
+    );
 }
 
 #[test]
