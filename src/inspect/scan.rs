@@ -304,13 +304,14 @@ secret_search() {
   kind=$1; pat=$2; shift 2
   for d in "$@"; do
     [ -d "$d" ] || continue
-    find "$d" -xdev -type f -size -4096k 2>/dev/null | while IFS= read -r f; do
-      skip=no
-      for e in $EXEMPT; do [ "$f" = "$e" ] && skip=yes; done
-      [ $skip = yes ] && continue
-      lines=$(grep -IEn -e "$pat" -- "$f" 2>/dev/null | cut -d: -f1 | head -n 5 | tr '\n' ',')
-      [ -n "$lines" ] && printf '%s\t%s\t%s\n' "$kind" "${lines%,}" "$f"
-    done
+    # Batched: one grep for many files, then line numbers only for the files that match.
+    find "$d" -xdev -type f -size -4096k -exec grep -IEl -e "$pat" -- {} + 2>/dev/null
+  done | while IFS= read -r f; do
+    skip=no
+    for e in $EXEMPT; do [ "$f" = "$e" ] && skip=yes; done
+    [ $skip = yes ] && continue
+    lines=$(grep -IEn -e "$pat" -- "$f" 2>/dev/null | cut -d: -f1 | head -n 5 | tr '\n' ',')
+    [ -n "$lines" ] && printf '%s\t%s\t%s\n' "$kind" "${lines%,}" "$f"
   done | { sec secrets; cat; }
 }
 loose_secrets() {
