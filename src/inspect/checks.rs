@@ -665,3 +665,227 @@ pub async fn outside_probe(
         ports,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::findings::findings;
+    use crate::inspect::scan::{AuthorizedKey, FileMode, Listener};
+
+    fn params() -> ScanParams {
+        let vars = serde_json::json!({
+            "agent_user": "openclaw", "agent_port": "18789", "ssh_port": 22,
+            "wireguard_port": 51820, "admin_user": "admin",
+            "admin_keys": ["ssh-ed25519 AAAAgood admin@laptop"],
+        });
+        ScanParams::from_vars(vars.as_object().unwrap()).unwrap()
+    }
+
+    /// What the scan sees on a host site.yaml provisioned, on a kernel with audit.
+    fn hardened() -> Observations {
+        let now = 1_800_000_000;
+        Observations {
+            listeners: vec![
+                Listener {
+                    proto: "tcp",
+                    addr: "0.0.0.0".parse().unwrap(),
+                    port: 22,
+                    process: None,
+                },
+                Listener {
+                    proto: "tcp",
+                    addr: "127.0.0.1".parse().unwrap(),
+                    port: 18789,
+                    process: None,
+                },
+            ],
+            users: vec![
+                ("root".into(), 0, "/root".into(), "/bin/bash".into()),
+                ("openclaw".into(), 999, "/home/openclaw".into(), "/usr/sbin/nologin".into()),
+            ],
+            admin_groups: [("sudo".to_string(), vec!["admin".to_string()])].into(),
+            keys: vec![AuthorizedKey {
+                user: "admin".into(),
+                file: "/home/admin/.ssh/authorized_keys".into(),
+                line: 1,
+                key_type: "ssh-ed25519".into(),
+                blob: "AAAAgood".into(),
+                comment: String::new(),
+            }],
+            sshd: [
+                ("permitrootlogin".to_string(), "no".to_string()),
+                ("passwordauthentication".to_string(), "no".to_string()),
+                ("kbdinteractiveauthentication".to_string(), "no".to_string()),
+            ]
+            .into(),
+            nft: Some("table inet rampart {\n chain input {\n  type filter hook input priority filter; policy drop;\n }\n}\n".into()),
+            upgrades: Some("APT::Periodic::Update-Package-Lists \"1\";\nAPT::Periodic::Unattended-Upgrade \"1\";\n".into()),
+            audit_loaded: Some("-w /home/openclaw/.openclaw -p rwxa -k agent-config\n".into()),
+            config: Some(r#"{"gateway": {"bind": "loopback", "auth": {"mode": "token", "token": "${AGENT_AUTH_TOKEN}"}}, "tools": {"exec": {"security": "allowlist"}}}"#.into()),
+            config_path: Some("/home/openclaw/.openclaw/openclaw.json".into()),
+            env: [
+                ("/etc/openclaw/token.env".to_string(), vec![("AGENT_AUTH_TOKEN".to_string(), 64)]),
+                ("/etc/openclaw/agent.env".to_string(), vec![]),
+            ]
+            .into(),
+            modes: vec![FileMode {
+                mode: 0o600,
+                owner: "root".into(),
+                group: "root".into(),
+                path: "/etc/openclaw/agent.env".into(),
+            }],
+            service: [
+                ("LoadState".to_string(), "loaded".to_string()),
+                ("User".to_string(), "openclaw".to_string()),
+                ("ProcessUser".to_string(), "openclaw".to_string()),
+            ]
+            .into(),
+            gitignore: Some("config.json\n*.env\n.env*\nsecrets/\n*.key\n*.pem\nopenclaw.json\n".into()),
+            backup_timer: Some(("enabled".into(), "active".into())),
+            backup_latest: Some((now - 3600, 4096, "/var/backups/openclaw/agent-x.tar.gz".into())),
+            now: Some(now),
+            incident_doc: Some(true),
+            audit_rules_file: Some(true),
+            ..Observations::default()
+        }
+    }
+
+    fn closed() -> OutsideProbe {
+        OutsideProbe {
+            address: "10.0.0.5".into(),
+            ports: vec![(18789, false, "closed (connection refused)".into())],
+        }
+    }
+
+    fn verdicts(obs: &Observations, outside: &OutsideProbe) -> Vec<(String, CheckStatus)> {
+        let p = params();
+        let f = findings(obs, &p);
+        checks(obs, &p, &Facts::default(), &f, Some(outside))
+            .into_iter()
+            .map(|c| {
+                assert!(!c.evidence.is_empty(), "{} has no evidence", c.id);
+                (c.id, c.status)
+            })
+            .collect()
+    }
+
+    fn not_passing(v: &[(String, CheckStatus)]) -> Vec<(&str, CheckStatus)> {
+        v.iter()
+            .filter(|(_, s)| *s != Pass)
+            .map(|(id, s)| (id.as_str(), *s))
+            .collect()
+    }
+
+    #[test]
+    fn a_hardened_host_passes_every_check() {
+        let v = verdicts(&hardened(), &closed());
+        assert_eq!(v.len(), 19);
+        assert_eq!(not_passing(&v), vec![]);
+    }
+
+    #[test]
+    fn each_weakness_fails_its_own_checks_only() {
+        let mut obs = hardened();
+        obs.env.insert(
+            "/etc/openclaw/token.env".into(),
+            vec![("AGENT_AUTH_TOKEN".into(), 16)],
+        );
+        obs.config = Some(obs.config.unwrap().replace("allowlist", "full"));
+        obs.gitignore = Some("config.json\n".into());
+        obs.backup_latest = Some((obs.now.unwrap() - 10 * 86_400, 4096, "/b/old.tar.gz".into()));
+        obs.sshd
+            .insert("permitrootlogin".into(), "prohibit-password".into());
+        obs.upgrades = None;
+        obs.incident_doc = Some(false);
+        assert_eq!(
+            not_passing(&verdicts(&obs, &closed())),
+            vec![
+                ("auth_token", Fail),
+                ("exec_allowlist", Fail),
+                ("gitignore", Fail),
+                ("backups", Fail),
+                ("incident_response", Fail),
+                ("ssh_root_login", Fail),
+                ("auto_updates", Fail),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_agent_running_as_root_or_with_sudo_fails() {
+        let mut obs = hardened();
+        obs.service.insert("User".into(), String::new());
+        assert_eq!(
+            not_passing(&verdicts(&obs, &closed())),
+            vec![("unprivileged_user", Fail)]
+        );
+        let mut obs = hardened();
+        obs.admin_groups
+            .insert("sudo".into(), vec!["admin".into(), "openclaw".into()]);
+        let v = verdicts(&obs, &closed());
+        assert_eq!(
+            not_passing(&v),
+            vec![("unprivileged_user", Fail), ("sudo_members", Fail)]
+        );
+    }
+
+    #[test]
+    fn what_the_scan_cannot_see_is_unknown_not_pass() {
+        let mut obs = hardened();
+        obs.audit_loaded = None; // a container: no kernel audit
+        obs.sshd.clear();
+        obs.nft = None;
+        obs.service.insert("LoadState".into(), "not-found".into());
+        assert_eq!(
+            not_passing(&verdicts(&obs, &closed())),
+            vec![
+                ("unprivileged_user", Unknown),
+                ("monitoring", Unknown),
+                ("ssh_root_login", Unknown),
+                ("ssh_password_login", Unknown),
+                ("firewall", Unknown),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_open_agent_port_fails_the_outside_probe_and_the_bind() {
+        let mut obs = hardened();
+        obs.config = Some(obs.config.unwrap().replace("\"loopback\"", "\"lan\""));
+        obs.listeners[1].addr = "0.0.0.0".parse().unwrap();
+        obs.nft = Some(String::new());
+        let open = OutsideProbe {
+            address: "10.0.0.5".into(),
+            ports: vec![(18789, true, "connected: the port is open".into())],
+        };
+        assert_eq!(
+            not_passing(&verdicts(&obs, &open)),
+            vec![
+                ("loopback_bind", Fail),
+                ("outside_probe", Fail),
+                ("firewall", Fail),
+                ("listeners", Fail),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_outside_probe_tells_an_open_port_from_a_closed_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let p = outside_probe(
+            "127.0.0.1",
+            &[closed, open],
+            std::time::Duration::from_secs(2),
+        )
+        .await;
+        let by_port: std::collections::BTreeMap<u16, bool> =
+            p.ports.iter().map(|(port, c, _)| (*port, *c)).collect();
+        assert!(by_port[&open], "{p:?}");
+        assert!(!by_port[&closed], "{p:?}");
+    }
+}
