@@ -22,12 +22,21 @@ h.SimpleHTTPRequestHandler).serve_forever()\"";
 /// without ever printing it.
 const PLANTED: &str = "sk-ant-api03-Pl4nt3dK3yN0tF0rR3p0rts-zQ9xW8vU7tS6rR5qP4oN3mL2kJ1";
 
+/// The gateway's token, a rampart secret (from the environment): `scripts/test` makes a fresh
+/// value per run and greps the whole suite's output for it.
+fn agent_token() -> String {
+    let run = std::env::var("RAMPART_TEST_SECRET_VALUE")
+        .unwrap_or_else(|_| "tok-3b1f9e07c2a64d51-secret".into());
+    format!("{run}-gateway-token-of-32-chars-or-more")
+}
+
 fn site() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/site.yaml")
 }
 
 fn run(dir: &Path, inv: &Path, cmd: &str, extra: &[&str]) -> Output {
     rampart(dir)
+        .env("RAMPART_TEST_AGENT_TOKEN", agent_token())
         .args([cmd, "-q", "-i"])
         .arg(inv)
         .arg("--known-hosts")
@@ -140,7 +149,8 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     // JSON is YAML: the stand-in's quotes need no YAML escaping this way.
     let inventory = serde_json::json!({"all": {
         "vars": {"user": "admin", "bootstrap_user": "root",
-                 "identity": test_key(), "agent_command": STANDIN},
+                 "identity": test_key(), "agent_command": STANDIN,
+                 "agent_token": {"secret": {"env": "RAMPART_TEST_AGENT_TOKEN"}}},
         "hosts": hosts}});
     std::fs::write(&inv, serde_json::to_string_pretty(&inventory).unwrap()).unwrap();
 
@@ -200,7 +210,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
         "h27",
         &format!(
             "useradd -o -u 0 -M -d /root -s /bin/sh toor && chmod 644 /etc/openclaw/agent.env \
-             && printf 'notes\\nANTHROPIC_API_KEY={PLANTED}\\n' > /home/openclaw/.openclaw/workspace/notes.md"
+             && echo DEBUG=1 >> /etc/openclaw/agent.env && printf 'notes\\nANTHROPIC_API_KEY={PLANTED}\\n' > /home/openclaw/.openclaw/workspace/notes.md"
         ),
     );
     testbed(&["stop", "h28"]);
@@ -339,6 +349,18 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     for needle in ["h26", "h27", "h28", "user.uid0", "listener.agent_port"] {
         assert!(page.contains(needle), "HTML lacks {needle:?}");
     }
+    // The env file's diff holds the gateway token: masked, in every format.
+    let env_step = host(&report, "h27")["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "secrets env file (0600)")
+        .unwrap()
+        .to_string();
+    assert!(
+        env_step.contains("AGENT_AUTH_TOKEN=<secret:RAMPART_TEST_AGENT_TOKEN>"),
+        "{env_step}"
+    );
     for (name, body) in [
         ("json", stdout(&drift)),
         ("text", text.clone()),
@@ -385,6 +407,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     assert!(probe.contains(":18789: connected"), "{probe}");
     assert_eq!(host(&report, "h28")["status"], "unreachable");
     assert!(!stdout(&audit).contains(PLANTED));
+    assert!(!stdout(&audit).contains(&agent_token()));
 
     // Repair: the host back up, one apply, and both are clean.
     testbed(&["start", "h28"]);
