@@ -232,6 +232,32 @@ async fn run_passes(run: Arc<Run>) -> FleetSummary {
     if !uses_hostvars(&run) {
         return run_once(run, None).await;
     }
+    // Read-only runs (the nightly drift) render with the facts cached last time, so each host
+    // costs one round trip. The probe gathers every host's facts anyway: when any differs
+    // from the cache, the run is made again with facts gathered first.
+    if !run.settings.apply
+        && let Some(cached) = cached_fleet_facts(&run)
+    {
+        let cached = Arc::new(cached);
+        let summary = run_once(run.clone(), Some(cached.clone())).await;
+        let stale: Vec<&str> = summary
+            .hosts
+            .iter()
+            .filter(|h| {
+                h.facts
+                    .as_ref()
+                    .is_some_and(|f| cached.facts.get(&h.name) != Some(f))
+            })
+            .map(|h| h.name.as_str())
+            .collect();
+        if stale.is_empty() {
+            return summary;
+        }
+        tracing::info!(
+            "facts changed since the cache on {}: gathering them first",
+            stale.join(", ")
+        );
+    }
     let fleet = Arc::new(fleet_facts(&run).await);
     let first = run_once(run.clone(), Some(fleet)).await;
     // A host that made its WireGuard key in this run has peers that could not know it yet:
@@ -339,22 +365,45 @@ async fn fleet_facts(run: &Arc<Run>) -> FleetFacts {
     let mut facts = HashMap::new();
     let mut connections = HashMap::new();
     for ((name, f, c), host) in gathered.into_iter().zip(&run.hosts) {
-        match f {
-            Some(f) => {
-                cache.save(host, &f);
-                facts.insert(name.clone(), f);
-            }
-            None => {
-                if let Some(f) = cache.load(host) {
-                    tracing::info!("{name}: no facts now; using the cached facts");
-                    facts.insert(name.clone(), f);
-                }
-            }
+        if let Some(f) = f {
+            cache.save(host, &f);
+            facts.insert(name.clone(), f);
         }
         connections.insert(name, c);
     }
+    with_hostvars(run, facts, connections)
+}
+
+/// Every host's cached facts, when the cache has them all.
+fn cached_fleet_facts(run: &Run) -> Option<FleetFacts> {
+    let cache = FactCache::new();
+    let facts = run
+        .hosts
+        .iter()
+        .map(|h| Some((h.name.clone(), cache.load(h)?)))
+        .collect::<Option<HashMap<_, _>>>()?;
+    Some(with_hostvars(run, facts, HashMap::new()))
+}
+
+/// `hostvars` of every host of the inventory (`--limit` or not): its variables, and its
+/// facts as gathered, else as cached.
+fn with_hostvars(
+    run: &Run,
+    mut facts: HashMap<String, Facts>,
+    connections: HashMap<String, Result<Connected, ConnectError>>,
+) -> FleetFacts {
+    let cache = FactCache::new();
+    let all = run.inventory.limit(&[]).unwrap_or_default();
+    for host in &all {
+        if !facts.contains_key(&host.name)
+            && let Some(f) = cache.load(host)
+        {
+            tracing::info!("{}: facts from the cache", host.name);
+            facts.insert(host.name.clone(), f);
+        }
+    }
     let mut hostvars = serde_json::Map::new();
-    for host in &run.hosts {
+    for host in all {
         let mut vars = engine::host_vars(
             host,
             &run.inventory,

@@ -181,6 +181,9 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     for h in HOSTS {
         assert_eq!(findings(&report, h), vec![], "{h}");
         assert_eq!(host(&report, h)["status"], "in_line", "{h}");
+        // One round trip per host, hostvars and all: the fleet's facts come from the cache
+        // the apply left, and the probe confirms them.
+        assert_eq!(host(&report, h)["stats"]["round_trips"], 1, "{h}");
         assert_eq!(changed_since_marker(h), "", "{h}: drift changed files");
     }
     let audit = run(dir.path(), &inv, "audit", &["--format", "json"]);
