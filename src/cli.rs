@@ -189,7 +189,18 @@ struct FactsArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on bad arguments, which is rampart's "differs": bad arguments are errors.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Outcome::Failed.into()
+            } else {
+                Outcome::Ok.into()
+            };
+        }
+    };
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -553,6 +564,20 @@ async fn playbook_command(
         quiet,
         deadman_seconds,
     } = args;
+    // A report that cannot be written is bad input: found before any host is touched.
+    for out in &output {
+        let dir = match out.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "--output {}: the folder {} does not exist\nhint: create it first",
+                out.path.display(),
+                dir.display()
+            );
+        }
+    }
     let (inventory, hosts, options) = resolve(&host_args)?;
     let book = crate::playbook::Playbook::load(&playbook)?;
     let progress = crate::progress::Progress::new(hosts.len(), quiet);

@@ -438,3 +438,21 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     );
     assert_eq!(sudo("h27", "grep -c toor /etc/passwd || true").trim(), "0");
 }
+
+#[test]
+fn bad_report_arguments_exit_1_not_2_which_means_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(dir.path(), &[]);
+    for (output, says) in [
+        ("report.docx", "cannot tell the format of `report.docx`"),
+        ("html:", "names no file"),
+        (
+            "/nonexistent-folder/drift.json",
+            "the folder /nonexistent-folder does not exist",
+        ),
+    ] {
+        let out = run(dir.path(), &inv, "drift", &["-o", output]);
+        assert_eq!(out.status.code(), Some(1), "{output}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{output}: {}", stderr(&out));
+    }
+}
