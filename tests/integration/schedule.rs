@@ -232,6 +232,9 @@ fn prints_by_default_with_how_to_install() {
         PrivateTmp=yes
         ProtectSystem=strict
         ProtectHome=read-only
+        # rampart's fact cache (a host that is down lends its last facts to its peers).
+        CacheDirectory=rampart
+        Environment=XDG_CACHE_HOME=/var/cache
         ReadWritePaths=-/var/lib/prometheus/node-exporter -/var/lib/rampart
 
         # ==> /etc/systemd/system/rampart-drift.timer <==
