@@ -5,8 +5,8 @@
 //! is missing the apply makes it on the host (`umask 077; wg genkey`); the probe prints only
 //! its public key (`wg pubkey`). The config `/etc/wireguard/IF.conf` (0600) holds no secret:
 //! its `PostUp` line loads the key file (`wg set %i private-key ...`), so the config can be
-//! shown and diffed in the clear. The public key is in the in-line sentence and, for a change
-//! to an interface whose key exists, in a `public_key` change, for the fleet to share.
+//! shown and diffed in the clear. The public key is in the in-line sentence and in the facts
+//! (`facts.wireguard`), for the fleet to share through `hostvars`.
 //!
 //! `wg-quick@IF` is enabled and started; a new key, config or drop-in restarts it. Where the
 //! kernel has no WireGuard module (containers: no `/sys/module/wireguard` and no module to
@@ -238,7 +238,6 @@ pub const F_KEY: &str = "private key";
 pub const F_KEY_MODE: &str = "private key mode";
 pub const F_CONF_MODE: &str = "mode";
 pub const F_DROPIN: &str = "userspace drop-in";
-pub const F_PUBLIC_KEY: &str = "public_key";
 
 const GENERATED: &str = "generated on the host";
 
@@ -472,9 +471,6 @@ impl WireGuard {
                 systemd_sentence(&s)
             ))
         } else {
-            if let Some(pk) = public_key {
-                c.push(Change::new(F_PUBLIC_KEY, Some(pk.clone()), Some(pk)));
-            }
             if !key_exists && conf_absent {
                 Verdict::Create(c)
             } else {
@@ -731,7 +727,7 @@ mod tests {
     }
 
     #[test]
-    fn in_line_names_the_public_key_and_changes_carry_it() {
+    fn in_line_names_the_public_key_and_changes_do_not_repeat_it() {
         let w = peer_wg();
         let v = w
             .verdict(&out(
@@ -766,7 +762,6 @@ mod tests {
             Verdict::Modify(vec![
                 Change::new("content", Some(old), Some(w.config())),
                 Change::new("state", Some("active".into()), Some("restarted".into())),
-                Change::new("public_key", Some(PK.into()), Some(PK.into())),
             ])
         );
         // A kernel that gained the module: the drop-in goes.
