@@ -64,7 +64,8 @@
 //!
 //! ## Probe output
 //!
-//! The file as `json_config` probes it (`kind`, `stat`, `content` … `end`), then:
+//! The file as `json_config` probes it (`kind`, `stat`, `content` … `end`: the probe of one
+//! regular file in [`fsfile`](super::fsfile)), then:
 //!
 //! ```text
 //! container <name>|none            (systemd-detect-virt -c, /.dockerenv, /run/.containerenv)
@@ -82,8 +83,9 @@ use std::collections::{BTreeSet, HashMap};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::json_config::{
-    FileKind, Perms, Write, apply_script, check_file_path, parse_file, probe_file, redacted, shown,
+use super::fsfile::{
+    FileKind, FileState, Perms, Write, apply_script, backup_path, base64_block, check_file_path,
+    parse_file, probe_file, redacted, shown,
 };
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
@@ -613,7 +615,7 @@ enum Audit {
 
 #[derive(Debug)]
 struct Observed {
-    file: super::json_config::FileState,
+    file: FileState,
     audit: Audit,
     ids: Ids,
 }
@@ -645,20 +647,8 @@ fn parse(out: &str) -> Result<Observed, String> {
                         if lines.next() != Some("loaded") {
                             return Err("`audit ok` without the `loaded` rules after it".into());
                         }
-                        let mut text = String::new();
-                        let mut ended = false;
-                        for l in lines.by_ref() {
-                            if l == "end" {
-                                ended = true;
-                                break;
-                            }
-                            text.push_str(l.trim());
-                        }
-                        if !ended {
-                            return Err("the loaded rules have no `end` line".into());
-                        }
-                        let listing = b64
-                            .decode(&text)
+                        let listing = base64_block(&mut lines)
+                            .ok_or("the loaded rules have no `end` line")?
                             .map_err(|e| format!("the loaded rules are not base64: {e}"))?;
                         Ok(Audit::Usable {
                             enabled,
@@ -851,9 +841,10 @@ impl Resource for AuditRules {
                         ..Perms::default()
                     },
                     new_mode: 0o640,
-                    backup: Some(format!("{}{}", ctx.backup_dir(), self.file)),
+                    backup: Some(backup_path(ctx, &self.file)),
                     check: Script::new(),
                     make_folder: true,
+                    replace_link: false,
                 }
                 .script(),
             );
@@ -911,6 +902,7 @@ impl Resource for AuditRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::b64;
     use crate::resource::converge_one;
     use crate::transport::local::LocalSession;
     use serde_json::{Value, json};
@@ -921,10 +913,6 @@ mod tests {
 
     fn build_err(v: Value) -> String {
         (AUDIT_RULES.build)(v).unwrap_err().to_string()
-    }
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     const WATCH: &str = "-w /home/moltbot/.openclaw -p rwxa -k agent-config";

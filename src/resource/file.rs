@@ -13,7 +13,8 @@
 //! replaced or a path removed, what was there is copied to [`ApplyContext::backup_dir`] under
 //! its full path (`/var/lib/rampart/backups/<run>/etc/motd`). The first copy in a run wins,
 //! so a rerun never overwrites the original with rampart's own output; a folder removed after
-//! files in it were backed up is merged in, those earlier copies winning.
+//! files in it were backed up is merged in, those earlier copies winning. The writer, the
+//! backups and owner, group and mode are [`fsfile`](super::fsfile)'s.
 //!
 //! A `file` or `lines` step never creates a missing folder: that is an error that names it (a
 //! `directory` step makes folders). A `file` step replaces a symlink at its path with a
@@ -42,18 +43,16 @@
 //! depends on; the comparison is against the operator's own content, so only a second
 //! preimage would fool it.
 
-use std::path::Path;
-
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
-use sha1::{Digest as _, Sha1};
 
+use super::fsfile::{
+    MAX_CONTENT, Meta, Perms, Write, apply_script, backup_path, backup_script, check_path,
+    content_block, parent, parse_stat, sha1_hex, shown,
+};
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
-
-/// Files up to this size come back whole in the probe (for a diff); larger ones by hash.
-const MAX_CONTENT: u64 = 1024 * 1024;
 
 pub const FILE: TypeInfo = TypeInfo {
     name: "file",
@@ -143,100 +142,8 @@ pub struct LinesParams {
     pub backup: bool,
 }
 
-/// An absolute path in plain form: no `.` or `..` parts, no `//`, no trailing `/`.
-fn check_path(ty: &str, path: &str) -> Result<(), ParamError> {
-    let bad = |why: &str| Err(ParamError(format!("{ty}: path {path:?} {why}")));
-    if !path.starts_with('/') {
-        return bad("is not absolute (it must start with /)");
-    }
-    if path.contains('\0') {
-        return bad("contains a NUL byte");
-    }
-    if path == "/" {
-        return Ok(());
-    }
-    if path.ends_with('/') {
-        return bad("ends with /; write it without");
-    }
-    for part in path[1..].split('/') {
-        match part {
-            "" => return bad("contains //"),
-            "." | ".." => return bad("contains a . or .. part; write the plain path"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// A user or group name (or number) that `chown`/`chgrp` cannot take for an option.
-pub(super) fn check_name(ty: &str, field: &str, name: &Option<String>) -> Result<(), ParamError> {
-    let Some(name) = name else { return Ok(()) };
-    if name.is_empty()
-        || name.starts_with('-')
-        || name
-            .chars()
-            .any(|c| c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(ParamError(format!(
-            "{ty}: {field} {name:?} is not a user or group name (no spaces, `:` or leading `-`)"
-        )));
-    }
-    Ok(())
-}
-
-/// `"0644"` or `"644"` -> 0o644. A number is refused: YAML reads `0644` as decimal 644 or as
-/// octal depending on the version, and a wrong mode is a security bug.
-pub(super) fn parse_mode(ty: &str, mode: &Option<Value>) -> Result<Option<u32>, ParamError> {
-    let text = match mode {
-        None => return Ok(None),
-        Some(Value::String(s)) => s,
-        Some(Value::Number(n)) => {
-            return Err(ParamError(format!(
-                "{ty}: mode {n} is a number; write it as a quoted string of octal digits, \
-                 e.g. mode: \"0{n}\", so that YAML cannot read it as decimal"
-            )));
-        }
-        Some(other) => {
-            return Err(ParamError(format!(
-                "{ty}: mode must be a string of octal digits like \"0644\", found {other}"
-            )));
-        }
-    };
-    let ok = (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
-    match u32::from_str_radix(text, 8) {
-        Ok(m) if ok => Ok(Some(m)),
-        _ => Err(ParamError(format!(
-            "{ty}: mode {text:?} is not an octal mode; write 3 or 4 digits 0-7, e.g. \"0644\""
-        ))),
-    }
-}
-
-/// The folder that holds `path` (`/` for `/x`); `None` for `/` itself.
-fn parent(path: &str) -> Option<&str> {
-    Path::new(path)
-        .parent()
-        .map(|p| p.to_str().expect("a parent of a &str is UTF-8"))
-}
-
-/// A path for messages: as is, or escaped when it holds control characters (a newline).
-fn shown(path: &str) -> String {
-    if path.chars().any(char::is_control) {
-        format!("{path:?}")
-    } else {
-        path.to_string()
-    }
-}
-
-pub(super) fn octal(mode: u32) -> String {
-    format!("{mode:04o}")
-}
-
-fn sha1_hex(data: &[u8]) -> String {
-    format!("{:x}", Sha1::digest(data))
-}
-
 // ---------------------------------------------------------------------------------------
-// Probe and parse, shared by the four types.
+// Probe and parse, shared by the four types (fsfile.rs reads the `stat` line).
 
 /// What kind of thing is at the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,41 +168,6 @@ impl Kind {
             Kind::Link { target } => format!("a symlink to {}", shown(target)),
             Kind::Other => "a special file (device, FIFO or socket)".to_string(),
         }
-    }
-}
-
-/// Owner, group, mode and size, from `stat`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Meta {
-    /// `UNKNOWN` when the uid has no name.
-    owner: String,
-    uid: u32,
-    group: String,
-    gid: u32,
-    mode: u32,
-    size: u64,
-}
-
-impl Meta {
-    fn owner_matches(&self, want: &str) -> bool {
-        want == self.owner || want == self.uid.to_string()
-    }
-    fn group_matches(&self, want: &str) -> bool {
-        want == self.group || want == self.gid.to_string()
-    }
-    fn owner_shown(&self) -> String {
-        name_or_id(&self.owner, self.uid)
-    }
-    fn group_shown(&self) -> String {
-        name_or_id(&self.group, self.gid)
-    }
-}
-
-fn name_or_id(name: &str, id: u32) -> String {
-    if name == "UNKNOWN" {
-        id.to_string()
-    } else {
-        name.to_string()
     }
 }
 
@@ -415,25 +287,7 @@ fn parse(out: &str) -> Result<Observed, ProbeError> {
                 })?);
             }
             ("content", Kind::File) if rest.is_empty() && obs.content.is_none() => {
-                let mut text = String::new();
-                let mut ended = false;
-                for l in lines.by_ref() {
-                    if l == "end" {
-                        ended = true;
-                        break;
-                    }
-                    text.push_str(l.trim());
-                }
-                if !ended {
-                    return Err(err(
-                        "the content has no `end` line (the file could not be read whole)"
-                            .to_string(),
-                    ));
-                }
-                let bytes = b64
-                    .decode(&text)
-                    .map_err(|e| err(format!("the content is not base64: {e}")))?;
-                obs.content = Some(Content::Bytes(bytes));
+                obs.content = Some(Content::Bytes(content_block(&mut lines).map_err(err)?));
             }
             ("sha1", Kind::File)
                 if obs.content.is_none()
@@ -453,240 +307,8 @@ fn parse(out: &str) -> Result<Observed, ProbeError> {
     Ok(obs)
 }
 
-fn parse_stat(rest: &str) -> Option<Meta> {
-    let f: Vec<&str> = rest.split(' ').collect();
-    let [owner, uid, group, gid, mode, size] = f[..] else {
-        return None;
-    };
-    let mode = u32::from_str_radix(mode, 8).ok()?;
-    (!owner.is_empty() && !group.is_empty() && mode <= 0o7777).then_some(())?;
-    Some(Meta {
-        owner: owner.to_string(),
-        uid: uid.parse().ok()?,
-        group: group.to_string(),
-        gid: gid.parse().ok()?,
-        mode,
-        size: size.parse().ok()?,
-    })
-}
-
-// ---------------------------------------------------------------------------------------
-// Owner, group and mode: diff and apply, shared.
-
-/// Owner, group and mode as wanted; `None`: left as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Perms {
-    owner: Option<String>,
-    group: Option<String>,
-    mode: Option<u32>,
-}
-
-impl Perms {
-    fn from_params(
-        ty: &str,
-        owner: Option<String>,
-        group: Option<String>,
-        mode: &Option<Value>,
-    ) -> Result<Perms, ParamError> {
-        check_name(ty, "owner", &owner)?;
-        check_name(ty, "group", &group)?;
-        Ok(Perms {
-            owner,
-            group,
-            mode: parse_mode(ty, mode)?,
-        })
-    }
-
-    /// The changes against what is there (`None`: nothing yet). `new_mode`: the mode a new
-    /// path gets when no mode is wanted, shown in a create.
-    fn changes(&self, meta: Option<&Meta>, new_mode: Option<u32>) -> Vec<Change> {
-        let mut out = Vec::new();
-        if let Some(o) = &self.owner
-            && !meta.is_some_and(|m| m.owner_matches(o))
-        {
-            out.push(Change::new(
-                OWNER,
-                meta.map(Meta::owner_shown),
-                Some(o.clone()),
-            ));
-        }
-        if let Some(g) = &self.group
-            && !meta.is_some_and(|m| m.group_matches(g))
-        {
-            out.push(Change::new(
-                GROUP,
-                meta.map(Meta::group_shown),
-                Some(g.clone()),
-            ));
-        }
-        let mode = match meta {
-            None => self.mode.or(new_mode),
-            Some(_) => self.mode,
-        };
-        if let Some(want) = mode
-            && meta.is_none_or(|m| m.mode != want)
-        {
-            out.push(Change::new(
-                MODE,
-                meta.map(|m| octal(m.mode)),
-                Some(octal(want)),
-            ));
-        }
-        out
-    }
-
-    /// chown/chgrp/chmod of the path in `$p`, in place: only the fields that `changes` name,
-    /// and the mode again after a chown (which may clear set-id bits).
-    fn apply_in_place(&self, changes: &[Change]) -> Script {
-        let changed = |f: &str| changes.iter().any(|c| c.field == f);
-        let mut s = Script::new();
-        let mut chowned = false;
-        if let Some(o) = self.owner.as_deref().filter(|_| changed(OWNER)) {
-            s = s
-                .raw("chown ")
-                .arg(o)
-                .raw(" \"$p\" || die \"cannot change the owner of $p\"\n");
-            chowned = true;
-        }
-        if let Some(g) = self.group.as_deref().filter(|_| changed(GROUP)) {
-            s = s
-                .raw("chgrp ")
-                .arg(g)
-                .raw(" \"$p\" || die \"cannot change the group of $p\"\n");
-            chowned = true;
-        }
-        if let Some(m) = self.mode.filter(|_| changed(MODE) || chowned) {
-            s = s
-                .raw("chmod ")
-                .arg(&octal(m))
-                .raw(" \"$p\" || die \"cannot change the mode of $p\"\n");
-        }
-        s
-    }
-}
-
 const CONTENT: &str = "content";
-const OWNER: &str = "owner";
-const GROUP: &str = "group";
-const MODE: &str = "mode";
 const TYPE: &str = "type";
-
-// ---------------------------------------------------------------------------------------
-// Apply building blocks.
-
-/// An apply body in a subshell with `die`, umask 077 (backup folders are 0700, temporary
-/// files 0600), and the failure passed on to the calling script.
-fn apply_script(body: Script) -> Script {
-    Script::new()
-        .raw("(\numask 077\ndie() { printf 'rampart: %s\\n' \"$*\" >&2; exit 1; }\n")
-        .then(body)
-        .raw(") || exit 1\n")
-}
-
-/// Where the backup of `path` goes in this run.
-fn backup_path(ctx: &ApplyContext, path: &str) -> String {
-    format!("{}{path}", ctx.backup_dir())
-}
-
-/// Copies what is at `$p` (if anything) to `backup` with `copy` (`cp -pP`, `cp -a`), unless
-/// this run already holds a backup of it: the first copy in a run is the state before the run.
-/// `merge`: when `$p` is a folder and an earlier step of this run already backed up files
-/// inside it (so the backup folder exists), the folder is merged in: a fresh copy, with the
-/// earlier copies of files put over it (`cp -n` is no help: its exit status differs between
-/// coreutils versions). Folders keep the fresh copy's owner and mode.
-fn backup_script(backup: &str, copy: &str, merge: bool) -> Script {
-    let s = Script::new()
-        .raw("b=")
-        .arg(backup)
-        .raw("\nbd=")
-        .arg(parent(backup).unwrap_or("/"))
-        .raw(
-            "\nif [ -e \"$b\" ] || [ -L \"$b\" ]; then\n\
-             \x20 :\n",
-        );
-    let s = if merge {
-        s.raw(
-            "  if [ -d \"$p\" ] && [ ! -L \"$p\" ] && [ -d \"$b\" ] && [ ! -L \"$b\" ]; then\n\
-             \x20   m=$(mktemp -d \"$bd/.rampart.XXXXXX\") || die \"cannot create a folder in $bd\"\n\
-             \x20   { cp -a \"$p\" \"$m/d\" && ( cd \"$b\" && find . ! -type d -exec sh -c \
-             'for f do mkdir -p \"$0/${f%/*}\" && cp -pP \"$f\" \"$0/$f\" || exit 1; done' \
-             \"$m/d\" {} + ) && rm -rf \"$b\" && mv \"$m/d\" \"$b\" && rmdir \"$m\"; } || \
-             die \"cannot back up $p to $b\"\n\
-             \x20 fi\n",
-        )
-    } else {
-        s
-    };
-    s.raw(
-        "elif [ -e \"$p\" ] || [ -L \"$p\" ]; then\n\
-         \x20 mkdir -p \"$bd\" || die \"cannot create the backup folder $bd\"\n  ",
-    )
-    .raw(copy)
-    .raw(" \"$p\" \"$b\" || die \"cannot back up $p to $b\"\nfi\n")
-}
-
-/// One atomic write of a regular file.
-struct Write<'a> {
-    path: &'a str,
-    content: &'a [u8],
-    /// Wanted owner, group, mode. Fields not given are copied from the file being replaced
-    /// (when it is a regular file), else: the connecting user, mode 0644.
-    perms: &'a Perms,
-    /// Backup of what is replaced, if any.
-    backup: Option<String>,
-    /// Runs first, with `$p` set: may `exit 0` (nothing left to do) or `die`.
-    check: Script,
-}
-
-impl Write<'_> {
-    fn script(&self) -> Script {
-        let mut s = Script::new()
-            .raw("p=")
-            .arg(self.path)
-            .raw("\nd=")
-            .arg(parent(self.path).unwrap_or("/"))
-            .raw(
-                "\nt=\ntrap '[ -z \"$t\" ] || rm -f \"$t\"' EXIT\n\
-                 [ -d \"$d\" ] || die \"cannot write $p: its folder $d does not exist \
-                 (add a directory step for it before this step)\"\n\
-                 if [ -d \"$p\" ]; then die \"$p is a folder (or a symlink to one), not a file: \
-                 not replacing it\"; fi\n",
-            )
-            .then(self.check.clone());
-        if let Some(b) = &self.backup {
-            s = s.then(backup_script(b, "cp -pP", false));
-        }
-        s = s
-            .raw(
-                "t=$(mktemp \"$d/.rampart.XXXXXX\") || die \"cannot create a temporary file in $d\"\n\
-                 base64 -d >\"$t\" ",
-            )
-            .payload(self.content)
-            .raw(
-                "[ $? -eq 0 ] || die \"cannot write the temporary file $t\"\n\
-                 old=\nif [ -f \"$p\" ] && [ ! -L \"$p\" ]; then old=1; fi\n",
-            );
-        s = match &self.perms.owner {
-            Some(o) => s.raw("chown ").arg(o).raw(" \"$t\""),
-            None => s.raw("[ -z \"$old\" ] || chown \"$(stat -c %u \"$p\")\" \"$t\""),
-        }
-        .raw(" || die \"cannot set the owner of $t\"\n");
-        s = match &self.perms.group {
-            Some(g) => s.raw("chgrp ").arg(g).raw(" \"$t\""),
-            None => s.raw("[ -z \"$old\" ] || chgrp \"$(stat -c %g \"$p\")\" \"$t\""),
-        }
-        .raw(" || die \"cannot set the group of $t\"\n");
-        s = match self.perms.mode {
-            Some(m) => s.raw("chmod ").arg(&octal(m)).raw(" \"$t\""),
-            None => s.raw(
-                "if [ -n \"$old\" ]; then chmod \"$(stat -c %a \"$p\")\" \"$t\"; \
-                 else chmod 0644 \"$t\"; fi",
-            ),
-        }
-        .raw(" || die \"cannot set the mode of $t\"\n");
-        s.raw("mv -f \"$t\" \"$p\" || die \"cannot rename $t to $p\"\nt=\n")
-    }
-}
 
 fn has(changes: &[Change], field: &str) -> bool {
     changes.iter().any(|c| c.field == field)
@@ -806,22 +428,16 @@ impl Resource for File {
                     path: &self.path,
                     content: self.content.as_bytes(),
                     perms: &self.perms,
+                    new_mode: 0o644,
                     backup: self.backup.then(|| backup_path(ctx, &self.path)),
                     check: Script::new(),
+                    make_folder: false,
+                    replace_link: true,
                 }
                 .script(),
             )
         } else {
-            apply_script(
-                Script::new()
-                    .raw("p=")
-                    .arg(&self.path)
-                    .raw(
-                        "\n{ [ -f \"$p\" ] && [ ! -L \"$p\" ]; } || \
-                         die \"$p is no longer a regular file; run again\"\n",
-                    )
-                    .then(self.perms.apply_in_place(changes)),
-            )
+            self.perms.apply_to_file(&self.path, changes)
         }
     }
 }
@@ -1160,8 +776,11 @@ impl Resource for Lines {
                 path: &self.path,
                 content: new.as_bytes(),
                 perms: if create { &self.perms } else { &keep },
+                new_mode: 0o644,
                 backup: self.backup.then(|| backup_path(ctx, &self.path)),
                 check,
+                make_folder: false,
+                replace_link: true,
             }
             .script(),
         )
@@ -1171,10 +790,11 @@ impl Resource for Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::converge_one;
+    use crate::resource::{converge_one, run_local};
     use crate::transport::local::LocalSession;
     use serde_json::json;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
 
     fn build(info: &TypeInfo, v: Value) -> Box<dyn Resource> {
         (info.build)(v).unwrap()
@@ -1901,25 +1521,10 @@ mod tests {
         let path = tmp.path().join("f");
         std::fs::write(&path, "a\n").unwrap();
         let l = build(&LINES, json!({"path": s(&path), "present": ["b"]}));
-        let session = LocalSession::default();
-        let run = |script: Script| {
-            let session = &session;
-            async move {
-                use crate::transport::Session;
-                session
-                    .exec(
-                        &crate::remote::exec_command(false),
-                        script.render().unwrap().as_bytes(),
-                        std::time::Duration::from_secs(30),
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
-        let out = run(l.probe()).await;
+        let out = run_local(l.probe()).await;
         let verdict = l.diff(&String::from_utf8(out.stdout).unwrap()).unwrap();
         std::fs::write(&path, "a\nc\n").unwrap();
-        let out = run(l.apply(&verdict, &ctx)).await;
+        let out = run_local(l.apply(&verdict, &ctx)).await;
         assert!(!out.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("changed since it was probed"),
@@ -1929,8 +1534,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nc\n");
         // Applied once, the same script again is a no-op, not an error.
         std::fs::write(&path, "a\n").unwrap();
-        assert!(run(l.apply(&verdict, &ctx)).await.success());
-        assert!(run(l.apply(&verdict, &ctx)).await.success());
+        assert!(run_local(l.apply(&verdict, &ctx)).await.success());
+        assert!(run_local(l.apply(&verdict, &ctx)).await.success());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
     }
 

@@ -1,6 +1,6 @@
 //! json_config: settings deep-merged into a JSON config file (the agent gateway's
-//! `openclaw.json`, say), the file's owner, group and mode. Also the atomic file writer that
-//! `audit_rules` shares.
+//! `openclaw.json`, say), the file's owner, group and mode. The file's probe, its owner, group
+//! and mode and its atomic write are [`fsfile`](super::fsfile)'s, shared with `audit_rules`.
 //!
 //! `settings` is a JSON object merged into the file's top-level object: keys in the file but
 //! not in `settings` stay as they are; an object in `settings` merges into the object at the
@@ -33,6 +33,8 @@
 //!
 //! ## Probe output
 //!
+//! [`fsfile`](super::fsfile)'s probe of one regular file:
+//!
 //! ```text
 //! kind none|file|dir|link|other
 //! stat <owner> <uid> <group> <gid> <octal mode> <size>     (kind file)
@@ -48,15 +50,15 @@
 //! refuses a file that changed since the probe ("run again") and does nothing to a file that
 //! already holds the new document (a rerun).
 
-use std::path::Path;
 use std::sync::Mutex;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sha1::{Digest as _, Sha1};
 
-use super::file::{check_name, octal, parse_mode};
+use super::fsfile::{
+    FileKind, MAX_CONTENT, PermNames, Perms, Write, apply_script, backup_path, check_file_path,
+    parse_file, probe_file, redacted, sha1_hex, shown,
+};
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
 
@@ -71,9 +73,6 @@ pub const JSON_CONFIG: TypeInfo = TypeInfo {
         )?)?))
     },
 };
-
-/// Files up to this size come back whole in the probe; larger ones are refused.
-const MAX_CONTENT: u64 = 1024 * 1024;
 
 /// How many planned documents a resource keeps for its applies.
 const PLANS_KEPT: usize = 8;
@@ -154,7 +153,7 @@ impl TryFrom<JsonConfigParams> for JsonConfig {
             )));
         };
         Ok(JsonConfig {
-            perms: Perms::from_params("json_config", p.owner, p.group, &p.mode)?,
+            perms: Perms::from_params("json_config", p.owner, p.group, &p.mode)?.named(NAMES),
             path: p.path,
             settings,
             create: p.create,
@@ -164,399 +163,12 @@ impl TryFrom<JsonConfigParams> for JsonConfig {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Parameter checks, shared with audit_rules.
-
-/// An absolute path to a file, in plain form: no `.` or `..` parts, no `//`, no trailing `/`.
-pub(super) fn check_file_path(ty: &str, path: &str) -> Result<(), ParamError> {
-    let bad = |why: &str| Err(ParamError(format!("{ty}: path {path:?} {why}")));
-    if !path.starts_with('/') {
-        return bad("is not absolute (it must start with /)");
-    }
-    if path.contains('\0') {
-        return bad("contains a NUL byte");
-    }
-    if path == "/" {
-        return bad("is the root folder, not a file");
-    }
-    if path.ends_with('/') {
-        return bad("ends with /; write it without");
-    }
-    for part in path[1..].split('/') {
-        match part {
-            "" => return bad("contains //"),
-            "." | ".." => return bad("contains a . or .. part; write the plain path"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn sha1_hex(data: &[u8]) -> String {
-    format!("{:x}", Sha1::digest(data))
-}
-
-/// A path for messages: as is, or escaped when it holds control characters.
-pub(super) fn shown(path: &str) -> String {
-    if path.chars().any(char::is_control) {
-        format!("{path:?}")
-    } else {
-        path.to_string()
-    }
-}
-
-fn parent(path: &str) -> &str {
-    Path::new(path)
-        .parent()
-        .and_then(Path::to_str)
-        .filter(|p| !p.is_empty())
-        .unwrap_or("/")
-}
-
-// ---------------------------------------------------------------------------------------
-// Probe and parse of one file, shared with audit_rules.
-
-/// What is at a path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum FileKind {
-    None,
-    File,
-    Dir,
-    Link,
-    Other,
-}
-
-/// Owner, group, mode and size, from `stat`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Meta {
-    owner: String,
-    uid: u32,
-    group: String,
-    gid: u32,
-    mode: u32,
-    size: u64,
-}
-
-impl Meta {
-    fn shown(name: &str, id: u32) -> String {
-        if name == "UNKNOWN" {
-            id.to_string()
-        } else {
-            name.to_string()
-        }
-    }
-}
-
-/// A file as a probe saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct FileState {
-    pub kind: FileKind,
-    pub meta: Option<Meta>,
-    /// The content of a regular file of at most [`MAX_CONTENT`] bytes.
-    pub content: Option<Vec<u8>>,
-    /// A regular file larger than [`MAX_CONTENT`].
-    pub large: bool,
-}
-
-/// The probe of the file at `path`: see the module doc. A symlink is reported, not followed.
-pub(super) fn probe_file(path: &str) -> Script {
-    Script::new().raw("(\np=").arg(path).raw(
-        "\nif [ -L \"$p\" ]; then echo 'kind link'\n\
-         elif [ -d \"$p\" ]; then echo 'kind dir'\n\
-         elif [ -f \"$p\" ]; then\n\
-         \x20 echo 'kind file'\n\
-         \x20 stat -c 'stat %U %u %G %g %a %s' \"$p\" || exit 1\n\
-         \x20 if [ \"$(stat -c %s \"$p\")\" -le 1048576 ]; then\n\
-         \x20   echo content; base64 <\"$p\" && echo end\n\
-         \x20 else echo large; fi\n\
-         elif [ -e \"$p\" ]; then echo 'kind other'\n\
-         else echo 'kind none'; fi\n)\n",
-    )
-}
-
-/// Reads the lines [`probe_file`] printed from `lines`, leaving what follows. Errors are
-/// plain messages, for a [`ProbeError`].
-pub(super) fn parse_file<'a>(
-    lines: &mut std::iter::Peekable<impl Iterator<Item = &'a str>>,
-) -> Result<FileState, String> {
-    let kind = match lines.next() {
-        Some("kind none") => FileKind::None,
-        Some("kind file") => FileKind::File,
-        Some("kind dir") => FileKind::Dir,
-        Some("kind link") => FileKind::Link,
-        Some("kind other") => FileKind::Other,
-        Some(l) => return Err(format!("expected a `kind` line first, found {l:?}")),
-        None => return Err("the probe printed nothing".into()),
-    };
-    let mut state = FileState {
-        kind,
-        meta: None,
-        content: None,
-        large: false,
-    };
-    if state.kind != FileKind::File {
-        return Ok(state);
-    }
-    let line = lines.next().unwrap_or("");
-    state.meta = Some(
-        line.strip_prefix("stat ")
-            .and_then(parse_stat)
-            .ok_or_else(|| {
-                format!("expected `stat OWNER UID GROUP GID MODE SIZE`, found {line:?}")
-            })?,
-    );
-    match lines.next() {
-        Some("large") => state.large = true,
-        Some("content") => {
-            let mut text = String::new();
-            let mut ended = false;
-            for l in lines.by_ref() {
-                if l == "end" {
-                    ended = true;
-                    break;
-                }
-                text.push_str(l.trim());
-            }
-            if !ended {
-                return Err(
-                    "the content has no `end` line (the file could not be read whole)".into(),
-                );
-            }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(&text)
-                .map_err(|e| format!("the content is not base64: {e}"))?;
-            state.content = Some(bytes);
-        }
-        other => return Err(format!("expected `content` or `large`, found {other:?}")),
-    }
-    Ok(state)
-}
-
-fn parse_stat(rest: &str) -> Option<Meta> {
-    let f: Vec<&str> = rest.split(' ').collect();
-    let [owner, uid, group, gid, mode, size] = f[..] else {
-        return None;
-    };
-    let mode = u32::from_str_radix(mode, 8).ok()?;
-    (!owner.is_empty() && !group.is_empty() && mode <= 0o7777).then_some(())?;
-    Some(Meta {
-        owner: owner.to_string(),
-        uid: uid.parse().ok()?,
-        group: group.to_string(),
-        gid: gid.parse().ok()?,
-        mode,
-        size: size.parse().ok()?,
-    })
-}
-
-/// The probe's output for an error message, with every base64 content block replaced by its
-/// line count: a file's content (a token, say) must not reach a report in an encoding that
-/// masking by value does not recognise.
-pub(super) fn redacted(out: &str) -> String {
-    let mut text = String::new();
-    let mut lines = out.lines();
-    while let Some(line) = lines.next() {
-        text.push_str(line);
-        text.push('\n');
-        if line == "content" || line == "loaded" {
-            let n = lines.by_ref().take_while(|l| *l != "end").count();
-            text.push_str(&format!("<{n} lines of base64 left out>\nend\n"));
-        }
-    }
-    text
-}
-
-// ---------------------------------------------------------------------------------------
-// Owner, group and mode.
-
-/// Owner, group and mode as wanted; `None`: left as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Perms {
-    pub owner: Option<String>,
-    pub group: Option<String>,
-    pub mode: Option<u32>,
-}
-
-const OWNER: &str = "file owner";
-const GROUP: &str = "file group";
-const MODE: &str = "file mode";
-
-impl Perms {
-    fn from_params(
-        ty: &str,
-        owner: Option<String>,
-        group: Option<String>,
-        mode: &Option<Value>,
-    ) -> Result<Perms, ParamError> {
-        check_name(ty, "owner", &owner)?;
-        check_name(ty, "group", &group)?;
-        Ok(Perms {
-            owner,
-            group,
-            mode: parse_mode(ty, mode)?,
-        })
-    }
-
-    /// The changes against `meta` (`None`: no file yet, which gets `new_mode` unless a mode
-    /// is wanted).
-    pub(super) fn changes(&self, meta: Option<&Meta>, new_mode: u32) -> Vec<Change> {
-        let mut out = Vec::new();
-        if let Some(o) = &self.owner
-            && !meta.is_some_and(|m| *o == m.owner || *o == m.uid.to_string())
-        {
-            out.push(Change::new(
-                OWNER,
-                meta.map(|m| Meta::shown(&m.owner, m.uid)),
-                Some(o.clone()),
-            ));
-        }
-        if let Some(g) = &self.group
-            && !meta.is_some_and(|m| *g == m.group || *g == m.gid.to_string())
-        {
-            out.push(Change::new(
-                GROUP,
-                meta.map(|m| Meta::shown(&m.group, m.gid)),
-                Some(g.clone()),
-            ));
-        }
-        let want = match meta {
-            None => Some(self.mode.unwrap_or(new_mode)),
-            Some(_) => self.mode,
-        };
-        if let Some(want) = want
-            && meta.is_none_or(|m| m.mode != want)
-        {
-            out.push(Change::new(
-                MODE,
-                meta.map(|m| octal(m.mode)),
-                Some(octal(want)),
-            ));
-        }
-        out
-    }
-
-    /// chown/chgrp/chmod of `$p` in place: the fields that `changes` name, and the mode again
-    /// after a chown (which may clear set-id bits).
-    fn apply_in_place(&self, changes: &[Change]) -> Script {
-        let changed = |f: &str| changes.iter().any(|c| c.field == f);
-        let mut s = Script::new();
-        let mut chowned = false;
-        if let Some(o) = self.owner.as_deref().filter(|_| changed(OWNER)) {
-            s = s
-                .raw("chown ")
-                .arg(o)
-                .raw(" \"$p\" || die \"cannot change the owner of $p\"\n");
-            chowned = true;
-        }
-        if let Some(g) = self.group.as_deref().filter(|_| changed(GROUP)) {
-            s = s
-                .raw("chgrp ")
-                .arg(g)
-                .raw(" \"$p\" || die \"cannot change the group of $p\"\n");
-            chowned = true;
-        }
-        if let Some(m) = self.mode.filter(|_| changed(MODE) || chowned) {
-            s = s
-                .raw("chmod ")
-                .arg(&octal(m))
-                .raw(" \"$p\" || die \"cannot change the mode of $p\"\n");
-        }
-        s
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Writing, shared with audit_rules.
-
-/// An apply body in a subshell with `die`, umask 077 (backup folders 0700, temporary files
-/// 0600), and a failure passed on to the calling script.
-pub(super) fn apply_script(body: Script) -> Script {
-    Script::new()
-        .raw("(\numask 077\ndie() { printf 'rampart: %s\\n' \"$*\" >&2; exit 1; }\n")
-        .then(body)
-        .raw(") || exit 1\n")
-}
-
-/// One atomic write of a regular file, with `$p` set to its path first.
-pub(super) struct Write<'a> {
-    pub path: &'a str,
-    pub content: &'a [u8],
-    /// Wanted owner, group and mode. Fields not given are copied from the file being
-    /// replaced, else: the connecting user, and `new_mode`.
-    pub perms: &'a Perms,
-    pub new_mode: u32,
-    /// Where this run keeps the replaced file (the first copy in a run wins).
-    pub backup: Option<String>,
-    /// Runs first, with `$p` set: may `exit 0` (nothing left to do) or `die`.
-    pub check: Script,
-    /// Makes the missing folder (mode 0750) instead of failing.
-    pub make_folder: bool,
-}
-
-impl Write<'_> {
-    pub(super) fn script(&self) -> Script {
-        let mut s = Script::new()
-            .raw("p=")
-            .arg(self.path)
-            .raw("\nd=")
-            .arg(parent(self.path))
-            .raw("\nt=\ntrap '[ -z \"$t\" ] || rm -f \"$t\"' EXIT\n");
-        s = if self.make_folder {
-            s.raw(
-                "[ -d \"$d\" ] || { mkdir -p \"$d\" && chmod 0750 \"$d\"; } || \
-                 die \"cannot create the folder $d\"\n",
-            )
-        } else {
-            s.raw(
-                "[ -d \"$d\" ] || die \"cannot write $p: its folder $d does not exist \
-                 (add a directory step for it before this step)\"\n",
-            )
-        };
-        s = s
-            .raw(
-                "if [ -L \"$p\" ] || { [ -e \"$p\" ] && [ ! -f \"$p\" ]; }; then \
-                 die \"$p is no longer a regular file; not replacing it\"; fi\n",
-            )
-            .then(self.check.clone());
-        if let Some(b) = &self.backup {
-            s = s.raw("b=").arg(b).raw(
-                "\nif [ -f \"$p\" ] && [ ! -e \"$b\" ]; then\n\
-                 \x20 mkdir -p \"${b%/*}\" || die \"cannot create the backup folder ${b%/*}\"\n\
-                 \x20 cp -p \"$p\" \"$b\" || die \"cannot back up $p to $b\"\n\
-                 fi\n",
-            );
-        }
-        s = s
-            .raw(
-                "t=$(mktemp \"$d/.rampart.XXXXXX\") || die \"cannot create a temporary file in $d\"\n\
-                 base64 -d >\"$t\" ",
-            )
-            .payload(self.content)
-            .raw(
-                "[ $? -eq 0 ] || die \"cannot write the temporary file $t\"\n\
-                 old=\nif [ -f \"$p\" ]; then old=1; fi\n",
-            );
-        s = match &self.perms.owner {
-            Some(o) => s.raw("chown ").arg(o).raw(" \"$t\""),
-            None => s.raw("[ -z \"$old\" ] || chown \"$(stat -c %u \"$p\")\" \"$t\""),
-        }
-        .raw(" || die \"cannot set the owner of $t\"\n");
-        s = match &self.perms.group {
-            Some(g) => s.raw("chgrp ").arg(g).raw(" \"$t\""),
-            None => s.raw("[ -z \"$old\" ] || chgrp \"$(stat -c %g \"$p\")\" \"$t\""),
-        }
-        .raw(" || die \"cannot set the group of $t\"\n");
-        s = match self.perms.mode {
-            Some(m) => s.raw("chmod ").arg(&octal(m)).raw(" \"$t\""),
-            None => s
-                .raw("if [ -n \"$old\" ]; then chmod \"$(stat -c %a \"$p\")\" \"$t\"; else chmod ")
-                .arg(&octal(self.new_mode))
-                .raw(" \"$t\"; fi"),
-        }
-        .raw(" || die \"cannot set the mode of $t\"\n");
-        s.raw("mv -f \"$t\" \"$p\" || die \"cannot rename $t to $p\"\nt=\n")
-    }
-}
+/// The names of the file's owner, group and mode changes: a key path never holds a space.
+const NAMES: PermNames = PermNames {
+    owner: "file owner",
+    group: "file group",
+    mode: "file mode",
+};
 
 // ---------------------------------------------------------------------------------------
 // Documents: read, merge, compare.
@@ -828,7 +440,7 @@ impl Resource for JsonConfig {
             }
         }
         let content_changes = !changes.is_empty() || old.is_none();
-        changes.extend(self.perms.changes(meta, 0o600));
+        changes.extend(self.perms.changes(meta, Some(0o600)));
         if changes.is_empty() {
             // Nothing more to say: the report shows no sentence that ends here.
             return Ok(Verdict::InLine(format!("{} is in line", self.id())));
@@ -855,16 +467,7 @@ impl Resource for JsonConfig {
             ));
         };
         let Some(new) = &plan.new else {
-            return apply_script(
-                Script::new()
-                    .raw("p=")
-                    .arg(&self.path)
-                    .raw(
-                        "\n{ [ -f \"$p\" ] && [ ! -L \"$p\" ]; } || \
-                         die \"$p is no longer a regular file; run again\"\n",
-                    )
-                    .then(self.perms.apply_in_place(changes)),
-            );
+            return self.perms.apply_to_file(&self.path, changes);
         };
         // The merge was made on the probed file: if it changed since, stop; if it already
         // holds the result (a rerun), only the wanted owner, group and mode are left.
@@ -872,11 +475,7 @@ impl Resource for JsonConfig {
             .raw("if [ -f \"$p\" ]; then\n  h=$(sha1sum <\"$p\" | cut -d ' ' -f 1)\n  if [ \"$h\" = ")
             .arg(&sha1_hex(new))
             .raw(" ]; then\n")
-            .then(self.perms.apply_in_place(&[
-                Change::new(OWNER, None, None),
-                Change::new(GROUP, None, None),
-                Change::new(MODE, None, None),
-            ]))
+            .then(self.perms.apply_all_in_place())
             .raw("    exit 0\n  fi\n");
         let check = match &plan.old_sha1 {
             Some(old) => check
@@ -892,9 +491,10 @@ impl Resource for JsonConfig {
                 content: new,
                 perms: &self.perms,
                 new_mode: 0o600,
-                backup: Some(format!("{}{}", ctx.backup_dir(), self.path)),
+                backup: Some(backup_path(ctx, &self.path)),
                 check,
                 make_folder: false,
+                replace_link: false,
             }
             .script(),
         )
@@ -904,10 +504,11 @@ impl Resource for JsonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::converge_one;
+    use crate::resource::{b64, converge_one, run_local};
     use crate::transport::local::LocalSession;
     use serde_json::json;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
 
     fn build(v: Value) -> JsonConfig {
         JsonConfig::try_from(params::<JsonConfigParams>(v).unwrap()).unwrap()
@@ -915,10 +516,6 @@ mod tests {
 
     fn build_err(v: Value) -> String {
         (JSON_CONFIG.build)(v).unwrap_err().to_string()
-    }
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     /// Probe output for a file with `content`, mode 0600, owned by moltbot.
@@ -1315,30 +912,15 @@ mod tests {
 
         // The same apply twice: the second finds the new document and stops.
         let r = build(json!({"path": path.to_str().unwrap(), "settings": {"a": 2}}));
-        let session = LocalSession::default();
-        let run = |script: Script| {
-            let session = &session;
-            async move {
-                use crate::transport::Session;
-                session
-                    .exec(
-                        &crate::remote::exec_command(false),
-                        script.render().unwrap().as_bytes(),
-                        std::time::Duration::from_secs(30),
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
-        let out = run(r.probe()).await;
+        let out = run_local(r.probe()).await;
         let verdict = r.diff(&String::from_utf8(out.stdout).unwrap()).unwrap();
         let apply = r.apply(&verdict, &ctx);
-        assert!(run(apply.clone()).await.success());
-        assert!(run(apply.clone()).await.success());
+        assert!(run_local(apply.clone()).await.success());
+        assert!(run_local(apply.clone()).await.success());
         assert_eq!(read(&path), json!({"a": 2}));
         // Changed by hand in between: refused, untouched.
         std::fs::write(&path, "{\"a\": 3}").unwrap();
-        let out = run(apply).await;
+        let out = run_local(apply).await;
         assert!(!out.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("changed since it was probed"),

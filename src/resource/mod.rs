@@ -10,9 +10,11 @@
 pub mod audit_rules;
 pub mod command;
 pub mod file;
+pub mod fsfile;
 pub mod json_config;
 pub mod nftables;
 pub mod package;
+pub mod risky;
 pub mod service;
 pub mod sshd;
 pub mod sysctl;
@@ -340,25 +342,40 @@ pub async fn converge_one<S: crate::transport::Session>(
     Ok((before, after))
 }
 
+/// `text` in base64 on one line, as probes print a file's content (for tests that write a
+/// probe's output).
+#[cfg(test)]
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Runs `script` on this machine as the engine runs one on a host (for tests).
+#[cfg(test)]
+async fn run_local(script: Script) -> crate::transport::ExecOutput {
+    use crate::transport::Session;
+    crate::transport::local::LocalSession::default()
+        .exec(
+            &crate::remote::exec_command(false),
+            script.render().unwrap().as_bytes(),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+}
+
+/// [`run_local`], which must succeed: its stdout.
+#[cfg(test)]
+async fn run_local_ok(script: Script) -> String {
+    let out = run_local(script).await;
+    assert!(out.success(), "{}", out.stderr_block());
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::Session;
-    use crate::transport::local::LocalSession;
     use std::time::Duration;
-
-    async fn sh(script: Script) -> String {
-        let out = LocalSession::default()
-            .exec(
-                &crate::remote::exec_command(false),
-                script.render().unwrap().as_bytes(),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        assert!(out.success(), "{}", out.stderr_block());
-        String::from_utf8(out.stdout).unwrap()
-    }
 
     #[tokio::test]
     async fn an_unconfirmed_deadman_restores_and_a_confirmed_one_does_not() {
@@ -372,17 +389,17 @@ mod tests {
         let restore = Script::new()
             .raw("echo restored > ")
             .arg(restored.to_str().unwrap());
-        sh(deadman_arm(&ctx, "fw", restore.clone())).await;
+        run_local_ok(deadman_arm(&ctx, "fw", restore.clone())).await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(std::fs::read_to_string(&restored).unwrap(), "restored\n");
         // A confirmation that comes after the restore says so.
-        assert_eq!(sh(deadman_disarm(&ctx)).await, "too late: fw\n");
+        assert_eq!(run_local_ok(deadman_disarm(&ctx)).await, "too late: fw\n");
 
         std::fs::remove_file(&restored).unwrap();
         let mut ctx2 = ctx.clone();
         ctx2.run_id = "t2".into();
-        sh(deadman_arm(&ctx2, "fw", restore)).await;
-        assert_eq!(sh(deadman_disarm(&ctx2)).await, "disarmed\n");
+        run_local_ok(deadman_arm(&ctx2, "fw", restore)).await;
+        assert_eq!(run_local_ok(deadman_disarm(&ctx2)).await, "disarmed\n");
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!restored.exists(), "a disarmed switch restores nothing");
         assert!(!std::path::Path::new(&deadman_dir(&ctx2)).exists());

@@ -3,9 +3,10 @@
 //! switch.
 //!
 //! Owns the `nftables` step's parameters, its probe, the pure parse and diff of the probe's
-//! output and the apply script. The file is written by [`file`](super::file)'s atomic writer
-//! (with its backup); running the scripts and confirming the change over a new connection
-//! (which disarms the switch) are the engine's.
+//! output and the apply script. The file's record in the probe, its diff and its write (as a
+//! `file` step writes, with its backup) and the copies kept for the restore are
+//! [`risky`](super::risky)'s, shared with sshd; running the scripts and confirming the change
+//! over a new connection (which disarms the switch) are the engine's.
 //!
 //! ## Parameters
 //!
@@ -59,14 +60,13 @@
 //! end
 //! ```
 
-use std::path::Path;
-
-use base64::Engine as _;
 use serde::Deserialize;
-use sha1::{Digest as _, Sha1};
 
-use super::file::{File, FileParams};
-use super::sshd::condensed;
+use super::fsfile::{apply_script, parent, sha1_hex};
+use super::risky::{
+    Aside, B64, CONTENT, Current, FILE_PROBE, PATH, check_plain_path, condensed, content_changes,
+    decode_text, parse_file_record, write_file,
+};
 use super::{
     ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, deadman_arm,
     deadman_dir, params,
@@ -114,19 +114,7 @@ impl TryFrom<NftablesParams> for Nftables {
     type Error = ParamError;
     fn try_from(p: NftablesParams) -> Result<Nftables, ParamError> {
         let path = p.path.unwrap_or_else(|| DEFAULT_PATH.to_string());
-        let bad = |why: &str| Err(ParamError(format!("nftables: path {path:?} {why}")));
-        if !path.starts_with('/') || path.ends_with('/') {
-            return bad("must be an absolute path to a file");
-        }
-        if path.chars().any(char::is_control) {
-            return bad("contains a control character");
-        }
-        if path[1..]
-            .split('/')
-            .any(|part| part.is_empty() || part == "." || part == "..")
-        {
-            return bad("is not a plain path (no //, . or .. parts)");
-        }
+        check_plain_path("nftables: path", &path)?;
         if p.ruleset.trim().is_empty() {
             return Err(ParamError(
                 "nftables: ruleset is empty; give the whole ruleset (an empty one would open \
@@ -146,26 +134,12 @@ impl TryFrom<NftablesParams> for Nftables {
     }
 }
 
-fn sha1_hex(data: &[u8]) -> String {
-    format!("{:x}", Sha1::digest(data))
-}
-
 fn is_sha1(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 // ---------------------------------------------------------------------------------------
 // Probe and parse.
-
-const B64: &str = "b64() { base64 | tr -d '\\n'; }\n";
-const PATH: &str = "PATH=\"$PATH:/usr/sbin:/sbin:/usr/local/sbin\"\n";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Current {
-    None,
-    Other,
-    Content(Vec<u8>),
-}
 
 /// The record of the last load, as the probe found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,16 +163,6 @@ struct Observed {
     listings: Option<(String, String)>,
     /// `systemctl is-enabled`'s word; `None`: no systemd.
     enabled: Option<String>,
-}
-
-fn decode(field: &str, text: &str, out: &str) -> Result<Vec<u8>, ProbeError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|e| ProbeError::new(format!("{field}: not base64: {e}"), &condensed(out)))
-}
-
-fn decode_text(field: &str, text: &str, out: &str) -> Result<String, ProbeError> {
-    Ok(String::from_utf8_lossy(&decode(field, text, out)?).into_owned())
 }
 
 /// Parses the probe's output. Pure.
@@ -237,15 +201,7 @@ fn parse(out: &str) -> Result<Observed, ProbeError> {
         let unexpected = || err(format!("unexpected line {line:?}"));
         match key {
             "nft" if !rest.is_empty() => obs.nft = rest != "none",
-            "file" => {
-                obs.file = match rest.split_once(' ') {
-                    Some(("content", b)) => Current::Content(decode("file", b, out)?),
-                    None if rest == "content" => Current::Content(Vec::new()),
-                    None if rest == "none" => Current::None,
-                    None if rest == "other" => Current::Other,
-                    _ => return Err(unexpected()),
-                }
-            }
+            "file" => obs.file = parse_file_record(rest, line, out)?,
             "live" => {
                 obs.live = Some(match rest.split_once(' ').unwrap_or((rest, "")) {
                     ("ok", h) if is_sha1(h) => Ok(h.to_string()),
@@ -294,9 +250,20 @@ fn parse(out: &str) -> Result<Observed, ProbeError> {
     Ok(obs)
 }
 
-const CONTENT: &str = "content";
 const LIVE: &str = "live ruleset";
 const ENABLED: &str = "enabled";
+
+/// The file and the record, kept in the dead-man folder while a load waits for confirmation.
+const FILE_ASIDE: Aside = Aside {
+    var: "p",
+    saved: "nftables.prev",
+    none: "nftables.none",
+};
+const RECORD_ASIDE: Aside = Aside {
+    var: "st",
+    saved: "nftables.record",
+    none: "nftables.norecord",
+};
 
 impl Nftables {
     /// What an apply loads: the ruleset after a `flush ruleset;` on its first line (so that
@@ -325,18 +292,15 @@ impl Nftables {
     /// The dead-man switch's restore: the saved live ruleset back first (access), then the
     /// file and the record.
     fn restore(&self, dm: &str) -> Script {
-        self.vars(dm).raw(
-            "if ! { echo 'flush ruleset'; cat \"$dm/nftables.saved\"; } | nft -f -; then\n\
-             \x20 logger -t rampart 'dead-man switch: the saved ruleset did not load; flushing the ruleset' 2>/dev/null\n\
-             \x20 nft flush ruleset\n\
-             fi\n\
-             if [ -f \"$dm/nftables.prev\" ]; then\n\
-             \x20 cp -p \"$dm/nftables.prev\" \"$p.rampart-old\" && mv -f \"$p.rampart-old\" \"$p\"\n\
-             elif [ -e \"$dm/nftables.none\" ]; then rm -f \"$p\"; fi\n\
-             if [ -f \"$dm/nftables.record\" ]; then\n\
-             \x20 cp -p \"$dm/nftables.record\" \"$st.rampart-old\" && mv -f \"$st.rampart-old\" \"$st\"\n\
-             elif [ -e \"$dm/nftables.norecord\" ]; then rm -f \"$st\"; fi\n",
-        )
+        self.vars(dm)
+            .raw(
+                "if ! { echo 'flush ruleset'; cat \"$dm/nftables.saved\"; } | nft -f -; then\n\
+                 \x20 logger -t rampart 'dead-man switch: the saved ruleset did not load; flushing the ruleset' 2>/dev/null\n\
+                 \x20 nft flush ruleset\n\
+                 fi\n",
+            )
+            .raw(&FILE_ASIDE.put_back())
+            .raw(&RECORD_ASIDE.put_back())
     }
 }
 
@@ -357,11 +321,11 @@ impl Resource for Nftables {
             .raw(
                 "\necho 'rampart-nftables 1'\n\
                  if command -v nft >/dev/null 2>&1; then printf 'nft %s\\n' \"$(command -v nft)\"; \
-                 else echo 'nft none'; fi\n\
-                 if [ -f \"$p\" ]; then printf 'file content %s\\n' \"$(b64 <\"$p\")\"\n\
-                 elif [ -e \"$p\" ] || [ -L \"$p\" ]; then echo 'file other'\n\
-                 else echo 'file none'; fi\n\
-                 if command -v nft >/dev/null 2>&1; then\n\
+                 else echo 'nft none'; fi\n",
+            )
+            .raw(FILE_PROBE)
+            .raw(
+                "if command -v nft >/dev/null 2>&1; then\n\
                  \x20 if nft -s list ruleset >/dev/null 2>&1; then\n\
                  \x20   ls=$(nft -s list ruleset | sha1sum | cut -d ' ' -f 1)\n\
                  \x20   printf 'live ok %s\\n' \"$ls\"\n\
@@ -388,29 +352,9 @@ impl Resource for Nftables {
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
         let obs = parse(probe_output)?;
         let err = |m: String| ProbeError::new(m, &condensed(probe_output));
-        let mut changes = Vec::new();
-        let create = match &obs.file {
-            Current::Other => {
-                return Err(err(format!(
-                    "{} is not a regular file; an nftables step does not replace it",
-                    self.path
-                )));
-            }
-            Current::None => {
-                changes.push(Change::new(CONTENT, None, Some(self.ruleset.clone())));
-                true
-            }
-            Current::Content(old) => {
-                if old != self.ruleset.as_bytes() {
-                    changes.push(Change::new(
-                        CONTENT,
-                        Some(String::from_utf8_lossy(old).into_owned()),
-                        Some(self.ruleset.clone()),
-                    ));
-                }
-                false
-            }
-        };
+        let (mut changes, create) =
+            content_changes(&obs.file, &self.path, &self.ruleset, "an nftables step")
+                .map_err(err)?;
         let live = |before: String| Change::new(LIVE, Some(before), Some(self.loaded()));
         match (&obs.live, &obs.record) {
             _ if !obs.nft => changes.push(live("nft is not installed".into())),
@@ -473,9 +417,7 @@ impl Resource for Nftables {
         };
         let has = |f: &str| changes.iter().any(|c| c.field == f);
         let dm = deadman_dir(ctx);
-        let mut s = Script::new()
-            .raw("(\numask 077\ndie() { printf 'rampart: %s\\n' \"$*\" >&2; exit 1; }\n")
-            .then(self.vars(&dm));
+        let mut s = self.vars(&dm);
         if has(CONTENT) || has(LIVE) {
             s = s
                 .raw(
@@ -493,19 +435,11 @@ impl Resource for Nftables {
                 );
         }
         if has(LIVE) {
-            let record_dir = Path::new(&self.record)
-                .parent()
-                .and_then(Path::to_str)
-                .unwrap_or("/");
+            let record_dir = parent(&self.record).unwrap_or("/");
             s = s
-                .raw(
-                    "nft list ruleset >\"$dm/nftables.saved\" || die \"cannot save the live ruleset\"\n\
-                     rm -f \"$dm/nftables.prev\" \"$dm/nftables.none\" \"$dm/nftables.record\" \"$dm/nftables.norecord\"\n\
-                     if [ -f \"$p\" ]; then cp -p \"$p\" \"$dm/nftables.prev\" || die \"cannot save $p\"\n\
-                     else : >\"$dm/nftables.none\"; fi\n\
-                     if [ -f \"$st\" ]; then cp -p \"$st\" \"$dm/nftables.record\" || die \"cannot save $st\"\n\
-                     else : >\"$dm/nftables.norecord\"; fi\n",
-                )
+                .raw("nft list ruleset >\"$dm/nftables.saved\" || die \"cannot save the live ruleset\"\n")
+                .raw(&FILE_ASIDE.keep())
+                .raw(&RECORD_ASIDE.keep())
                 .then(deadman_arm(ctx, "nftables", self.restore(&dm)))
                 .raw(
                     "[ $? -eq 0 ] || die \"cannot arm the dead-man switch; nothing was changed\"\n\
@@ -527,19 +461,7 @@ impl Resource for Nftables {
                 );
         }
         if has(CONTENT) {
-            let writer = File::try_from(FileParams {
-                path: self.path.clone(),
-                content: self.ruleset.clone(),
-                owner: None,
-                group: None,
-                mode: None,
-                backup: true,
-            })
-            .expect("the path was checked when the step was built");
-            s = s.then(writer.apply(
-                &Verdict::Modify(vec![Change::new(CONTENT, None, None)]),
-                ctx,
-            ));
+            s = s.then(write_file(&self.path, &self.ruleset, ctx));
         }
         if has(ENABLED) {
             let verb = if self.enabled { "enable" } else { "disable" };
@@ -547,7 +469,7 @@ impl Resource for Nftables {
                 "systemctl {verb} --quiet nftables.service || die \"cannot {verb} nftables.service\"\n"
             ));
         }
-        s.raw(") || exit 1\n")
+        apply_script(s)
     }
 
     fn risky(&self) -> bool {
@@ -558,8 +480,8 @@ impl Resource for Nftables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::Session;
-    use crate::transport::local::LocalSession;
+    use crate::resource::b64;
+    use crate::resource::risky::bed::Bed;
     use serde_json::{Value, json};
     use std::time::Duration;
 
@@ -574,10 +496,6 @@ mod tests {
 
     fn nft(v: Value) -> Nftables {
         Nftables::try_from(params::<NftablesParams>(v).unwrap()).unwrap()
-    }
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     fn sha(s: &str) -> String {
@@ -817,19 +735,14 @@ mod tests {
 
     // ---- the scripts, on this machine, with a stand-in for nft that keeps a "live" file ----
 
-    struct Bed {
-        dir: tempfile::TempDir,
-        ctx: ApplyContext,
-    }
-
-    impl Bed {
-        fn new(deadman_seconds: u32) -> Bed {
-            let dir = tempfile::tempdir().unwrap();
-            let d = dir.path();
-            std::fs::create_dir_all(d.join("bin")).unwrap();
-            std::fs::write(d.join("live"), "table inet before {\n}\n").unwrap();
-            // -c refuses "Bogus"; -f loads (flush ruleset dropped); list prints the live file.
-            let stub = format!(
+    /// A bed whose `nft` keeps the "live" ruleset in a file.
+    fn nft_bed(deadman_seconds: u32) -> Bed {
+        let bed = Bed::new(deadman_seconds);
+        std::fs::write(bed.path("live"), "table inet before {\n}\n").unwrap();
+        // -c refuses "Bogus"; -f loads (flush ruleset dropped); list prints the live file.
+        bed.stub(
+            "nft",
+            &format!(
                 "#!/bin/sh\nlive={d}/live\n\
                  load() {{ sed -e 's/^flush ruleset;\\{{0,1\\}} *//' -e '/^$/d' \"$1\" >\"$live.new\" && mv \"$live.new\" \"$live\"; }}\n\
                  case \"$*\" in\n\
@@ -840,65 +753,26 @@ mod tests {
                  \x20 'flush ruleset') : >\"$live\" ;;\n\
                  \x20 *) echo \"nft stub: $*\" >&2; exit 2 ;;\n\
                  esac\n",
-                d = d.display()
-            );
-            let p = d.join("bin/nft");
-            std::fs::write(&p, stub).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let mut ctx = ApplyContext::new("t1");
-            ctx.backup_root = d.join("state/backups").display().to_string();
-            ctx.deadman_seconds = deadman_seconds;
-            Bed { dir, ctx }
-        }
+                d = bed.dir.path().display()
+            ),
+        );
+        bed
+    }
 
-        fn path(&self, rel: &str) -> std::path::PathBuf {
-            self.dir.path().join(rel)
-        }
-
-        fn read(&self, rel: &str) -> String {
-            std::fs::read_to_string(self.path(rel)).unwrap_or_else(|_| "<none>".into())
-        }
-
-        fn resource(&self, ruleset: &str) -> Nftables {
-            let mut n = nft(json!({
-                "ruleset": ruleset,
-                "path": self.path("nftables.conf").display().to_string(),
-            }));
-            n.record = self.path("state/nftables.loaded").display().to_string();
-            n
-        }
-
-        async fn run(&self, script: Script) -> crate::transport::ExecOutput {
-            let text = Script::new()
-                .raw("PATH=")
-                .arg(&format!("{}:/usr/bin:/bin", self.path("bin").display()))
-                .raw("\n")
-                .then(script)
-                .render()
-                .unwrap();
-            LocalSession::default()
-                .exec(
-                    &crate::remote::exec_command(false),
-                    text.as_bytes(),
-                    Duration::from_secs(20),
-                )
-                .await
-                .unwrap()
-        }
-
-        async fn diff(&self, n: &Nftables) -> Verdict {
-            let out = self.run(n.probe()).await;
-            assert!(out.success(), "{}", out.stderr_block());
-            n.diff(&String::from_utf8(out.stdout).unwrap()).unwrap()
-        }
+    fn resource(bed: &Bed, ruleset: &str) -> Nftables {
+        let mut n = nft(json!({
+            "ruleset": ruleset,
+            "path": bed.path("nftables.conf").display().to_string(),
+        }));
+        n.record = bed.path("state/nftables.loaded").display().to_string();
+        n
     }
 
     #[tokio::test]
     async fn load_record_drift_and_an_unconfirmed_restore() {
-        let bed = Bed::new(1);
+        let bed = nft_bed(1);
         std::fs::write(bed.path("nftables.conf"), "table inet before {\n}\n").unwrap();
-        let n = bed.resource("table inet after {\n}\n");
+        let n = resource(&bed, "table inet after {\n}\n");
         let v = bed.diff(&n).await;
         assert_eq!(v.action(), "modify");
         let out = bed.run(n.apply(&v, &bed.ctx)).await;
@@ -932,8 +806,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_confirmed_load_stays_and_a_file_only_change_does_not_reload() {
-        let bed = Bed::new(1);
-        let n = bed.resource("table inet after {\n}\n");
+        let bed = nft_bed(1);
+        let n = resource(&bed, "table inet after {\n}\n");
         let v = bed.diff(&n).await;
         assert_eq!(v.action(), "create");
         assert!(bed.run(n.apply(&v, &bed.ctx)).await.success());
@@ -968,9 +842,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_ruleset_nft_refuses_changes_nothing() {
-        let bed = Bed::new(60);
+        let bed = nft_bed(60);
         std::fs::write(bed.path("nftables.conf"), "table inet before {\n}\n").unwrap();
-        let n = bed.resource("table inet after {\n  Bogus\n}\n");
+        let n = resource(&bed, "table inet after {\n  Bogus\n}\n");
         let v = bed.diff(&n).await;
         let out = bed.run(n.apply(&v, &bed.ctx)).await;
         assert!(!out.success());

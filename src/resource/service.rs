@@ -175,17 +175,28 @@ impl<'a> Fields<'a> {
         header: &str,
         known: &[&str],
     ) -> Result<Fields<'a>, ProbeError> {
-        let err = |m: String| Err(ProbeError::new(m, out));
         let mut lines = out.lines().skip_while(|l| l.trim().is_empty());
         match lines.next().map(str::trim_end) {
             Some(h) if h == header => {}
             Some(h) => {
-                return err(format!(
-                    "expected `{header}` on the first line, found {h:?}"
+                return Err(ProbeError::new(
+                    format!("expected `{header}` on the first line, found {h:?}"),
+                    out,
                 ));
             }
-            None => return err("the probe printed nothing".into()),
+            None => return Err(ProbeError::new("the probe printed nothing", out)),
         }
+        Fields::after_header(out, lines, known)
+    }
+
+    /// The `key=value` lines of `out` up to its `end`, from `lines`: the lines of `out` after
+    /// its header (for a reader that checks the header its own way).
+    pub(super) fn after_header(
+        out: &'a str,
+        lines: impl Iterator<Item = &'a str>,
+        known: &[&str],
+    ) -> Result<Fields<'a>, ProbeError> {
+        let err = |m: String| Err(ProbeError::new(m, out));
         let mut pairs = Vec::new();
         let mut ended = false;
         for line in lines {
@@ -239,6 +250,13 @@ impl<'a> Fields<'a> {
             .iter()
             .filter(move |(k, _)| *k == key)
             .map(|(_, v)| *v)
+    }
+
+    /// A whole number.
+    pub(super) fn number(&self, key: &str) -> Result<u32, ProbeError> {
+        let v = self.need(key)?;
+        v.parse()
+            .map_err(|_| self.error(format!("`{key}` is not a number: {v:?}")))
     }
 
     /// `yes` or `no`.

@@ -3,9 +3,10 @@
 //! validated with `sshd -t` and reloaded under the dead-man switch.
 //!
 //! Owns the `sshd` step's parameters, its probe, the pure parse and diff of the probe's output
-//! and the apply script. The drop-in is written by [`file`](super::file)'s atomic writer (with
-//! its backup); running the scripts and confirming the change over a new connection
-//! (which disarms the switch) are the engine's.
+//! and the apply script. The drop-in's record in the probe, its diff and its write (as a `file`
+//! step writes, with its backup) and the copy kept for the restore are
+//! [`risky`](super::risky)'s, shared with nftables; running the scripts and confirming the
+//! change over a new connection (which disarms the switch) are the engine's.
 //!
 //! ## Parameters
 //!
@@ -77,11 +78,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::file::{File, FileParams};
+use super::fsfile::{apply_script, parent};
+use super::risky::{
+    Aside, B64, CONTENT, Current, FILE_PROBE, PATH, check_plain_path, condensed, content_changes,
+    decode_text, parse_file_record, write_file,
+};
 use super::{
     ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, deadman_arm,
     deadman_dir, params,
@@ -171,7 +175,7 @@ impl TryFrom<SshdParams> for Sshd {
     type Error = ParamError;
     fn try_from(p: SshdParams) -> Result<Sshd, ParamError> {
         let file = p.file.unwrap_or_else(|| DEFAULT_FILE.to_string());
-        check_path(&file)?;
+        check_plain_path("sshd: file", &file)?;
         if let Some(s) = &p.service
             && (s.is_empty()
                 || s.starts_with('-')
@@ -226,24 +230,6 @@ impl TryFrom<SshdParams> for Sshd {
             main_config: MAIN_CONFIG.to_string(),
         })
     }
-}
-
-/// An absolute, plain path without control characters.
-fn check_path(path: &str) -> Result<(), ParamError> {
-    let bad = |why: &str| Err(ParamError(format!("sshd: file {path:?} {why}")));
-    if !path.starts_with('/') || path.ends_with('/') {
-        return bad("must be an absolute path to a file");
-    }
-    if path.chars().any(char::is_control) {
-        return bad("contains a control character");
-    }
-    if path[1..]
-        .split('/')
-        .any(|part| part.is_empty() || part == "." || part == "..")
-    {
-        return bad("is not a plain path (no //, . or .. parts)");
-    }
-    Ok(())
 }
 
 /// One scalar as sshd_config text.
@@ -315,18 +301,6 @@ fn service_script(given: Option<&str>) -> Script {
     }
 }
 
-const B64: &str = "b64() { base64 | tr -d '\\n'; }\n";
-const PATH: &str = "PATH=\"$PATH:/usr/sbin:/sbin:/usr/local/sbin\"\n";
-
-/// What the probe found at the drop-in's path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Current {
-    None,
-    /// Not a regular file (a folder, a device).
-    Other,
-    Content(Vec<u8>),
-}
-
 /// One file an `Include` of the main config reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Included {
@@ -354,34 +328,6 @@ struct Observed {
     actual: Option<Result<String, String>>,
     /// `sshd -T -o …` with our settings.
     desired: Option<Result<String, String>>,
-}
-
-/// The probe's output for an error message: each base64 text is replaced by its decoded
-/// size (`<3223 bytes>`), everything else kept as is.
-pub(super) fn condensed(out: &str) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    out.lines()
-        .map(|line| {
-            line.split(' ')
-                .map(|w| match b64.decode(w) {
-                    Ok(d) if w.len() > 40 => format!("<{} bytes>", d.len()),
-                    _ => w.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn decode(field: &str, text: &str, out: &str) -> Result<Vec<u8>, ProbeError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|e| ProbeError::new(format!("{field}: not base64: {e}"), &condensed(out)))
-}
-
-fn decode_text(field: &str, text: &str, out: &str) -> Result<String, ProbeError> {
-    Ok(String::from_utf8_lossy(&decode(field, text, out)?).into_owned())
 }
 
 /// Parses the probe's output. Pure.
@@ -456,13 +402,7 @@ fn parse(out: &str) -> Result<Observed, ProbeError> {
             }
             "file" => {
                 once(&mut file)?;
-                obs.file = match rest.split_once(' ') {
-                    Some(("content", b)) => Current::Content(decode("file", b, out)?),
-                    None if rest == "content" => Current::Content(Vec::new()),
-                    None if rest == "none" => Current::None,
-                    None if rest == "other" => Current::Other,
-                    _ => return Err(err(format!("unexpected line {line:?}"))),
-                };
+                obs.file = parse_file_record(rest, line, out)?;
             }
             "actual" | "desired" => {
                 let result = match rest.split_once(' ').unwrap_or((rest, "")) {
@@ -717,8 +657,6 @@ fn effective_changes(actual: &str, desired: &str) -> Vec<(String, Option<String>
         .collect()
 }
 
-const CONTENT: &str = "content";
-
 impl Resource for Sshd {
     fn id(&self) -> String {
         format!("sshd {}", self.file)
@@ -767,11 +705,11 @@ impl Resource for Sshd {
                  \x20 done\n\
                  else\n\
                  \x20 echo 'main none'\n\
-                 fi\n\
-                 if [ -f \"$p\" ]; then printf 'file content %s\\n' \"$(b64 <\"$p\")\"\n\
-                 elif [ -e \"$p\" ] || [ -L \"$p\" ]; then echo 'file other'\n\
-                 else echo 'file none'; fi\n\
-                 if command -v sshd >/dev/null 2>&1; then\n\
+                 fi\n",
+            )
+            .raw(FILE_PROBE)
+            .raw(
+                "if command -v sshd >/dev/null 2>&1; then\n\
                  \x20 a=$(sshd -T -f \"$m\" 2>/dev/null); ra=$?\n\
                  \x20 d=$(",
             )
@@ -796,29 +734,8 @@ impl Resource for Sshd {
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
         let obs = parse(probe_output)?;
         let err = |m: String| ProbeError::new(m, &condensed(probe_output));
-        let mut changes = Vec::new();
-        let create = match &obs.file {
-            Current::Other => {
-                return Err(err(format!(
-                    "{} is not a regular file; an sshd step does not replace it",
-                    self.file
-                )));
-            }
-            Current::None => {
-                changes.push(Change::new(CONTENT, None, Some(self.content.clone())));
-                true
-            }
-            Current::Content(old) => {
-                if old != self.content.as_bytes() {
-                    changes.push(Change::new(
-                        CONTENT,
-                        Some(String::from_utf8_lossy(old).into_owned()),
-                        Some(self.content.clone()),
-                    ));
-                }
-                false
-            }
-        };
+        let (mut changes, create) =
+            content_changes(&obs.file, &self.file, &self.content, "an sshd step").map_err(err)?;
         let content_in_line = changes.is_empty();
         let verdict = |changes: Vec<Change>| {
             if create {
@@ -919,40 +836,21 @@ impl Resource for Sshd {
             Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
         };
         let dm = deadman_dir(ctx);
-        let dir = Path::new(&self.file)
-            .parent()
-            .and_then(Path::to_str)
-            .unwrap_or("/");
         let mut s = Script::new()
-            .raw("(\numask 077\ndie() { printf 'rampart: %s\\n' \"$*\" >&2; exit 1; }\n")
             .raw(PATH)
             .then(self.functions(&dm))
             .raw("d=")
-            .arg(dir)
+            .arg(parent(&self.file).unwrap_or("/"))
             .raw(
                 "\ncommand -v sshd >/dev/null 2>&1 || die \"sshd is not installed\"\n\
                  [ -d \"$d\" ] || (umask 022 && mkdir -p \"$d\") || die \"cannot create $d\"\n\
-                 { mkdir -p \"$dm\" && chmod 700 \"$dm\"; } || die \"cannot create $dm\"\n\
-                 rm -f \"$dm/sshd.prev\" \"$dm/sshd.none\"\n\
-                 if [ -f \"$p\" ]; then cp -p \"$p\" \"$dm/sshd.prev\" || die \"cannot save $p\"\n\
-                 else : >\"$dm/sshd.none\"; fi\n",
-            );
+                 { mkdir -p \"$dm\" && chmod 700 \"$dm\"; } || die \"cannot create $dm\"\n",
+            )
+            .raw(&DROP_IN_ASIDE.keep());
         if changes.iter().any(|c| c.field == CONTENT) {
-            let writer = File::try_from(FileParams {
-                path: self.file.clone(),
-                content: self.content.clone(),
-                owner: None,
-                group: None,
-                mode: None,
-                backup: true,
-            })
-            .expect("the path was checked when the step was built");
-            s = s.then(writer.apply(
-                &Verdict::Modify(vec![Change::new(CONTENT, None, None)]),
-                ctx,
-            ));
+            s = s.then(write_file(&self.file, &self.content, ctx));
         }
-        s.raw(
+        apply_script(s.raw(
             "if ! out=$(sshd -t -f \"$m\" 2>&1); then\n\
              \x20 put_back || printf 'rampart: could not put the previous %s back\\n' \"$p\" >&2\n\
              \x20 die \"sshd refuses the new configuration; nothing was reloaded and the previous $p is back in place:\n$out\"\n\
@@ -965,15 +863,21 @@ impl Resource for Sshd {
              \x20 put_back; reload_sshd >/dev/null 2>&1\n\
              \x20 die \"cannot reload sshd ($svc); the previous $p is back in place:\n$out\"\n\
              fi\n\
-             [ -z \"$out\" ] || printf '%s\\n' \"$out\"\n\
-             ) || exit 1\n",
-        )
+             [ -z \"$out\" ] || printf '%s\\n' \"$out\"\n",
+        ))
     }
 
     fn risky(&self) -> bool {
         true
     }
 }
+
+/// The drop-in, kept in the dead-man folder while a reload waits for confirmation.
+const DROP_IN_ASIDE: Aside = Aside {
+    var: "p",
+    saved: "sshd.prev",
+    none: "sshd.none",
+};
 
 impl Sshd {
     /// Variables and functions shared by the apply and the dead-man restore: `$p`, `$m`,
@@ -989,14 +893,10 @@ impl Sshd {
             .arg(dm)
             .raw("\n")
             .then(service_script(self.service.as_deref()))
+            .raw("put_back() {\n")
+            .raw(&DROP_IN_ASIDE.put_back())
             .raw(
-                "put_back() {\n\
-                 \x20 if [ -f \"$dm/sshd.prev\" ]; then\n\
-                 \x20   cp -p \"$dm/sshd.prev\" \"$p.rampart-old\" && mv -f \"$p.rampart-old\" \"$p\"\n\
-                 \x20 elif [ -e \"$dm/sshd.none\" ]; then\n\
-                 \x20   rm -f \"$p\"\n\
-                 \x20 fi\n\
-                 }\n\
+                "}\n\
                  listeners() {\n\
                  \x20 ss -Hltne 2>/dev/null | awk -v ports=\" $1 \" '{ n = split($4, a, \":\"); \
                  if (index(ports, \" \" a[n] \" \")) for (i = 5; i <= NF; i++) if ($i ~ /^ino:/) print $i }'\n\
@@ -1050,8 +950,8 @@ impl Sshd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::Session;
-    use crate::transport::local::LocalSession;
+    use crate::resource::b64;
+    use crate::resource::risky::bed::Bed;
     use serde_json::json;
     use std::time::Duration;
 
@@ -1064,10 +964,6 @@ mod tests {
             Err(e) => e.0,
             Ok(p) => Sshd::try_from(p).unwrap_err().0,
         }
-    }
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     /// Debian 12's sshd_config as the testbed has it (comments trimmed).
@@ -1478,25 +1374,22 @@ mod tests {
 
     // ---- the scripts, on this machine, with stand-ins for sshd and the service manager ----
 
-    struct Bed {
-        dir: tempfile::TempDir,
-        ctx: ApplyContext,
-    }
-
-    impl Bed {
-        fn new(deadman_seconds: u32) -> Bed {
-            let dir = tempfile::tempdir().unwrap();
-            let d = dir.path();
-            std::fs::create_dir_all(d.join("bin")).unwrap();
-            std::fs::create_dir_all(d.join("ssh/sshd_config.d")).unwrap();
-            std::fs::write(
-                d.join("ssh/sshd_config"),
-                "Include sshd_config.d/*.conf\nUsePAM yes\n",
-            )
-            .unwrap();
-            // sshd -t refuses any config line with "Bogus"; -T prints the -o settings and the
-            // files' settings, lowercased, the first value of a keyword winning.
-            let sshd = format!(
+    /// A bed with a main config that includes the drop-in's folder, an `sshd` and an
+    /// `rc-service` that records reloads.
+    fn sshd_bed(deadman_seconds: u32) -> Bed {
+        let bed = Bed::new(deadman_seconds);
+        std::fs::create_dir_all(bed.path("ssh/sshd_config.d")).unwrap();
+        std::fs::write(
+            bed.path("ssh/sshd_config"),
+            "Include sshd_config.d/*.conf\nUsePAM yes\n",
+        )
+        .unwrap();
+        let d = bed.dir.path().display();
+        // sshd -t refuses any config line with "Bogus"; -T prints the -o settings and the
+        // files' settings, lowercased, the first value of a keyword winning.
+        bed.stub(
+            "sshd",
+            &format!(
                 "#!/bin/sh\nconf={d}/ssh\nmode=$1; shift\n\
                  if grep -qs Bogus $conf/sshd_config.d/*.conf; then\n\
                  \x20 echo \"$conf/sshd_config.d/10-rampart.conf line 2: Bad configuration option: Bogus\" >&2; exit 255\n\
@@ -1504,70 +1397,35 @@ mod tests {
                  [ \"$mode\" = -t ] && exit 0\n\
                  {{ while [ $# -gt 0 ]; do [ \"$1\" = -o ] && printf '%s\\n' \"$2\"; shift; done\n\
                  \x20 cat $conf/sshd_config.d/*.conf 2>/dev/null; cat $conf/sshd_config; }} |\n\
-                 \x20 grep -v -e '^#' -e '^Include' -e '^-f' | awk '{{ k = tolower($1); if (!(k in s)) {{ s[k] = 1; $1 = k; print }} }}'\n",
-                d = d.display()
-            );
-            let rc = format!("#!/bin/sh\necho \"$*\" >>{}/reloads\n", d.display());
-            for (name, text) in [("sshd", sshd), ("rc-service", rc)] {
-                let p = d.join("bin").join(name);
-                std::fs::write(&p, text).unwrap();
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-            }
-            let mut ctx = ApplyContext::new("t1");
-            ctx.backup_root = d.join("state/backups").display().to_string();
-            ctx.deadman_seconds = deadman_seconds;
-            Bed { dir, ctx }
-        }
+                 \x20 grep -v -e '^#' -e '^Include' -e '^-f' | awk '{{ k = tolower($1); if (!(k in s)) {{ s[k] = 1; $1 = k; print }} }}'\n"
+            ),
+        );
+        bed.stub(
+            "rc-service",
+            &format!("#!/bin/sh\necho \"$*\" >>{d}/reloads\n"),
+        );
+        bed
+    }
 
-        fn path(&self, rel: &str) -> std::path::PathBuf {
-            self.dir.path().join(rel)
-        }
+    fn resource(bed: &Bed, settings: Value) -> Sshd {
+        let mut s = sshd(json!({
+            "settings": settings,
+            "file": bed.path("ssh/sshd_config.d/10-rampart.conf").display().to_string(),
+        }));
+        s.main_config = bed.path("ssh/sshd_config").display().to_string();
+        s
+    }
 
-        fn resource(&self, settings: Value) -> Sshd {
-            let mut s = sshd(json!({
-                "settings": settings,
-                "file": self.path("ssh/sshd_config.d/10-rampart.conf").display().to_string(),
-            }));
-            s.main_config = self.path("ssh/sshd_config").display().to_string();
-            s
-        }
-
-        async fn run(&self, script: Script) -> crate::transport::ExecOutput {
-            let text = Script::new()
-                .raw("PATH=")
-                .arg(&format!("{}:/usr/bin:/bin", self.path("bin").display()))
-                .raw("\n")
-                .then(script)
-                .render()
-                .unwrap();
-            LocalSession::default()
-                .exec(
-                    &crate::remote::exec_command(false),
-                    text.as_bytes(),
-                    Duration::from_secs(20),
-                )
-                .await
-                .unwrap()
-        }
-
-        async fn diff(&self, s: &Sshd) -> Verdict {
-            let out = self.run(s.probe()).await;
-            assert!(out.success(), "{}", out.stderr_block());
-            s.diff(&String::from_utf8(out.stdout).unwrap()).unwrap()
-        }
-
-        fn reloads(&self) -> String {
-            std::fs::read_to_string(self.path("reloads")).unwrap_or_default()
-        }
+    fn reloads(bed: &Bed) -> String {
+        std::fs::read_to_string(bed.path("reloads")).unwrap_or_default()
     }
 
     #[tokio::test]
     async fn apply_writes_validates_arms_and_reloads_and_the_switch_restores() {
-        let bed = Bed::new(1);
+        let bed = sshd_bed(1);
         let dropin = bed.path("ssh/sshd_config.d/10-rampart.conf");
         std::fs::write(&dropin, "MaxAuthTries 5\n").unwrap();
-        let s = bed.resource(json!({"MaxAuthTries": 3}));
+        let s = resource(&bed, json!({"MaxAuthTries": 3}));
         let v = bed.diff(&s).await;
         assert_eq!(
             v.changes()[1],
@@ -1576,7 +1434,7 @@ mod tests {
         let out = bed.run(s.apply(&v, &bed.ctx)).await;
         assert!(out.success(), "{}", out.stderr_block());
         assert_eq!(std::fs::read_to_string(&dropin).unwrap(), s.content);
-        assert_eq!(bed.reloads(), "sshd reload\n");
+        assert_eq!(reloads(&bed), "sshd reload\n");
         assert!(bed.diff(&s).await.is_in_line());
         assert_eq!(
             std::fs::read_to_string(bed.path(&format!("state/backups/t1{}", dropin.display())))
@@ -1589,14 +1447,14 @@ mod tests {
             std::fs::read_to_string(&dropin).unwrap(),
             "MaxAuthTries 5\n"
         );
-        assert_eq!(bed.reloads(), "sshd reload\nsshd reload\n");
+        assert_eq!(reloads(&bed), "sshd reload\nsshd reload\n");
     }
 
     #[tokio::test]
     async fn a_new_drop_in_is_removed_by_the_restore_and_a_confirmed_one_stays() {
-        let bed = Bed::new(1);
+        let bed = sshd_bed(1);
         let dropin = bed.path("ssh/sshd_config.d/10-rampart.conf");
-        let s = bed.resource(json!({"MaxAuthTries": 3}));
+        let s = resource(&bed, json!({"MaxAuthTries": 3}));
         let v = bed.diff(&s).await;
         assert_eq!(v.action(), "create");
         assert!(bed.run(s.apply(&v, &bed.ctx)).await.success());
@@ -1617,10 +1475,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_config_sshd_refuses_is_put_back_and_nothing_is_reloaded() {
-        let bed = Bed::new(60);
+        let bed = sshd_bed(60);
         let dropin = bed.path("ssh/sshd_config.d/10-rampart.conf");
         std::fs::write(&dropin, "MaxAuthTries 5\n").unwrap();
-        let s = bed.resource(json!({"MaxAuthTries": 3, "Bogus": "x"}));
+        let s = resource(&bed, json!({"MaxAuthTries": 3, "Bogus": "x"}));
         // (The real sshd refuses this at plan time already; here the apply's own check.)
         let v = Verdict::Modify(vec![change("content", None, None)]);
         let out = bed.run(s.apply(&v, &bed.ctx)).await;
@@ -1637,7 +1495,7 @@ mod tests {
             std::fs::read_to_string(&dropin).unwrap(),
             "MaxAuthTries 5\n"
         );
-        assert_eq!(bed.reloads(), "", "not reloaded");
+        assert_eq!(reloads(&bed), "", "not reloaded");
         assert!(
             !bed.path("state/deadman/t1/sshd.armed").exists(),
             "the switch is not armed"

@@ -60,7 +60,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::service::{DIE, Fields};
+use super::fsfile::{apply_script, backup_path};
+use super::service::Fields;
 use super::unit::{
     F_CONTENT, F_TYPE, FILE_KEYS, check_config_path, config_changes, config_probe, parse_config,
     write_config,
@@ -455,9 +456,9 @@ pub fn apply(d: &Sysctl, v: &Verdict, ctx: &ApplyContext) -> Script {
     // An empty Modify (notified as a handler): everything.
     let all = changes.is_empty();
     let has = |f: &str| all || changes.iter().any(|c| c.field == f);
-    let mut s = Script::new().raw("(\numask 077\n").raw(DIE);
+    let mut s = Script::new();
     if has(F_CONTENT) || has(F_TYPE) {
-        let backup = format!("{}{}", ctx.backup_dir(), d.file);
+        let backup = backup_path(ctx, &d.file);
         s = s.then(write_config(&d.file, d.content().as_bytes(), &backup));
     }
     let mut set = Script::new().raw("set --");
@@ -477,7 +478,7 @@ pub fn apply(d: &Sysctl, v: &Verdict, ctx: &ApplyContext) -> Script {
     if any {
         s = s.then(set).raw("\n").raw(SET_LIVE);
     }
-    s.raw(") || exit 1\n")
+    apply_script(s)
 }
 
 impl Resource for Sysctl {
@@ -510,6 +511,7 @@ impl Resource for Sysctl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::{b64, run_local_ok};
     use serde_json::json;
 
     fn sysctl(p: Value) -> Sysctl {
@@ -521,10 +523,6 @@ mod tests {
             Err(e) => e.0,
             Ok(p) => Sysctl::from_params(p).unwrap_err().0,
         }
-    }
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     /// The baseline's kind of step: two net keys, two kernel keys.
@@ -774,36 +772,19 @@ mod tests {
     async fn an_unknown_key_goes_to_the_file_and_is_reported() {
         // Run here, on this machine: the file part and a key no kernel has. Live writes are
         // tested on testbed hosts (tests/integration/resources_system.rs).
-        use crate::transport::Session;
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("sysctl.d/60-test.conf");
         let s = sysctl(json!({
             "values": {"rampart.test.nosuch": 1},
             "file": path.to_str().unwrap(),
         }));
-        let session = crate::transport::local::LocalSession::default();
-        let run = |script: Script| {
-            let session = &session;
-            async move {
-                let out = session
-                    .exec(
-                        &crate::remote::exec_command(false),
-                        script.render().unwrap().as_bytes(),
-                        std::time::Duration::from_secs(10),
-                    )
-                    .await
-                    .unwrap();
-                assert!(out.success(), "{}", out.stderr_block());
-                String::from_utf8(out.stdout).unwrap()
-            }
-        };
-        let v = s.diff(&run(s.probe()).await).unwrap();
+        let v = s.diff(&run_local_ok(s.probe()).await).unwrap();
         assert_eq!(v.action(), "create");
         let mut ctx = ApplyContext::new("t");
         ctx.backup_root = tmp.path().join("backups").display().to_string();
-        let said = run(s.apply(&v, &ctx)).await;
+        let said = run_local_ok(s.apply(&v, &ctx)).await;
         assert!(said.contains("rampart.test.nosuch: unknown here"), "{said}");
-        let v = s.diff(&run(s.probe()).await).unwrap();
+        let v = s.diff(&run_local_ok(s.probe()).await).unwrap();
         assert!(
             matches!(&v, Verdict::InLine(t) if t.contains("unknown here (no /proc/sys entry), only in the file: rampart.test.nosuch")),
             "{v:?}"

@@ -5,7 +5,8 @@
 //! file ([`config_probe`]), the diff of its content ([`config_changes`]) and its atomic
 //! write ([`write_config`]: a temporary file in the same folder, mode 0644 and owner root set
 //! before the rename; what it replaces is first copied to the run's backup folder, the first
-//! copy of a run winning, as file.rs does). Enablement and state are service.rs's
+//! copy of a run winning, as file.rs does; the temporary file and the rename are
+//! [`fsfile`](super::fsfile)'s). Enablement and state are service.rs's
 //! ([`systemd_changes`]), so `unit` and `service` mean the same by `enabled` and `state`.
 //!
 //! The file goes to `path`, by default `/etc/systemd/system/NAME`; the file name of `path`
@@ -41,8 +42,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::fsfile::{RENAME_TEMP, TEMP_TRAP, apply_script, backup_path, parent, write_temp};
 use super::service::{
-    DIE, F_ENABLED, F_STATE, Fields, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, check_unit_name,
+    F_ENABLED, F_STATE, Fields, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, check_unit_name,
     enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence,
 };
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
@@ -186,38 +188,30 @@ pub(super) fn config_changes(
 /// mode 0644, owned by root when run as root, after copying what is there to `backup`
 /// (unless this run already holds a copy). Makes a missing folder (0755).
 pub(super) fn write_config(path: &str, content: &[u8], backup: &str) -> Script {
-    let dir = match path.rsplit_once('/') {
-        Some(("", _)) | None => "/",
-        Some((d, _)) => d,
-    };
-    let bdir = backup.rsplit_once('/').map_or("/", |(d, _)| d);
     Script::new()
         .raw("p=")
         .arg(path)
         .raw("\nd=")
-        .arg(dir)
+        .arg(parent(path).unwrap_or("/"))
         .raw("\nb=")
         .arg(backup)
         .raw("\nbd=")
-        .arg(bdir)
+        .arg(parent(backup).unwrap_or("/"))
+        .raw("\n")
+        .raw(TEMP_TRAP)
         .raw(
-            "\nt=\ntrap '[ -z \"$t\" ] || rm -f \"$t\"' EXIT\n\
-             if [ ! -d \"$d\" ]; then (umask 022 && mkdir -p \"$d\") || die \"cannot create the folder $d\"; fi\n\
+            "if [ ! -d \"$d\" ]; then (umask 022 && mkdir -p \"$d\") || die \"cannot create the folder $d\"; fi\n\
              if [ -d \"$p\" ]; then die \"$p is a folder (or a symlink to one): not replacing it\"; fi\n\
              if { [ -e \"$p\" ] || [ -L \"$p\" ]; } && [ ! -e \"$b\" ] && [ ! -L \"$b\" ]; then\n\
              \x20 { mkdir -p \"$bd\" && cp -pP \"$p\" \"$b\"; } || die \"cannot back up $p to $b\"\n\
-             fi\n\
-             t=$(mktemp \"$d/.rampart.XXXXXX\") || die \"cannot create a temporary file in $d\"\n\
-             base64 -d >\"$t\" ",
+             fi\n",
         )
-        .payload(content)
+        .then(write_temp(content))
         .raw(
-            "[ $? -eq 0 ] || die \"cannot write the temporary file $t\"\n\
-             chmod 0644 \"$t\" || die \"cannot set the mode of $t\"\n\
-             if [ \"$(id -u)\" = 0 ]; then chown 0:0 \"$t\" || die \"cannot give $t to root\"; fi\n\
-             mv -f \"$t\" \"$p\" || die \"cannot rename $t to $p\"\n\
-             t=\n",
+            "chmod 0644 \"$t\" || die \"cannot set the mode of $t\"\n\
+             if [ \"$(id -u)\" = 0 ]; then chown 0:0 \"$t\" || die \"cannot give $t to root\"; fi\n",
         )
+        .raw(RENAME_TEMP)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,14 +367,9 @@ impl Unit {
         let has = |f: &str| all || changes.iter().any(|c| c.field == f);
         let writes = has(F_CONTENT) || has(F_TYPE);
         let reload = writes || has(F_LOADED);
-        let mut s = Script::new()
-            .raw("(\numask 077\n")
-            .raw(DIE)
-            .raw("n=")
-            .arg(&self.name)
-            .raw("\n");
+        let mut s = Script::new().raw("n=").arg(&self.name).raw("\n");
         if writes {
-            let backup = format!("{}{}", ctx.backup_dir(), self.path);
+            let backup = backup_path(ctx, &self.path);
             s = s.then(write_config(&self.path, self.content.as_bytes(), &backup));
         }
         if reload {
@@ -397,7 +386,7 @@ impl Unit {
             Some(RunState::Stopped) if has(F_STATE) => s = s.then(systemctl("stop")),
             _ => {}
         }
-        s.raw(") || exit 1\n")
+        apply_script(s)
     }
 }
 
@@ -422,6 +411,7 @@ impl Resource for Unit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::{b64, run_local_ok};
     use serde_json::json;
 
     const TEXT: &str =
@@ -436,10 +426,6 @@ mod tests {
             Err(e) => e.0,
             Ok(p) => Unit::try_from(p).unwrap_err().0,
         }
-    }
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     /// A probe output: the file lines, then systemd's.
@@ -614,28 +600,12 @@ mod tests {
 
     #[tokio::test]
     async fn write_config_replaces_atomically_with_a_backup() {
-        use crate::transport::Session;
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("sub/it's $(x).conf");
         let p = path.to_str().unwrap();
         let backup = format!("{}/backups{p}", tmp.path().display());
-        let run = |content: &'static str| {
-            let script = Script::new()
-                .raw("(\numask 077\n")
-                .raw(DIE)
-                .then(write_config(p, content.as_bytes(), &backup))
-                .raw(") || exit 1\n");
-            async move {
-                let out = crate::transport::local::LocalSession::default()
-                    .exec(
-                        &crate::remote::exec_command(false),
-                        script.render().unwrap().as_bytes(),
-                        std::time::Duration::from_secs(10),
-                    )
-                    .await
-                    .unwrap();
-                assert!(out.success(), "{}", out.stderr_block());
-            }
+        let run = |content: &str| {
+            run_local_ok(apply_script(write_config(p, content.as_bytes(), &backup)))
         };
         run("one\n").await;
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");

@@ -56,6 +56,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::service::Fields;
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
 
@@ -669,89 +670,21 @@ pub fn probe_group(d: &DesiredGroup) -> Script {
 // ---------------------------------------------------------------------------------------------
 // Parse.
 
-/// The `key=value` lines of a probe's output, between its header and `end`.
-struct Fields<'a> {
-    out: &'a str,
-    pairs: Vec<(&'a str, &'a str)>,
-}
-
-impl<'a> Fields<'a> {
-    fn read(out: &'a str, header: &str, known: &[&str]) -> Result<Fields<'a>, ProbeError> {
-        let err = |m: String| Err(ProbeError::new(m, out));
-        let mut lines = out.lines().skip_while(|l| l.trim().is_empty());
-        if lines.next().map(str::trim_end) != Some(header) {
-            return err(format!("expected `{header}` on the first line"));
-        }
-        let mut pairs = Vec::new();
-        let mut ended = false;
-        for line in lines {
-            if ended {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                return err(format!("text after `end`: {line:?}"));
-            }
-            if line.trim_end() == "end" {
-                ended = true;
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                return err(format!("not a `key=value` line: {line:?}"));
-            };
-            if key == "error" {
-                return err(format!("the probe failed: {value}"));
-            }
-            if !known.contains(&key) {
-                return err(format!("unknown key {key:?}"));
-            }
-            pairs.push((key, value));
-        }
-        if !ended {
-            return err("the output stops before its `end` line (cut short?)".into());
-        }
-        Ok(Fields { out, pairs })
+/// [`Fields::read`], with this module's message for a missing or wrong header.
+fn read_fields<'a>(out: &'a str, header: &str, known: &[&str]) -> Result<Fields<'a>, ProbeError> {
+    let mut lines = out.lines().skip_while(|l| l.trim().is_empty());
+    if lines.next().map(str::trim_end) != Some(header) {
+        return Err(ProbeError::new(
+            format!("expected `{header}` on the first line"),
+            out,
+        ));
     }
-
-    fn error(&self, message: String) -> ProbeError {
-        ProbeError::new(message, self.out)
-    }
-
-    fn one(&self, key: &str) -> Result<Option<&'a str>, ProbeError> {
-        let mut found = self
-            .pairs
-            .iter()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| *v);
-        let first = found.next();
-        if found.next().is_some() {
-            return Err(self.error(format!("`{key}` appears twice")));
-        }
-        Ok(first)
-    }
-
-    fn need(&self, key: &str) -> Result<&'a str, ProbeError> {
-        self.one(key)?
-            .ok_or_else(|| self.error(format!("no `{key}` line")))
-    }
-
-    fn number(&self, key: &str) -> Result<u32, ProbeError> {
-        let v = self.need(key)?;
-        v.parse()
-            .map_err(|_| self.error(format!("`{key}` is not a number: {v:?}")))
-    }
-
-    fn exists(&self) -> Result<bool, ProbeError> {
-        match self.need("exists")? {
-            "yes" => Ok(true),
-            "no" => Ok(false),
-            v => Err(self.error(format!("`exists` is neither yes nor no: {v:?}"))),
-        }
-    }
+    Fields::after_header(out, lines, known)
 }
 
 /// Pure: the user probe's output to an observed state.
 pub fn parse_user(name: &str, out: &str) -> Result<ObservedUser, ProbeError> {
-    let f = Fields::read(
+    let f = read_fields(
         out,
         "rampart-user 1",
         &[
@@ -769,9 +702,9 @@ pub fn parse_user(name: &str, out: &str) -> Result<ObservedUser, ProbeError> {
             "key",
         ],
     )?;
-    if !f.exists()? {
+    if !f.yes_no("exists")? {
         if f.pairs.len() > 1 {
-            return Err(f.error("fields for a user that does not exist".into()));
+            return Err(f.error("fields for a user that does not exist"));
         }
         return Ok(ObservedUser::Absent);
     }
@@ -822,8 +755,8 @@ pub fn parse_user(name: &str, out: &str) -> Result<ObservedUser, ProbeError> {
 
 /// Pure: the group probe's output to an observed state.
 pub fn parse_group(out: &str) -> Result<ObservedGroup, ProbeError> {
-    let f = Fields::read(out, "rampart-group 1", &["exists", "gid"])?;
-    if !f.exists()? {
+    let f = read_fields(out, "rampart-group 1", &["exists", "gid"])?;
+    if !f.yes_no("exists")? {
         return Ok(ObservedGroup(None));
     }
     Ok(ObservedGroup(Some(f.number("gid")?)))
