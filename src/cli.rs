@@ -491,30 +491,6 @@ fn render(
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
-/// Writes `data` to a temporary file beside `path`, then renames it over `path`: a reader
-/// (node_exporter's textfile collector) sees the old file or the new one, never half.
-fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("not a file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// A run id that sorts by time: `20261125T103000Z-4f2a9c`.
 fn run_id() -> String {
     let now = std::time::SystemTime::now()
@@ -618,7 +594,7 @@ async fn playbook_command(
                 ..style
             },
         )?;
-        write_atomically(&out.path, run.secrets.mask(&text).as_bytes())
+        crate::localfs::write_atomically(&out.path, run.secrets.mask(&text).as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.path.display()))?;
     }
     let text = render(&summary, format, style)?;

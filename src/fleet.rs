@@ -465,11 +465,8 @@ impl FactCache {
     fn save(&self, host: &Host, facts: &Facts) {
         let Some(path) = self.path(host) else { return };
         let write = || -> std::io::Result<()> {
-            let dir = path.parent().expect("in the cache folder");
-            std::fs::create_dir_all(dir)?;
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(facts)?)?;
-            std::fs::rename(&tmp, &path)
+            std::fs::create_dir_all(path.parent().expect("in the cache folder"))?;
+            crate::localfs::write_atomically(&path, &serde_json::to_vec(facts)?)
         };
         if let Err(e) = write() {
             tracing::debug!("cannot cache the facts of {}: {e}", host.name);

@@ -10,6 +10,7 @@ pub mod facts;
 pub mod fleet;
 pub mod inspect;
 pub mod inventory;
+pub mod localfs;
 pub mod playbook;
 pub mod progress;
 pub mod remote;
