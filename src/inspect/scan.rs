@@ -279,7 +279,8 @@ impl ScanParams {
 /// Shell functions of the scan; every one only reads.
 const SCAN_FUNCTIONS: &str = r#"
 sec() { printf '%s %s\n' "$M" "$*"; }
-file_section() { sec "$1" "$2"; if [ -f "$2" ]; then cat -- "$2"; echo; else sec missing "$2"; fi; }
+# A file that does not exist prints no section: its observation stays None.
+file_section() { [ -f "$2" ] || return 0; sec "$1" "$2"; cat -- "$2"; echo; }
 exists_section() { if [ -s "$2" ]; then sec "$1" yes "$2"; else sec "$1" no "$2"; fi; }
 enabled_section() {
   sec "$1" "$2"
@@ -294,8 +295,8 @@ latest_section() {
   date +%s
 }
 env_lengths() {
+  [ -f "$1" ] || return 0
   sec env "$1"
-  [ -f "$1" ] || { sec missing "$1"; return 0; }
   awk '/^[ \t]*(export[ \t]+)?[A-Za-z_][A-Za-z0-9_]*=/ {
     sub(/^[ \t]*(export[ \t]+)?/, ""); n = $0; sub(/=.*/, "", n); v = $0; sub(/^[^=]*=/, "", v)
     gsub(/^["'\'']|["'\'']$/, "", v); print n, length(v) }' "$1"
@@ -348,7 +349,7 @@ cut -d: -f1,6 /etc/passwd | while IFS=: read -r u h; do
   done
 done
 if command -v sshd >/dev/null 2>&1; then sec sshd; sshd -T 2>/dev/null | grep -E '^(permitrootlogin|passwordauthentication|kbdinteractiveauthentication|pubkeyauthentication|port) '; fi
-if command -v nft >/dev/null 2>&1; then sec nft; nft list ruleset 2>/dev/null; else sec nft_missing; fi
+if command -v nft >/dev/null 2>&1; then sec nft; nft list ruleset 2>/dev/null; fi
 file_section upgrades /etc/apt/apt.conf.d/20auto-upgrades
 if command -v auditctl >/dev/null 2>&1 && auditctl -s >/dev/null 2>&1; then
   sec audit_loaded; auditctl -l 2>/dev/null
@@ -575,21 +576,6 @@ fn take(
             obs.config_path = Some(rest(0));
             obs.config = Some(text());
         }
-        "missing" => {
-            let path = rest(0);
-            if obs.config_path.as_deref() == Some(path.as_str()) {
-                obs.config = None;
-            }
-            if path.ends_with(".gitignore") {
-                obs.gitignore = None;
-            }
-            if path.ends_with("20auto-upgrades") {
-                obs.upgrades = None;
-            }
-            if obs.env.get(&path).is_some_and(|v| v.is_empty()) {
-                obs.env.remove(&path);
-            }
-        }
         "env" => {
             let vars = body
                 .iter()
@@ -795,7 +781,6 @@ mod tests {
              {m} group\nsudo:x:27:admin,eve\n\
              {m} keys root /root/.ssh/authorized_keys\nssh-ed25519 AAAA1 a\n\nssh-rsa BBBB2 b\n\
              {m} env /etc/openclaw/token.env\nAGENT_AUTH_TOKEN 64\n\
-             {m} env /etc/openclaw/agent.env\n{m} missing /etc/openclaw/agent.env\n\
              {m} secrets\nAnthropic API key\t3\t/home/openclaw/.openclaw/workspace/my notes.md\n\
              {m} loose\n644 root root /etc/openclaw/agent.env\n\
              {m} skills /home/openclaw/.openclaw/skills\nweather\n\

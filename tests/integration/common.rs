@@ -95,6 +95,22 @@ fn ssh_root_with(host: &str, script: &str, known: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The JSON report a run printed on stdout.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(out), stderr(out)))
+}
+
+/// One host's entry in a JSON report (`facts`, `plan`, `drift`, ...).
+pub fn host<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report:#}"))
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -28,11 +28,6 @@ fn run(dir: &Path, cmd: &str, book: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(out), stderr(out)))
-}
-
 /// Runs `cmd` and checks its exit code; returns the report of the one host.
 fn expect(dir: &Path, cmd: &str, book: &Path, code: i32) -> (Value, Value) {
     let out = run(dir, cmd, book, &[]);

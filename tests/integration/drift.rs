@@ -47,20 +47,6 @@ fn run(dir: &Path, inv: &Path, cmd: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(out), stderr(out)))
-}
-
-fn host<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {report:#}"))
-}
-
 /// (finding id, subject) of a host.
 fn findings(report: &Value, name: &str) -> Vec<(String, String)> {
     let mut f: Vec<(String, String)> = host(report, name)["findings"]
@@ -175,7 +161,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
         stdout(&clean),
         stderr(&clean)
     );
-    let report = json_of(&clean);
+    let report = json(&clean);
     assert_eq!(report["mode"], "drift");
     assert_eq!(report["schema_version"], 1);
     for h in HOSTS {
@@ -194,7 +180,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
         stdout(&audit),
         stderr(&audit)
     );
-    let report = json_of(&audit);
+    let report = json(&audit);
     for h in HOSTS {
         assert_eq!(checks(&report, h, "fail"), Vec::<String>::new(), "{h}");
         // Containers have no kernel audit: monitoring cannot be confirmed, and says why.
@@ -227,7 +213,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     let out = dir.path().join("reports");
     std::fs::create_dir(&out).unwrap();
     let o = |name: &str| out.join(name).display().to_string();
-    let (json, xml, prom, html, txt) = (
+    let (json_file, xml, prom, html, txt) = (
         o("drift.json"),
         o("drift.xml"),
         o("rampart.prom"),
@@ -239,7 +225,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
         &inv,
         "drift",
         &[
-            "--format", "json", "-o", &json, "-o", &xml, "-o", &prom, "-o", &html, "-o", &txt,
+            "--format", "json", "-o", &json_file, "-o", &xml, "-o", &prom, "-o", &html, "-o", &txt,
         ],
     );
     assert_eq!(
@@ -248,10 +234,10 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
         "h28 is down: {}",
         stderr(&drift)
     );
-    let report = json_of(&drift);
+    let report = json(&drift);
     assert_eq!(
         report,
-        serde_json::from_str::<Value>(&std::fs::read_to_string(&json).unwrap()).unwrap()
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&json_file).unwrap()).unwrap()
     );
     assert_eq!(
         findings(&report, "h26"),
@@ -390,7 +376,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
         "h28 is down: {}",
         stderr(&audit)
     );
-    let report = json_of(&audit);
+    let report = json(&audit);
     let mut h26_fail = checks(&report, "h26", "fail");
     h26_fail.sort();
     assert_eq!(

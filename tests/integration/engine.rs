@@ -58,20 +58,6 @@ fn run(dir: &Path, inv: &Path, cmd: &str, playbook: &Path, extra: &[&str]) -> Ou
     out
 }
 
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(out), stderr(out)))
-}
-
-fn host<'a>(j: &'a Value, name: &str) -> &'a Value {
-    j["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == name)
-        .unwrap()
-}
-
 /// The names of the steps of `host` that are not in line.
 fn drifted(j: &Value, name: &str) -> Vec<String> {
     host(j, name)["steps"]

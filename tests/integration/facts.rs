@@ -16,15 +16,6 @@ fn facts_json(args: &[&str]) -> (i32, Value, String) {
     (out.status.code().unwrap(), json, stderr(&out))
 }
 
-fn host<'a>(json: &'a Value, name: &str) -> &'a Value {
-    json["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == name)
-        .unwrap_or_else(|| panic!("{name} missing from {json:#}"))
-}
-
 #[test]
 fn facts_from_container_hosts_and_a_vm_host() {
     let inv = inventory();
