@@ -1,6 +1,6 @@
 # The container tier of the testbed: hosts h1..hN, each a systemd-nspawn machine booting the
 # cached image through its own overlay, inside its own network namespace, with a veth on the
-# bridge. Sourced by the `testbed` dispatcher, not run. See shared/TESTBED.md for the measured
+# bridge. Sourced by the `testbed` dispatcher, not run. See docs/testbed.md for the measured
 # facts behind the choices below.
 #
 # Per host hN (N = 1..99), everything lives in:

@@ -32,7 +32,7 @@ debian_mirror() {
 }
 
 # Container host number N -> address and MAC. Fixed per number: reusing an address with a new
-# MAC stalled ssh for 35-40 s (see shared/TESTBED.md).
+# MAC stalled ssh for 35-40 s (see docs/testbed.md).
 host_addr() { echo "$NET.$((100 + $1))"; }
 host_mac() { printf '02:52:00:00:00:%02x\n' "$1"; }
 vm_addr() { echo "$NET.$((200 + $1))"; }
