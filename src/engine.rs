@@ -433,7 +433,7 @@ fn tag_skip(step: &Step, settings: &RunSettings) -> Option<String> {
 }
 
 /// A fresh nonce for the markers of one script.
-pub(crate) fn nonce() -> String {
+pub fn nonce() -> String {
     let mut bytes = [0u8; 8];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;
@@ -589,13 +589,69 @@ pub async fn apply<S: Session>(
     ctx: &ApplyContext,
     timeout: Duration,
 ) -> Result<(Applied, Applied), String> {
+    apply_with(session, become_root, work, ctx, timeout, None).await
+}
+
+/// A risky change is confirmed within the dead-man time of ITS OWN change, however long the
+/// steps after it take: after each risky step the apply script prints the frame marker
+/// `armed:<step>` (see [`armed_step`]) and waits until the controller, watching stdout, has
+/// confirmed over a new connection (the run's switches are disarmed), or until the switch has
+/// fired; then it prints `rolled_back:<step>` and stops there.
+pub struct Midway {
+    /// The frame nonce of the apply script (so that no step's output can fake a marker).
+    pub nonce: String,
+    /// Where stdout goes as it arrives.
+    pub seen: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// The step whose risky change waits for confirmation, if `line` (without its newline) is the
+/// `armed` marker of the script with `nonce`.
+pub fn armed_step(nonce: &str, line: &str) -> Option<usize> {
+    line.strip_prefix(&format!("@@rampart:{nonce}:armed:"))?
+        .strip_suffix("@@")?
+        .parse()
+        .ok()
+}
+
+/// Shell text run after a risky step when the controller confirms midway: says so, then waits
+/// (bounded by the switch's own time) while any switch of the run is armed. A confirmation
+/// removes the run's dead-man folder; a restore leaves a `.fired` file in it. Either claims a
+/// switch by removing its armed file first, so the wait goes on briefly until one of those
+/// shows; a folder still there without either counts as not confirmed.
+fn await_confirmation(nonce: &str, i: usize, ctx: &ApplyContext) -> Script {
+    let dir = crate::resource::deadman_dir(ctx);
+    // Five polls a second, for the switch's time and half a minute more: by then the switch
+    // has fired (its restore removes the armed file) or was disarmed.
+    let polls = (u64::from(ctx.deadman_seconds) + 30) * 5;
+    remote::frame_start(nonce, &format!("armed:{i}"))
+        .raw("d=")
+        .arg(&dir)
+        .raw(&format!(
+            "\nn=0\nwhile ls \"$d\"/*.armed >/dev/null 2>&1 && [ $n -lt {polls} ]; do\n  n=$((n + 1))\n  sleep 0.2 2>/dev/null || sleep 1\ndone\nn=0\nwhile [ -d \"$d\" ] && ! ls \"$d\"/*.fired >/dev/null 2>&1 && [ $n -lt 50 ]; do\n  n=$((n + 1))\n  sleep 0.2 2>/dev/null || sleep 1\ndone\nif [ -d \"$d\" ]; then\n"
+        ))
+        .then(remote::frame_start(nonce, &format!("rolled_back:{i}")))
+        .raw("  exit 0\nfi\n")
+}
+
+/// [`apply`], with risky changes confirmed midway when `midway` is given.
+pub async fn apply_with<S: Session>(
+    session: &S,
+    become_root: bool,
+    work: ApplyWork<'_>,
+    ctx: &ApplyContext,
+    timeout: Duration,
+    midway: Option<Midway>,
+) -> Result<(Applied, Applied), String> {
     let ApplyWork {
         steps,
         verdicts,
         handlers,
         run_handler,
     } = work;
-    let nonce = nonce();
+    let nonce = midway
+        .as_ref()
+        .map(|m| m.nonce.clone())
+        .unwrap_or_else(nonce);
     let mut s = lock_script(ctx);
     for (i, (step, verdict)) in steps.iter().zip(verdicts).enumerate() {
         if let (StepWork::Run(resource), Some(v)) = (&step.work, verdict)
@@ -616,6 +672,9 @@ pub async fn apply<S: Session>(
             s = s
                 .then(framed(&nonce, &i.to_string(), body, true))
                 .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
+            if midway.is_some() && (step.risky || resource.risky()) {
+                s = s.then(await_confirmation(&nonce, i, ctx));
+            }
         }
     }
     for (j, (handler, run)) in handlers.iter().zip(run_handler).enumerate() {
@@ -628,7 +687,21 @@ pub async fn apply<S: Session>(
                 .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
         }
     }
-    let out = run_script(session, become_root, &s, timeout).await?;
+    let out = match midway {
+        None => run_script(session, become_root, &s, timeout).await?,
+        Some(m) => {
+            let text = s.render().map_err(|e| e.to_string())?;
+            session
+                .exec_watched(
+                    &remote::exec_command(become_root),
+                    text.as_bytes(),
+                    timeout,
+                    m.seen,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
     if out.exit_status == Some(75) {
         return Err(format!(
             "the host is locked by another run\n{}",
@@ -943,5 +1016,137 @@ mod tests {
         );
         assert!(done[1].is_none(), "the second step did not run");
         assert!(!b.exists());
+    }
+
+    /// Applies a risky file step then a slow one with midway confirmations; `confirm` says
+    /// whether the "controller" disarms when the script says it waits. Returns what apply
+    /// said and the markers the watcher saw.
+    async fn midway_run(
+        dir: &Path,
+        deadman_seconds: u32,
+        confirm: bool,
+    ) -> ((Applied, Applied), Vec<String>) {
+        let a = dir.join("a");
+        let b = dir.join("b");
+        std::fs::write(&a, "old\n").unwrap();
+        let text = format!(
+            "steps:\n  - file: {{path: '{a}', content: \"new\\n\"}}\n    risky: true\n  - command: {{run: 'sleep 1; touch {b}', creates: '{b}'}}\n",
+            a = a.display(),
+            b = b.display()
+        );
+        let p = dir.join("p.yaml");
+        std::fs::write(&p, &text).unwrap();
+        let book = Playbook::load(&p).unwrap();
+        let host_steps = render_steps(
+            &book.steps,
+            &Templates::new(vec![]),
+            &Secrets::default(),
+            &serde_json::Map::new(),
+            None,
+            &settings(),
+        )
+        .unwrap();
+        let session = LocalSession::default();
+        let (_, verdicts) = probe(&session, false, &host_steps, Duration::from_secs(20))
+            .await
+            .unwrap();
+        let verdicts: Vec<Option<Verdict>> = verdicts
+            .into_iter()
+            .map(|v| v.map(|r| r.unwrap()))
+            .collect();
+        let mut ctx = ApplyContext::new("t");
+        ctx.backup_root = dir.join("state/backups").display().to_string();
+        ctx.deadman_seconds = deadman_seconds;
+        let (seen, mut watched) = tokio::sync::mpsc::unbounded_channel();
+        let nonce = nonce();
+        let applying = apply_with(
+            &session,
+            false,
+            ApplyWork {
+                steps: &host_steps,
+                verdicts: &verdicts,
+                handlers: &[],
+                run_handler: &[],
+            },
+            &ctx,
+            Duration::from_secs(40),
+            Some(Midway {
+                nonce: nonce.clone(),
+                seen,
+            }),
+        );
+        let watcher = async {
+            let mut markers = Vec::new();
+            let mut text = String::new();
+            while let Some(chunk) = watched.recv().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = text.find('\n') {
+                    let line: String = text.drain(..=end).collect();
+                    let line = line.trim_end();
+                    if let Some(i) = armed_step(&nonce, line) {
+                        markers.push(format!("armed:{i}"));
+                        if confirm {
+                            let out = LocalSession::default()
+                                .exec(
+                                    "sh",
+                                    crate::resource::deadman_disarm(&ctx)
+                                        .render()
+                                        .unwrap()
+                                        .as_bytes(),
+                                    Duration::from_secs(10),
+                                )
+                                .await
+                                .unwrap();
+                            assert!(String::from_utf8_lossy(&out.stdout).contains("disarmed"));
+                        }
+                    } else if line.contains(&format!("{nonce}:rolled_back:")) {
+                        markers.push("rolled_back".into());
+                    }
+                }
+            }
+            markers
+        };
+        let (applied, markers) = tokio::join!(applying, watcher);
+        (applied.unwrap(), markers)
+    }
+
+    #[tokio::test]
+    async fn a_risky_step_waits_for_its_own_confirmation_and_the_rest_then_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ((done, _), markers) = midway_run(dir.path(), 3, true).await;
+        assert_eq!(markers, ["armed:0"]);
+        assert!(done.iter().all(|d| matches!(d, Some(Ok(())))), "{done:?}");
+        // Past the switch's time, the change is still there: it was confirmed, not restored.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a")).unwrap(),
+            "new\n"
+        );
+        assert!(dir.path().join("b").exists());
+    }
+
+    #[tokio::test]
+    async fn without_a_confirmation_the_switch_restores_and_the_rest_does_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ((done, _), markers) = midway_run(dir.path(), 2, false).await;
+        assert_eq!(markers, ["armed:0", "rolled_back"]);
+        assert!(matches!(done[0], Some(Ok(()))), "{done:?}");
+        assert!(
+            done[1].is_none(),
+            "the step after a rolled back change ran: {done:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a")).unwrap(),
+            "old\n"
+        );
+        assert!(!dir.path().join("b").exists());
+    }
+
+    #[test]
+    fn only_this_scripts_armed_marker_counts() {
+        assert_eq!(armed_step("ab12", "@@rampart:ab12:armed:7@@"), Some(7));
+        assert_eq!(armed_step("ab12", "@@rampart:ff00:armed:7@@"), None);
+        assert_eq!(armed_step("ab12", "x@@rampart:ab12:armed:7@@"), None);
+        assert_eq!(armed_step("ab12", "@@rampart:ab12:armed:x@@"), None);
     }
 }

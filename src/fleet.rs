@@ -806,7 +806,43 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
         })
         .collect();
     let timeout = run.settings.timeout;
-    match engine::apply(
+    // Risky changes are confirmed midway, each within the switch's time of its own change:
+    // the watcher sees the script's `armed` marker and confirms over a new connection while
+    // the script waits; the steps after it may then take as long as they need.
+    let any_risky = p.steps.iter().zip(&p.verdicts).any(|(s, v)| {
+        (s.risky || matches!(&s.work, StepWork::Run(r) if r.risky()))
+            && v.as_ref().is_some_and(|v| !v.is_in_line())
+    });
+    let (seen, mut watched) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let nonce = engine::nonce();
+    let midway = any_risky.then(|| engine::Midway {
+        nonce: nonce.clone(),
+        seen,
+    });
+    let watcher = async {
+        // (step, what the confirmation said) for each risky step, in order.
+        let mut confirmations: Vec<(usize, Confirmation)> = Vec::new();
+        let mut line = Vec::new();
+        while let Some(chunk) = watched.recv().await {
+            for byte in chunk {
+                if byte != b'\n' {
+                    // A marker is short: a longer line is step output, not kept whole.
+                    if line.len() < 256 {
+                        line.push(byte);
+                    }
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&line).into_owned();
+                line.clear();
+                if let Some(i) = engine::armed_step(&nonce, &text) {
+                    let result = confirm(run, &p.host, &ctx).await;
+                    confirmations.push((i, result));
+                }
+            }
+        }
+        confirmations
+    };
+    let applying = engine::apply_with(
         &session,
         p.become_root,
         engine::ApplyWork {
@@ -817,18 +853,43 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
         },
         &ctx,
         timeout,
-    )
-    .await
-    {
+        midway,
+    );
+    let (applied, confirmations) = tokio::join!(applying, watcher);
+    // The last good confirmation's connection serves the verify; a lost one decides the host.
+    let mut midway_fresh: Option<(SshSession, bool)> = None;
+    let mut midway_lost: Option<(usize, String)> = None;
+    let mut confirmed_upto: Option<usize> = None;
+    for (i, result) in confirmations {
+        match result {
+            Ok(fresh) => {
+                if let Some((old, _)) = midway_fresh.replace(fresh) {
+                    old.close().await;
+                }
+                confirmed_upto = Some(i);
+            }
+            Err(e) => {
+                if midway_lost.is_none() {
+                    midway_lost = Some((i, e));
+                }
+            }
+        }
+    }
+    match applied {
         Err(e) => {
             // The apply's own connection failed (a firewall change can do that): a risky step
             // that was to change still decides by the confirmation over a new connection.
-            let risky_pending = p.steps.iter().zip(&p.verdicts).any(|(s, v)| {
-                (s.risky || matches!(&s.work, StepWork::Run(r) if r.risky()))
-                    && v.as_ref().is_some_and(|v| !v.is_in_line())
-            });
             p.report.fail(HostStatus::Failed, e, None);
-            if risky_pending {
+            if let Some((fresh, _)) = midway_fresh {
+                fresh.close().await;
+            }
+            if let Some((_, lost)) = midway_lost {
+                p.report.error = Some(format!(
+                    "rolled back: lost access: {lost}; the host restores the previous state {} s after the change",
+                    ctx.deadman_seconds
+                ));
+                p.report.note = Some(after_rollback(run, &p.host, &ctx).await);
+            } else if any_risky {
                 match confirm(run, &p.host, &ctx).await {
                     Ok((fresh, _)) => {
                         p.report.note =
@@ -890,27 +951,46 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
                 })
                 .map(|(i, _)| i)
                 .collect();
-            let mut confirmed = None;
-            if !risky.is_empty() {
-                match confirm(run, &p.host, &ctx).await {
-                    Ok(fresh) => confirmed = Some(fresh),
-                    Err(e) => {
-                        failed = true;
-                        for &i in &risky {
-                            p.report.steps[i].status =
-                                StepStatus::Failed(format!("rolled back: lost access: {e}"));
+            // Those confirmed midway are done; a risky step that failed before its marker (or
+            // a lost midway confirmation) still decides here.
+            let after_confirmed = |i: &usize| confirmed_upto.is_none_or(|c| *i > c);
+            let mut confirmed = midway_fresh;
+            let lost = match midway_lost {
+                Some((upto, e)) => Some((Some(upto), e)),
+                None if risky.iter().any(after_confirmed) => {
+                    match confirm(run, &p.host, &ctx).await {
+                        Ok(fresh) => {
+                            if let Some((old, _)) = confirmed.replace(fresh) {
+                                old.close().await;
+                            }
+                            None
                         }
-                        p.report.fail(
-                            HostStatus::Failed,
-                            format!(
-                                "rolled back: lost access after a risky change; the host restores the previous state {} s after the change",
-                                ctx.deadman_seconds
-                            ),
-                            None,
-                        );
-                        p.report.note = Some(after_rollback(run, &p.host, &ctx).await);
+                        Err(e) => Some((None, e)),
                     }
                 }
+                None => None,
+            };
+            if let Some((upto, e)) = lost {
+                failed = true;
+                if let Some((old, _)) = confirmed.take() {
+                    old.close().await;
+                }
+                for &i in risky
+                    .iter()
+                    .filter(|i| after_confirmed(i) && upto.is_none_or(|u| **i <= u))
+                {
+                    p.report.steps[i].status =
+                        StepStatus::Failed(format!("rolled back: lost access: {e}"));
+                }
+                p.report.fail(
+                    HostStatus::Failed,
+                    format!(
+                        "rolled back: lost access after a risky change; the host restores the previous state {} s after the change",
+                        ctx.deadman_seconds
+                    ),
+                    None,
+                );
+                p.report.note = Some(after_rollback(run, &p.host, &ctx).await);
             }
             if failed {
                 if p.report.error.is_none() {
@@ -934,13 +1014,16 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
         .await
 }
 
+/// A confirming connection and whether it uses sudo, or why there is none.
+type Confirmation = Result<(SshSession, bool), String>;
+
 /// Opens a NEW connection (the same logins as any connection of the run) and disarms the
 /// run's dead-man switches over it. The new session is returned for the verify probe.
 ///
 /// A refused or timed-out connection is retried for a while within the switch's time (sshd
 /// re-executes itself on reload and is briefly away); a refused login or a wrong host key is
 /// final.
-async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Result<(SshSession, bool), String> {
+async fn confirm(run: &Run, host: &Host, ctx: &ApplyContext) -> Confirmation {
     let deadline =
         Instant::now() + std::time::Duration::from_secs(u64::from(ctx.deadman_seconds) / 2);
     let connected = loop {

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ExecError, ExecOutput, Session, Stats};
 
@@ -14,12 +14,13 @@ pub struct LocalSession {
     stats: Arc<Stats>,
 }
 
-impl Session for LocalSession {
-    async fn exec(
+impl LocalSession {
+    async fn run(
         &self,
         command: &str,
         stdin: &[u8],
         timeout: Duration,
+        seen: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     ) -> Result<ExecOutput, ExecError> {
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
@@ -30,26 +31,73 @@ impl Session for LocalSession {
             .kill_on_drop(true)
             .spawn()?;
         let mut input = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
         let data = stdin.to_vec();
         let writer = tokio::spawn(async move {
             // A command that does not read its stdin closes the pipe: not an error.
             let _ = input.write_all(&data).await;
         });
-        let out = tokio::time::timeout(timeout, child.wait_with_output())
+        // Both pipes at once: a command that fills one while the other stays open must not
+        // stall.
+        let out_side = async {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = stdout.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(out);
+                }
+                if let Some(seen) = &seen {
+                    let _ = seen.send(buf[..n].to_vec());
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        let err_side = async {
+            let mut err = Vec::new();
+            stderr.read_to_end(&mut err).await?;
+            Ok::<_, std::io::Error>(err)
+        };
+        let reading = async {
+            let (out, err) = tokio::join!(out_side, err_side);
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>((out?, err?, status))
+        };
+        let (out, err, status) = tokio::time::timeout(timeout, reading)
             .await
             .map_err(|_| ExecError::Timeout(timeout))??;
         let _ = writer.await;
-        self.stats.record(
-            command.len() + stdin.len(),
-            out.stdout.len() + out.stderr.len(),
-        );
+        self.stats
+            .record(command.len() + stdin.len(), out.len() + err.len());
         use std::os::unix::process::ExitStatusExt;
         Ok(ExecOutput {
-            stdout: out.stdout,
-            stderr: out.stderr,
-            exit_status: out.status.code().map(|c| c as u32),
-            exit_signal: out.status.signal().map(|s| s.to_string()),
+            stdout: out,
+            stderr: err,
+            exit_status: status.code().map(|c| c as u32),
+            exit_signal: status.signal().map(|s| s.to_string()),
         })
+    }
+}
+
+impl Session for LocalSession {
+    async fn exec(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<ExecOutput, ExecError> {
+        self.run(command, stdin, timeout, None).await
+    }
+
+    async fn exec_watched(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        timeout: Duration,
+        seen: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<ExecOutput, ExecError> {
+        self.run(command, stdin, timeout, Some(seen)).await
     }
 
     fn stats(&self) -> Arc<Stats> {

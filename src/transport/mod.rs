@@ -107,6 +107,17 @@ pub trait Session: Send + Sync {
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput, ExecError>> + Send;
 
+    /// [`Session::exec`] that also hands each piece of stdout to `seen` as it arrives, for
+    /// scripts that need the controller midway (a risky change waits for its confirmation over
+    /// a new connection).
+    fn exec_watched(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        timeout: Duration,
+        seen: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    ) -> impl Future<Output = Result<ExecOutput, ExecError>> + Send;
+
     /// Round trips and bytes so far.
     fn stats(&self) -> Arc<Stats>;
 }

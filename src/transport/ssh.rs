@@ -607,6 +607,7 @@ impl SshSession {
         command: &str,
         stdin: &[u8],
         timeout: Duration,
+        seen: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     ) -> Result<ExecOutput, ExecError> {
         let channel_error = |e: russh::Error| ExecError::Channel(e.to_string());
         let channel = self
@@ -630,7 +631,12 @@ impl SshSession {
             let mut out = ExecOutput::default();
             while let Some(msg) = read.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::Data { data } => {
+                        if let Some(seen) = &seen {
+                            let _ = seen.send(data.to_vec());
+                        }
+                        out.stdout.extend_from_slice(&data)
+                    }
                     ChannelMsg::ExtendedData { data, ext: 1 } => {
                         out.stderr.extend_from_slice(&data)
                     }
@@ -676,7 +682,17 @@ impl Session for SshSession {
         stdin: &[u8],
         timeout: Duration,
     ) -> Result<ExecOutput, ExecError> {
-        self.run(command, stdin, timeout).await
+        self.run(command, stdin, timeout, None).await
+    }
+
+    async fn exec_watched(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        timeout: Duration,
+        seen: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<ExecOutput, ExecError> {
+        self.run(command, stdin, timeout, Some(seen)).await
     }
 
     fn stats(&self) -> Arc<Stats> {

@@ -2,7 +2,7 @@
 //! sshd) that cuts rampart off is rolled back by the host itself within the switch's time,
 //! and rampart says what happened; a good one is confirmed over a new connection, leaves no
 //! switch behind, and plans in line afterwards. nftables runs on h11, sshd on h12 (each test
-//! changes its host, so each has its own).
+//! changes its host, so each has its own); h40 a slow playbook with two risky groups.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -346,4 +346,61 @@ fn a_risky_file_step_that_locks_us_out_is_rolled_back() {
         super::common::ssh_root(host, "cat /root/.ssh/authorized_keys"),
         before
     );
+}
+
+/// A risky change is confirmed within the switch's time of its OWN change, however long the
+/// steps after it take (issue 12: a slow `npm install` or `apt-get` after the firewall used to
+/// outlast the window, and the host rolled back a good firewall although SSH never broke).
+/// Two risky groups, each followed by a step slower than the switch: both are confirmed
+/// midway, nothing is restored, and the run converges. h40.
+#[test]
+fn slow_steps_after_good_risky_changes_do_not_roll_them_back() {
+    let h = "h40";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_inventory(d, &[(h, &format!("ansible_host: {}", addr(h)))]);
+    open_firewall(h);
+    plain_sshd(h);
+    let mut text = "steps:\n  - name: firewall\n    nftables:\n      ruleset: |\n".to_string();
+    for line in GOOD_RULESET.lines() {
+        text.push_str(&format!("        {line}\n"));
+    }
+    // Each slow step outlasts the 10 s switch by far.
+    text.push_str(
+        "  - name: slow, like an npm install\n    command: {run: 'sleep 25 && touch /root/slow-1', creates: /root/slow-1}\n\
+         \x20 - name: sshd\n    sshd:\n      settings:\n        MaxAuthTries: 3\n\
+         \x20 - name: slow again\n    command: {run: 'sleep 25 && touch /root/slow-2', creates: /root/slow-2}\n",
+    );
+    let book = playbook(d, "slow.yaml", &text);
+    ssh_root(h, "rm -f /root/slow-1 /root/slow-2");
+    let since = ssh_root(h, "date +%s");
+
+    let (j, host) = expect(d, "apply", &book, 0);
+    assert_eq!(host["status"], "changed", "{host:#}");
+    for i in 0..4 {
+        assert_eq!(host["steps"][i]["status"], "changed", "{host:#}");
+    }
+    assert!(host.get("note").is_none(), "{host:#}");
+    assert_disarmed(h, j["run_id"].as_str().unwrap());
+    // Long past both switches' time: the changes are still there.
+    let listing = ssh_root(h, "nft -s list ruleset");
+    assert!(listing.contains("tcp dport 22 accept"), "{listing}");
+    assert_eq!(
+        ssh_root(h, "sshd -T | grep ^maxauthtries"),
+        "maxauthtries 3\n"
+    );
+    assert_eq!(
+        ssh_root(
+            h,
+            &format!(
+                "journalctl -q --no-pager -t rampart --since @{} | grep -c 'dead-man switch' || true",
+                since.trim()
+            )
+        ),
+        "0\n",
+        "a switch fired"
+    );
+    expect(d, "plan", &book, 0);
+    open_firewall(h);
+    plain_sshd(h);
 }
