@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+use crate::glob::{Syntax, glob_match};
 use crate::transport::ssh::{Endpoint, Target};
 
 /// Variables as written, each with where it was written.
@@ -168,13 +169,13 @@ impl Inventory {
             let before = chosen.len();
             let mut matched = false;
             for (i, host) in self.hosts.iter().enumerate() {
-                if glob_match(pattern, &host.name) {
+                if glob_match(pattern, &host.name, Syntax::Names) {
                     chosen.insert(i);
                     matched = true;
                 }
             }
             for (group, members) in &self.groups {
-                if glob_match(pattern, group) {
+                if glob_match(pattern, group, Syntax::Names) {
                     matched = true;
                     for m in members {
                         if let Some(i) = self.hosts.iter().position(|h| &h.name == m) {
@@ -219,22 +220,6 @@ impl Host {
             jump: self.jump.clone(),
         }
     }
-}
-
-/// `*` matches any run of characters, `?` one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
 }
 
 /// Collects hosts, groups and variable layers while walking the group tree.

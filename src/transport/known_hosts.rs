@@ -30,6 +30,8 @@ use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 use russh::keys::ssh_key::{self, HashAlg, PublicKey};
 use sha1::Sha1;
 
+use crate::glob::{Syntax, glob_match};
+
 type HmacSha1 = Hmac<Sha1>;
 
 /// The length in bytes of the salt of a hashed host name: the length of a SHA-1 digest, which is
@@ -367,7 +369,7 @@ fn host_matches(patterns: &HostPatterns, lookup: &str) -> bool {
                     Some(rest) => (true, rest),
                     None => (false, pattern.as_str()),
                 };
-                if glob(lookup.as_bytes(), pattern.to_ascii_lowercase().as_bytes()) {
+                if glob_match(&pattern.to_ascii_lowercase(), lookup, Syntax::Names) {
                     if negated {
                         return false;
                     }
@@ -377,36 +379,6 @@ fn host_matches(patterns: &HostPatterns, lookup: &str) -> bool {
             positive
         }
     }
-}
-
-/// OpenSSH `match_pattern`: `*` matches any run of bytes (also none), `?` exactly one byte,
-/// anything else itself. The whole of `text` must match.
-fn glob(text: &[u8], pattern: &[u8]) -> bool {
-    let (mut t, mut p) = (0, 0);
-    // Where the last `*` was, and the text position it is currently matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                t += 1;
-                p += 1;
-            }
-            _ => match star {
-                // Let the last `*` swallow one more byte and try again from there.
-                Some((star_p, star_t)) => {
-                    star = Some((star_p, star_t + 1));
-                    p = star_p + 1;
-                    t = star_t + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// `|1|base64(salt)|base64(HMAC-SHA1(key = salt, lookup))`, as OpenSSH's `host_hash` writes it.
@@ -575,16 +547,19 @@ mod tests {
 
     #[test]
     fn glob_edge_cases() {
-        assert!(glob(b"", b""));
-        assert!(glob(b"", b"*"));
-        assert!(!glob(b"", b"?"));
-        assert!(glob(b"abc", b"a*c"));
-        assert!(glob(b"abcbc", b"*bc"));
-        assert!(glob(b"a.b.c", b"*.*"));
-        assert!(!glob(b"abc", b"a*d"));
-        assert!(!glob(b"abcd", b"abc"));
-        assert!(!glob(b"abc", b"abcd"));
-        assert!(glob(b"abc", b"**?**"));
+        // OpenSSH `match_pattern`: `*` any run of bytes, `?` one, the rest itself.
+        let glob = |t: &str, p: &str| glob_match(p, t, Syntax::Names);
+        assert!(glob("", ""));
+        assert!(glob("", "*"));
+        assert!(!glob("", "?"));
+        assert!(glob("abc", "a*c"));
+        assert!(glob("abcbc", "*bc"));
+        assert!(glob("a.b.c", "*.*"));
+        assert!(!glob("abc", "a*d"));
+        assert!(!glob("abcd", "abc"));
+        assert!(!glob("abc", "abcd"));
+        assert!(glob("abc", "**?**"));
+        assert!(glob("[pi.lab]:2222", "[pi.*]:2222"));
     }
 
     #[test]
