@@ -68,6 +68,8 @@ pub struct Host {
     pub become_root: bool,
     /// A bastion, `[user@]host[:port]` or the name of another inventory host.
     pub jump: Option<Endpoint>,
+    /// `backup_keep`: how many runs' backups the host keeps (`--keep-backups` beats it).
+    pub backup_keep: Option<u32>,
 }
 
 /// The inventory: hosts in file order, and the members of each group.
@@ -98,7 +100,15 @@ pub enum InventoryError {
     },
     #[error("{}: {message}", .path.display())]
     Structure { path: PathBuf, message: String },
-    #[error("--limit `{pattern}` matches no host or group (hosts: {hosts}; groups: {groups})")]
+    #[error(
+        "--limit names no pattern (it is empty)\n\
+         hint: give host or group names, or leave --limit out to run on every host"
+    )]
+    LimitEmpty,
+    #[error(
+        "--limit `{pattern}` matches no host or group (hosts: {hosts}; groups: {groups})\n\
+         hint: name a host or group above; `*` and `?` are wildcards, commas separate patterns"
+    )]
     LimitMatchesNothing {
         pattern: String,
         hosts: String,
@@ -154,14 +164,18 @@ impl Inventory {
 
     /// The hosts that `--limit` patterns select (names of hosts or groups, `*` and `?` globs,
     /// comma-separated); all hosts when there are none.
-    pub fn limit(&self, patterns: &[String]) -> Result<Vec<&Host>, InventoryError> {
-        let patterns: Vec<&str> = patterns
+    pub fn limit(&self, raw: &[String]) -> Result<Vec<&Host>, InventoryError> {
+        let patterns: Vec<&str> = raw
             .iter()
             .flat_map(|p| p.split(','))
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .collect();
         if patterns.is_empty() {
+            // `--limit ''` is a mistake (an unset shell variable), not "every host".
+            if !raw.is_empty() {
+                return Err(InventoryError::LimitEmpty);
+            }
             return Ok(self.hosts.iter().collect());
         }
         let mut chosen = BTreeSet::new();
@@ -474,6 +488,28 @@ fn settings(
             })?)
         }
     };
+    let backup_keep = match vars.get("backup_keep") {
+        None => None,
+        Some(var) => Some(
+            match &var.value {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.trim().parse::<u64>().ok(),
+                _ => None,
+            }
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    var,
+                    format!(
+                        "`backup_keep` must be a number of runs from 1 to 100000, found {}\n\
+                         hint: the runs whose backups each host keeps; 10 when it is not set",
+                        var.value
+                    ),
+                )
+            })?,
+        ),
+    };
     Ok(Host {
         name: name.to_string(),
         groups,
@@ -484,6 +520,7 @@ fn settings(
         identity,
         become_root,
         jump,
+        backup_keep,
         vars,
     })
 }
