@@ -700,6 +700,8 @@ fn lock_script(ctx: &ApplyContext) -> Script {
         .arg(&ctx.run_id)
         .raw("\nrampart_backups=")
         .arg(root)
+        .raw("\nrampart_deadman=")
+        .arg(&format!("{dir}/deadman"))
         .raw("\nrampart_keep=")
         .arg(&ctx.keep_backups.max(1).to_string())
         .raw("\n")
@@ -707,8 +709,9 @@ fn lock_script(ctx: &ApplyContext) -> Script {
 }
 
 /// The lock (see [`lock_script`]) and the pruning of old backups when the script ends.
-/// Expects `rampart_lock`, `rampart_lockdir`, `rampart_run`, `rampart_backups` and
-/// `rampart_keep` to be set.
+/// Expects `rampart_lock`, `rampart_lockdir`, `rampart_run`, `rampart_backups`,
+/// `rampart_deadman` and `rampart_keep` to be set. A run whose dead-man switch is still armed
+/// keeps its backups whatever its age: its restore needs them.
 const LOCK_AND_PRUNE: &str = r#"rampart_locked() {
   printf 'rampart: locked by run %s: another run is applying to this host (lock: %s)\n' "${1:-unknown}" "$2" >&2
   printf 'hint: if no rampart run is applying to this host (a run killed hard leaves %s behind), remove it\n' "$rampart_lockdir" >&2
@@ -747,6 +750,9 @@ rampart_end() {
       while IFS= read -r rampart_d; do
         case $rampart_d in ''|.*|*[!A-Za-z0-9._-]*) continue ;; esac
         [ "$rampart_d" != "$rampart_run" ] || continue
+        for rampart_a in "$rampart_deadman/$rampart_d"/*.armed; do
+          [ ! -e "$rampart_a" ] || continue 2
+        done
         if [ "$rampart_n" -gt 0 ]; then
           rampart_n=$((rampart_n - 1))
         else
@@ -1045,7 +1051,7 @@ mod tests {
     fn old_backups_are_pruned_when_the_script_ends_and_its_status_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("state/backups");
-        for (i, name) in ["a1", "a2", "a3", "a4", "a5", ".keep", "we ird"]
+        for (i, name) in ["a0", "a1", "a2", "a3", "a4", "a5", ".keep", "we ird"]
             .iter()
             .enumerate()
         {
@@ -1056,6 +1062,11 @@ mod tests {
                 .set_modified(when)
                 .unwrap();
         }
+        // Run a0's dead-man switch is still armed: its restore needs its backups.
+        let armed = dir.path().join("state/deadman/a0");
+        std::fs::create_dir_all(&armed).unwrap();
+        std::fs::write(armed.join("sshd.armed"), "").unwrap();
+        std::fs::write(dir.path().join("state/deadman/a1.armed"), "").unwrap();
         let mut ctx = ApplyContext::new("t");
         ctx.backup_root = root.display().to_string();
         ctx.keep_backups = 3;
@@ -1068,7 +1079,7 @@ mod tests {
             .collect();
         left.sort();
         // This run and the two newest; names rampart never makes are left alone.
-        assert_eq!(left, [".keep", "a4", "a5", "t", "we ird"]);
+        assert_eq!(left, [".keep", "a0", "a4", "a5", "t", "we ird"]);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);

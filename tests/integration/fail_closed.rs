@@ -178,14 +178,19 @@ fn an_unwritable_report_is_refused_before_any_host_is_touched() {
     }
 }
 
-/// Puts /usr/bin/flock back on h34 however the test ends.
-struct FlockBack;
+/// However the lock test ends: lets its run A finish (`go`) and puts /usr/bin/flock back.
+struct Cleanup {
+    go: String,
+}
 
-impl Drop for FlockBack {
+impl Drop for Cleanup {
     fn drop(&mut self) {
         ssh_root(
             HOST,
-            "[ ! -e /usr/bin/flock.away ] || mv /usr/bin/flock.away /usr/bin/flock",
+            &format!(
+                "touch {}; [ ! -e /usr/bin/flock.away ] || mv /usr/bin/flock.away /usr/bin/flock",
+                self.go
+            ),
         );
     }
 }
@@ -206,7 +211,7 @@ fn without_flock_a_second_apply_is_refused_by_the_run_holding_the_lock() {
             "rm -rf {go} {a_done} {b_ran} /var/lib/rampart/lock.d; mv /usr/bin/flock /usr/bin/flock.away"
         ),
     );
-    let _back = FlockBack;
+    let _cleanup = Cleanup { go: go.clone() };
     assert_eq!(ssh_root(HOST, "command -v flock || echo none"), "none\n");
     let inv = inventory_h34(dir.path(), "");
     // Run A holds the lock until the test lets it go; run B only needs the lock.
