@@ -641,34 +641,95 @@ async fn playbook_command(
         stats,
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    // A report file that fails at the end does not cost the report on stdout: every file is
-    // tried, stdout is written, then the failures make the run an error.
+    write_reports(
+        &summary,
+        pending,
+        (format, style),
+        &run.secrets,
+        &mut std::io::stdout().lock(),
+    )?;
+    Ok(summary.outcome())
+}
+
+/// Writes the report files opened up front, then the report on `stdout`. A file that fails
+/// at the end does not cost the report on stdout: every file is tried, stdout is written,
+/// then the files' failures are the error.
+fn write_reports(
+    summary: &crate::fleet::FleetSummary,
+    files: Vec<(Format, crate::localfs::PendingWrite)>,
+    (format, style): (Format, Style),
+    secrets: &crate::secrets::Secrets,
+    stdout: &mut impl Write,
+) -> anyhow::Result<()> {
     let mut failed = Vec::new();
-    for (format, file) in pending {
+    for (file_format, file) in files {
         let path = file.path().display().to_string();
         let written = render(
-            &summary,
-            format,
+            summary,
+            file_format,
             Style {
                 color: false,
                 ..style
             },
         )
-        .and_then(|text| Ok(file.commit(run.secrets.mask(&text).as_bytes())?));
+        .and_then(|text| Ok(file.commit(secrets.mask(&text).as_bytes())?));
         if let Err(e) = written {
             failed.push(format!("cannot write {path}: {e:#}"));
         }
     }
-    let text = render(&summary, format, style)?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(run.secrets.mask(&text).as_bytes())?;
-    out.flush()?;
+    let text = render(summary, format, style)?;
+    stdout.write_all(secrets.mask(&text).as_bytes())?;
+    stdout.flush()?;
     if !failed.is_empty() {
         anyhow::bail!(
-            "{}\nhint: the report above on stdout is complete; check the space and \
-             permissions of the folder",
+            "{}\nhint: the report on stdout is complete; check the space and permissions \
+             of the folder",
             failed.join("\n")
         );
     }
-    Ok(summary.outcome())
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localfs::PendingWrite;
+
+    #[test]
+    fn a_report_file_failing_at_the_end_keeps_the_stdout_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("drift.json");
+        let bad = dir.path().join("rampart.prom");
+        let files = vec![
+            (Format::Prometheus, PendingWrite::create(&bad).unwrap()),
+            (Format::Json, PendingWrite::create(&good).unwrap()),
+        ];
+        // Between the check and the end of the run, a folder took the report's place.
+        std::fs::create_dir(&bad).unwrap();
+        let summary = crate::report::sample_summary("drift");
+        let style = Style {
+            stats: false,
+            color: false,
+        };
+        let mut stdout = Vec::new();
+        let err = write_reports(
+            &summary,
+            files,
+            (Format::Text, style),
+            &crate::secrets::Secrets::default(),
+            &mut stdout,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&format!("cannot write {}", bad.display())),
+            "{err}"
+        );
+        assert!(err.contains("hint: "), "{err}");
+        let shown = String::from_utf8(stdout).unwrap();
+        assert!(shown.contains("gw-1") && shown.contains("gw-3"), "{shown}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
+        assert_eq!(json["run_id"], summary.run_id.as_str());
+    }
 }
