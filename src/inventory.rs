@@ -163,7 +163,8 @@ impl Inventory {
     }
 
     /// The hosts that `--limit` patterns select (names of hosts or groups, `*` and `?` globs,
-    /// comma-separated); all hosts when there are none.
+    /// comma-separated); all hosts when there is no `--limit`. A `--limit` with no pattern in
+    /// it (`''`) or a pattern that names nothing is an error.
     pub fn limit(&self, raw: &[String]) -> Result<Vec<&Host>, InventoryError> {
         let patterns: Vec<&str> = raw
             .iter()
@@ -489,7 +490,10 @@ fn settings(
         }
     };
     let backup_keep = match vars.get("backup_keep") {
-        None => None,
+        None
+        | Some(Var {
+            value: Value::Null, ..
+        }) => None,
         Some(var) => Some(
             match &var.value {
                 Value::Number(n) => n.as_u64(),
@@ -632,6 +636,36 @@ all:
             err.contains("matches no host or group") && err.contains("pi-1"),
             "{err}"
         );
+        // An empty --limit (an unset shell variable) is not "every host".
+        for empty in [&[""][..], &[" , "][..]] {
+            let p: Vec<String> = empty.iter().map(|s| s.to_string()).collect();
+            assert!(matches!(inv.limit(&p), Err(InventoryError::LimitEmpty)));
+        }
+        // A pattern that makes a backtracking matcher explode is a regex here.
+        assert!(inv.limit(&["*a*a*a*a*a*a*a*a*c".to_string()]).is_err());
+    }
+
+    #[test]
+    fn backup_keep_is_a_count_of_runs() {
+        let inv = parse(
+            "all:\n  vars: {backup_keep: 3}\n  hosts:\n    a: {}\n    b: {backup_keep: '25'}\n    c: {backup_keep: null}\n",
+        );
+        let keep: Vec<Option<u32>> = inv.hosts.iter().map(|h| h.backup_keep).collect();
+        assert_eq!(keep, [Some(3), Some(25), None]);
+        for bad in ["0", "-1", "ten", "[3]", "4294967296"] {
+            let err = Inventory::parse(
+                Path::new("inv.yaml"),
+                &format!("all:\n  hosts:\n    a: {{backup_keep: {bad}}}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("inv.yaml:3:")
+                    && err.contains("`backup_keep` must be")
+                    && err.contains("hint:"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

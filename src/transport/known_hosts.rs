@@ -4,8 +4,11 @@
 //! ([`KnownHostsFile::check`] → [`HostKeyStatus`]) and the one way rampart writes to the file
 //! ([`KnownHostsFile::append_hashed`], used for `--accept-new`). Line parsing (markers, host
 //! patterns, keys) is left to `ssh_key::known_hosts`. Matching is done here, because russh's
-//! own `check_known_hosts` ignores `@revoked` lines. This module never prints and never asks
-//! the user anything. Deciding to refuse, accept or write is `transport::ssh`'s job.
+//! own `check_known_hosts` ignores `@revoked` lines. [`KnownHosts`] reads the user's file
+//! and the system's (`/etc/ssh/ssh_known_hosts`) together, as OpenSSH does. A line that
+//! cannot be parsed is skipped, as OpenSSH skips it, with a `tracing` warning naming the
+//! file and line. This module never prints otherwise and never asks the user anything.
+//! Deciding to refuse, accept or write is `transport::ssh`'s job.
 //!
 //! Matching follows OpenSSH (`hostfile.c`, `match.c`):
 //!
