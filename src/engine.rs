@@ -741,7 +741,7 @@ else
 fi
 rampart_end() {
   rampart_rc=$?
-  trap - EXIT HUP INT TERM
+  trap - EXIT HUP INT PIPE TERM
   # Keep the newest backup folders (by the time each was made), this run's counted first.
   if [ -d "$rampart_backups" ]; then
     rampart_n=$rampart_keep
@@ -764,11 +764,15 @@ rampart_end() {
   [ -z "$rampart_held" ] || rm -rf -- "$rampart_lockdir"
   exit "$rampart_rc"
 }
+# Signals end the script through rampart_end too: a run the controller drops (a timeout
+# closes the channel) must not leave its folder lock behind.
 trap rampart_end EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 trap 'exit 143' TERM
 mkdir -p "$rampart_backups" && chmod 700 "$rampart_backups"
+[ "$(id -u)" != 0 ] || chown 0:0 "$rampart_backups"
 umask 022
 "#;
 
