@@ -67,8 +67,8 @@ struct HostArgs {
     /// Only these hosts or groups (names or globs, comma-separated; repeatable).
     #[arg(short, long, value_name = "PATTERN")]
     limit: Vec<String>,
-    /// How many hosts run at once.
-    #[arg(long, default_value_t = 64)]
+    /// How many hosts run at once (1 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = in_range::<usize>(1, MAX_FORKS))]
     forks: usize,
     /// The known_hosts file host keys are checked against [default: ~/.ssh/known_hosts].
     #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_HOSTS")]
@@ -77,11 +77,13 @@ struct HostArgs {
     /// A changed key is refused all the same.
     #[arg(long)]
     accept_new: bool,
-    /// Seconds to connect, exchange keys and log in.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    /// Seconds to connect, exchange keys and log in (1 to 3600).
+    #[arg(long, default_value_t = 10, value_name = "SECS",
+          value_parser = in_range::<u64>(1, 3600))]
     connect_timeout: u64,
-    /// Seconds a remote command may run.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    /// Seconds a remote command may run (1 to 604800, a week).
+    #[arg(long, default_value_t = 120, value_name = "SECS",
+          value_parser = in_range::<u64>(1, 604_800))]
     timeout: u64,
 }
 
@@ -175,8 +177,28 @@ struct PlaybookArgs {
     quiet: bool,
     /// Seconds a host waits for the confirmation of a risky change (firewall, sshd) over a
     /// new connection before it restores the previous state by itself.
-    #[arg(long, default_value_t = crate::resource::DEADMAN_SECONDS, value_name = "SECS")]
+    /// 5 to 86400: fewer than 5 s would fire before a new connection can confirm.
+    #[arg(long, default_value_t = crate::resource::DEADMAN_SECONDS, value_name = "SECS",
+          value_parser = in_range::<u32>(5, 86_400))]
     deadman_seconds: u32,
+    /// `apply`: keep the backups of the last N runs on each host
+    /// (/var/lib/rampart/backups/<run>), older ones are removed in the apply's round trip.
+    /// Beats the inventory variable `backup_keep`. [default: 10]
+    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, 100_000))]
+    keep_backups: Option<u32>,
+}
+
+/// The most hosts one controller runs at once: far below what a tokio semaphore takes, and
+/// about what one process's file descriptors allow (each connection holds a socket).
+const MAX_FORKS: u64 = 4096;
+
+/// A clap parser for a whole number from `min` to `max`, whose error says the range.
+fn in_range<T>(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::<T>::new().range(min..=max)
 }
 
 #[derive(Debug, Args)]
@@ -273,7 +295,29 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
         timeout: _,
     } = args;
     let inv = Inventory::load(inventory)?;
-    let hosts = inv.limit(limit)?.into_iter().cloned().collect();
+    let hosts: Vec<Host> = inv.limit(limit)?.into_iter().cloned().collect();
+    // A run over no host would report a healthy fleet (exit 0, an all-clear Prometheus file).
+    if hosts.is_empty() {
+        if inv.hosts.is_empty() {
+            anyhow::bail!(
+                "inventory {} lists no host: there is nothing to check\n\
+                 hint: add hosts under `all: hosts:` (or a group's `hosts:`), e.g. \
+                 `all: {{hosts: {{web1: {{ansible_host: 192.0.2.10}}}}}}`",
+                inv.path.display()
+            );
+        }
+        anyhow::bail!(
+            "--limit {} selects no host of inventory {} (the groups it names have no hosts)\n\
+             hint: hosts: {}",
+            limit.join(","),
+            inv.path.display(),
+            inv.hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let options = ConnectOptions::new(
         known_hosts.clone().unwrap_or_else(default_known_hosts),
         *accept_new,
@@ -539,8 +583,11 @@ async fn playbook_command(
         stats,
         quiet,
         deadman_seconds,
+        keep_backups,
     } = args;
-    // A report that cannot be written is bad input: found before any host is touched.
+    // A report that cannot be written is bad input: found before any host is touched, by
+    // opening each report's temporary file in its folder now.
+    let mut pending = Vec::new();
     for out in &output {
         let dir = match out.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -553,6 +600,14 @@ async fn playbook_command(
                 dir.display()
             );
         }
+        let file = crate::localfs::PendingWrite::create(&out.path).map_err(|e| {
+            anyhow::anyhow!(
+                "--output {}: cannot write there: {e}\nhint: choose a file in a folder you \
+                 can write to",
+                out.path.display()
+            )
+        })?;
+        pending.push((out.format, file));
     }
     let (inventory, hosts, options) = resolve(&host_args)?;
     let book = crate::playbook::Playbook::load(&playbook)?;
@@ -572,6 +627,7 @@ async fn playbook_command(
             tags,
             skip_tags,
             deadman_seconds,
+            keep_backups,
             inspect,
         },
         forks: host_args.forks,
@@ -585,21 +641,95 @@ async fn playbook_command(
         stats,
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    for out in &output {
-        let text = render(
-            &summary,
-            out.format,
+    write_reports(
+        &summary,
+        pending,
+        (format, style),
+        &run.secrets,
+        &mut std::io::stdout().lock(),
+    )?;
+    Ok(summary.outcome())
+}
+
+/// Writes the report files opened up front, then the report on `stdout`. A file that fails
+/// at the end does not cost the report on stdout: every file is tried, stdout is written,
+/// then the files' failures are the error.
+fn write_reports(
+    summary: &crate::fleet::FleetSummary,
+    files: Vec<(Format, crate::localfs::PendingWrite)>,
+    (format, style): (Format, Style),
+    secrets: &crate::secrets::Secrets,
+    stdout: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for (file_format, file) in files {
+        let path = file.path().display().to_string();
+        let written = render(
+            summary,
+            file_format,
             Style {
                 color: false,
                 ..style
             },
-        )?;
-        crate::localfs::write_atomically(&out.path, run.secrets.mask(&text).as_bytes())
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.path.display()))?;
+        )
+        .and_then(|text| Ok(file.commit(secrets.mask(&text).as_bytes())?));
+        if let Err(e) = written {
+            failed.push(format!("cannot write {path}: {e:#}"));
+        }
     }
-    let text = render(&summary, format, style)?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(run.secrets.mask(&text).as_bytes())?;
-    out.flush()?;
-    Ok(summary.outcome())
+    let text = render(summary, format, style)?;
+    stdout.write_all(secrets.mask(&text).as_bytes())?;
+    stdout.flush()?;
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{}\nhint: the report on stdout is complete; check the space and permissions \
+             of the folder",
+            failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localfs::PendingWrite;
+
+    #[test]
+    fn a_report_file_failing_at_the_end_keeps_the_stdout_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("drift.json");
+        let bad = dir.path().join("rampart.prom");
+        let files = vec![
+            (Format::Prometheus, PendingWrite::create(&bad).unwrap()),
+            (Format::Json, PendingWrite::create(&good).unwrap()),
+        ];
+        // Between the check and the end of the run, a folder took the report's place.
+        std::fs::create_dir(&bad).unwrap();
+        let summary = crate::report::sample_summary("drift");
+        let style = Style {
+            stats: false,
+            color: false,
+        };
+        let mut stdout = Vec::new();
+        let err = write_reports(
+            &summary,
+            files,
+            (Format::Text, style),
+            &crate::secrets::Secrets::default(),
+            &mut stdout,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&format!("cannot write {}", bad.display())),
+            "{err}"
+        );
+        assert!(err.contains("hint: "), "{err}");
+        let shown = String::from_utf8(stdout).unwrap();
+        assert!(shown.contains("gw-1") && shown.contains("gw-3"), "{shown}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
+        assert_eq!(json["run_id"], summary.run_id.as_str());
+    }
 }

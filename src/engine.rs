@@ -35,6 +35,8 @@ pub struct RunSettings {
     pub skip_tags: Vec<String>,
     /// Seconds a risky change waits for confirmation before the host restores itself.
     pub deadman_seconds: u32,
+    /// `--keep-backups`: how many runs' backups each host keeps (beats `backup_keep`).
+    pub keep_backups: Option<u32>,
     /// `drift` or `audit`: the probe also scans the host for unmanaged drift (read-only).
     pub inspect: Option<crate::inspect::Kind>,
 }
@@ -48,6 +50,14 @@ impl RunSettings {
             (false, Some(crate::inspect::Kind::Audit)) => "audit",
             (false, None) => "plan",
         }
+    }
+
+    /// How many runs' backups `host` keeps: `--keep-backups`, else the inventory's
+    /// `backup_keep`, else [`crate::resource::KEEP_BACKUPS`].
+    pub fn keep_backups_for(&self, host: &Host) -> u32 {
+        self.keep_backups
+            .or(host.backup_keep)
+            .unwrap_or(crate::resource::KEEP_BACKUPS)
     }
 }
 
@@ -736,7 +746,13 @@ pub async fn apply_with<S: Session>(
 
 /// Taken first and held for the whole apply script, so that two runs never apply to one host
 /// at once: `<state dir>/lock`, the state dir being the parent of the backup root
-/// (`/var/lib/rampart`).
+/// (`/var/lib/rampart`). With `flock` the lock is the file's; on a host without `flock` it is
+/// the folder `lock.d`, made with `mkdir` (atomic) and removed when the script ends. Either
+/// way the lock names the run holding it, and a refusal (exit 75) says "locked by run X".
+///
+/// When the script ends (after the lock is held), the backup folders of all but the newest
+/// `ctx.keep_backups` runs are removed: old backups hold old secrets. That costs no round
+/// trip of its own.
 fn lock_script(ctx: &ApplyContext) -> Script {
     let root = ctx.backup_root.trim_end_matches('/');
     let dir = root
@@ -745,15 +761,93 @@ fn lock_script(ctx: &ApplyContext) -> Script {
         .filter(|d| !d.is_empty())
         .unwrap_or("/var/lib/rampart");
     let lock = format!("{dir}/lock");
+    let lock_dir = format!("{dir}/lock.d");
     Script::new()
         .raw("umask 077\nmkdir -p ")
         .arg(dir)
-        .raw("\nexec 9>>")
+        .raw("\nrampart_lock=")
         .arg(&lock)
-        .raw("\nif command -v flock >/dev/null 2>&1; then\n  flock -n 9 || { printf 'rampart: another run is applying to this host (lock: %s)\\n' ")
-        .arg(&lock)
-        .raw(" >&2; exit 75; }\nfi\numask 022\n")
+        .raw("\nrampart_lockdir=")
+        .arg(&lock_dir)
+        .raw("\nrampart_run=")
+        .arg(&ctx.run_id)
+        .raw("\nrampart_backups=")
+        .arg(root)
+        .raw("\nrampart_deadman=")
+        .arg(&format!("{dir}/deadman"))
+        .raw("\nrampart_keep=")
+        .arg(&ctx.keep_backups.max(1).to_string())
+        .raw("\n")
+        .raw(LOCK_AND_PRUNE)
 }
+
+/// The lock (see [`lock_script`]) and the pruning of old backups when the script ends.
+/// Expects `rampart_lock`, `rampart_lockdir`, `rampart_run`, `rampart_backups`,
+/// `rampart_deadman` and `rampart_keep` to be set. A run whose dead-man switch is still armed
+/// keeps its backups whatever its age: its restore needs them.
+const LOCK_AND_PRUNE: &str = r#"rampart_locked() {
+  printf 'rampart: locked by run %s: another run is applying to this host (lock: %s)\n' "${1:-unknown}" "$2" >&2
+  printf 'hint: if no rampart run is applying to this host (a run killed hard leaves %s behind), remove it\n' "$rampart_lockdir" >&2
+  exit 75
+}
+rampart_held=
+if command -v flock >/dev/null 2>&1; then
+  exec 9>>"$rampart_lock"
+  if ! flock -n 9; then
+    read -r rampart_owner <"$rampart_lock" || rampart_owner=
+    rampart_locked "$rampart_owner" "$rampart_lock"
+  fi
+  # A run on this host while it had no flock may still hold the folder lock.
+  if [ -d "$rampart_lockdir" ]; then
+    read -r rampart_owner <"$rampart_lockdir/run" || rampart_owner=
+    rampart_locked "$rampart_owner" "$rampart_lockdir"
+  fi
+  printf '%s\n' "$rampart_run" >"$rampart_lock"
+else
+  # No flock here: a folder is the lock (mkdir is atomic), removed when this script ends.
+  if ! mkdir "$rampart_lockdir" 2>/dev/null; then
+    read -r rampart_owner <"$rampart_lockdir/run" || rampart_owner=
+    rampart_locked "$rampart_owner" "$rampart_lockdir"
+  fi
+  rampart_held=1
+  printf '%s\n' "$rampart_run" >"$rampart_lockdir/run"
+fi
+rampart_end() {
+  rampart_rc=$?
+  trap - EXIT HUP INT PIPE TERM
+  # Keep the newest backup folders (by the time each was made), this run's counted first.
+  if [ -d "$rampart_backups" ]; then
+    rampart_n=$rampart_keep
+    [ ! -d "$rampart_backups/$rampart_run" ] || rampart_n=$((rampart_n - 1))
+    ls -1t "$rampart_backups" 2>/dev/null | {
+      while IFS= read -r rampart_d; do
+        case $rampart_d in ''|.*|*[!A-Za-z0-9._-]*) continue ;; esac
+        [ "$rampart_d" != "$rampart_run" ] || continue
+        for rampart_a in "$rampart_deadman/$rampart_d"/*.armed; do
+          [ ! -e "$rampart_a" ] || continue 2
+        done
+        if [ "$rampart_n" -gt 0 ]; then
+          rampart_n=$((rampart_n - 1))
+        else
+          rm -rf -- "$rampart_backups/$rampart_d"
+        fi
+      done
+    }
+  fi
+  [ -z "$rampart_held" ] || rm -rf -- "$rampart_lockdir"
+  exit "$rampart_rc"
+}
+# Signals end the script through rampart_end too: a run the controller drops (a timeout
+# closes the channel) must not leave its folder lock behind.
+trap rampart_end EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 141' PIPE
+trap 'exit 143' TERM
+mkdir -p "$rampart_backups" && chmod 700 "$rampart_backups"
+[ "$(id -u)" != 0 ] || chown 0:0 "$rampart_backups"
+umask 022
+"#;
 
 /// Builds the report of one step from its verdict.
 pub fn step_report(step: &HostStep, status: StepStatus, verdict: Option<&Verdict>) -> StepReport {
@@ -791,6 +885,7 @@ mod tests {
             tags: vec![],
             skip_tags: vec![],
             deadman_seconds: 60,
+            keep_backups: None,
             inspect: None,
         }
     }
@@ -1148,5 +1243,98 @@ mod tests {
         assert_eq!(armed_step("ab12", "@@rampart:ff00:armed:7@@"), None);
         assert_eq!(armed_step("ab12", "x@@rampart:ab12:armed:7@@"), None);
         assert_eq!(armed_step("ab12", "@@rampart:ab12:armed:x@@"), None);
+    }
+
+    /// Runs the lock script of `ctx` followed by `then` under `sh`, with `path` as PATH.
+    fn run_locked(ctx: &ApplyContext, then: &str, path: &str) -> std::process::Output {
+        let script = lock_script(ctx).raw(then).render().unwrap();
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", path)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn old_backups_are_pruned_when_the_script_ends_and_its_status_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state/backups");
+        for (i, name) in ["a0", "a1", "a2", "a3", "a4", "a5", ".keep", "we ird"]
+            .iter()
+            .enumerate()
+        {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            let when = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i as u64);
+            std::fs::File::open(root.join(name))
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        // Run a0's dead-man switch is still armed: its restore needs its backups.
+        let armed = dir.path().join("state/deadman/a0");
+        std::fs::create_dir_all(&armed).unwrap();
+        std::fs::write(armed.join("sshd.armed"), "").unwrap();
+        std::fs::write(dir.path().join("state/deadman/a1.armed"), "").unwrap();
+        let mut ctx = ApplyContext::new("t");
+        ctx.backup_root = root.display().to_string();
+        ctx.keep_backups = 3;
+        let path = std::env::var("PATH").unwrap();
+        let out = run_locked(&ctx, "mkdir -p \"$rampart_backups/t/etc\"\nexit 3\n", &path);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // This run and the two newest; names rampart never makes are left alone.
+        assert_eq!(left, [".keep", "a0", "a4", "a5", "t", "we ird"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // A run that backs nothing up keeps as many older runs.
+        let mut ctx2 = ctx.clone();
+        ctx2.run_id = "u".into();
+        ctx2.keep_backups = 2;
+        let out = run_locked(&ctx2, "exit 0\n", &path);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(!root.join("a4").exists() && root.join("a5").exists() && root.join("t").exists());
+    }
+
+    #[test]
+    fn without_flock_a_lock_folder_names_the_run_that_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A PATH with the tools the script uses, and no flock.
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for tool in ["ls", "rm", "mkdir", "chmod"] {
+            std::os::unix::fs::symlink(format!("/usr/bin/{tool}"), bin.join(tool))
+                .or_else(|_| std::os::unix::fs::symlink(format!("/bin/{tool}"), bin.join(tool)))
+                .unwrap();
+        }
+        let no_flock = bin.display().to_string();
+        let mut ctx = ApplyContext::new("r-first");
+        ctx.backup_root = dir.path().join("state/backups").display().to_string();
+        let lock_dir = dir.path().join("state/lock.d");
+        let during = "read -r r <\"$rampart_lockdir/run\" && echo \"held by $r\"\n";
+        let out = run_locked(&ctx, during, &no_flock);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "held by r-first\n");
+        assert!(
+            !lock_dir.exists(),
+            "the folder lock is gone when the script ends"
+        );
+        // A second run while the first holds the folder lock is refused, by name.
+        std::fs::create_dir_all(&lock_dir).unwrap();
+        std::fs::write(lock_dir.join("run"), "r-holder\n").unwrap();
+        let out = run_locked(&ctx, "echo applied\n", &no_flock);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(75), "{stderr}");
+        assert!(stderr.contains("locked by run r-holder"), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("applied"));
+        assert!(lock_dir.exists(), "the holder's lock stays");
+        // A host that has flock again still honours the folder lock.
+        let out = run_locked(&ctx, "echo applied\n", &std::env::var("PATH").unwrap());
+        assert_eq!(out.status.code(), Some(75), "{out:?}");
     }
 }

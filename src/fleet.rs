@@ -795,6 +795,7 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
     }
     let mut ctx = ApplyContext::new(run.settings.run_id.clone());
     ctx.deadman_seconds = run.settings.deadman_seconds;
+    ctx.keep_backups = run.settings.keep_backups_for(&p.host);
     // Handlers run when a step that notifies them changes.
     let run_handler: Vec<bool> = p
         .handlers

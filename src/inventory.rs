@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+use crate::glob::{Syntax, glob_match};
 use crate::transport::ssh::{Endpoint, Target};
 
 /// Variables as written, each with where it was written.
@@ -67,6 +68,8 @@ pub struct Host {
     pub become_root: bool,
     /// A bastion, `[user@]host[:port]` or the name of another inventory host.
     pub jump: Option<Endpoint>,
+    /// `backup_keep`: how many runs' backups the host keeps (`--keep-backups` beats it).
+    pub backup_keep: Option<u32>,
 }
 
 /// The inventory: hosts in file order, and the members of each group.
@@ -97,7 +100,15 @@ pub enum InventoryError {
     },
     #[error("{}: {message}", .path.display())]
     Structure { path: PathBuf, message: String },
-    #[error("--limit `{pattern}` matches no host or group (hosts: {hosts}; groups: {groups})")]
+    #[error(
+        "--limit names no pattern (it is empty)\n\
+         hint: give host or group names, or leave --limit out to run on every host"
+    )]
+    LimitEmpty,
+    #[error(
+        "--limit `{pattern}` matches no host or group (hosts: {hosts}; groups: {groups})\n\
+         hint: name a host or group above; `*` and `?` are wildcards, commas separate patterns"
+    )]
     LimitMatchesNothing {
         pattern: String,
         hosts: String,
@@ -152,15 +163,20 @@ impl Inventory {
     }
 
     /// The hosts that `--limit` patterns select (names of hosts or groups, `*` and `?` globs,
-    /// comma-separated); all hosts when there are none.
-    pub fn limit(&self, patterns: &[String]) -> Result<Vec<&Host>, InventoryError> {
-        let patterns: Vec<&str> = patterns
+    /// comma-separated); all hosts when there is no `--limit`. A `--limit` with no pattern in
+    /// it (`''`) or a pattern that names nothing is an error.
+    pub fn limit(&self, raw: &[String]) -> Result<Vec<&Host>, InventoryError> {
+        let patterns: Vec<&str> = raw
             .iter()
             .flat_map(|p| p.split(','))
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .collect();
         if patterns.is_empty() {
+            // `--limit ''` is a mistake (an unset shell variable), not "every host".
+            if !raw.is_empty() {
+                return Err(InventoryError::LimitEmpty);
+            }
             return Ok(self.hosts.iter().collect());
         }
         let mut chosen = BTreeSet::new();
@@ -168,13 +184,13 @@ impl Inventory {
             let before = chosen.len();
             let mut matched = false;
             for (i, host) in self.hosts.iter().enumerate() {
-                if glob_match(pattern, &host.name) {
+                if glob_match(pattern, &host.name, Syntax::Names) {
                     chosen.insert(i);
                     matched = true;
                 }
             }
             for (group, members) in &self.groups {
-                if glob_match(pattern, group) {
+                if glob_match(pattern, group, Syntax::Names) {
                     matched = true;
                     for m in members {
                         if let Some(i) = self.hosts.iter().position(|h| &h.name == m) {
@@ -219,22 +235,6 @@ impl Host {
             jump: self.jump.clone(),
         }
     }
-}
-
-/// `*` matches any run of characters, `?` one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
 }
 
 /// Collects hosts, groups and variable layers while walking the group tree.
@@ -489,6 +489,31 @@ fn settings(
             })?)
         }
     };
+    let backup_keep = match vars.get("backup_keep") {
+        None
+        | Some(Var {
+            value: Value::Null, ..
+        }) => None,
+        Some(var) => Some(
+            match &var.value {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.trim().parse::<u64>().ok(),
+                _ => None,
+            }
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    var,
+                    format!(
+                        "`backup_keep` must be a number of runs from 1 to 100000, found {}\n\
+                         hint: the runs whose backups each host keeps; 10 when it is not set",
+                        var.value
+                    ),
+                )
+            })?,
+        ),
+    };
     Ok(Host {
         name: name.to_string(),
         groups,
@@ -499,6 +524,7 @@ fn settings(
         identity,
         become_root,
         jump,
+        backup_keep,
         vars,
     })
 }
@@ -610,6 +636,36 @@ all:
             err.contains("matches no host or group") && err.contains("pi-1"),
             "{err}"
         );
+        // An empty --limit (an unset shell variable) is not "every host".
+        for empty in [&[""][..], &[" , "][..]] {
+            let p: Vec<String> = empty.iter().map(|s| s.to_string()).collect();
+            assert!(matches!(inv.limit(&p), Err(InventoryError::LimitEmpty)));
+        }
+        // A pattern that makes a backtracking matcher explode is a regex here.
+        assert!(inv.limit(&["*a*a*a*a*a*a*a*a*c".to_string()]).is_err());
+    }
+
+    #[test]
+    fn backup_keep_is_a_count_of_runs() {
+        let inv = parse(
+            "all:\n  vars: {backup_keep: 3}\n  hosts:\n    a: {}\n    b: {backup_keep: '25'}\n    c: {backup_keep: null}\n",
+        );
+        let keep: Vec<Option<u32>> = inv.hosts.iter().map(|h| h.backup_keep).collect();
+        assert_eq!(keep, [Some(3), Some(25), None]);
+        for bad in ["0", "-1", "ten", "[3]", "4294967296"] {
+            let err = Inventory::parse(
+                Path::new("inv.yaml"),
+                &format!("all:\n  hosts:\n    a: {{backup_keep: {bad}}}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("inv.yaml:3:")
+                    && err.contains("`backup_keep` must be")
+                    && err.contains("hint:"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod exit;
 pub mod facts;
 pub mod fleet;
+pub mod glob;
 pub mod inspect;
 pub mod inventory;
 pub mod localfs;

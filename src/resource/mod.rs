@@ -39,6 +39,9 @@ pub struct ApplyContext {
     pub backup_root: String,
     /// Seconds a risky change waits for confirmation before the host restores itself.
     pub deadman_seconds: u32,
+    /// How many runs' backup folders the host keeps, this run's included (at least 1): the
+    /// apply script removes the older ones when it ends.
+    pub keep_backups: u32,
 }
 
 impl ApplyContext {
@@ -51,6 +54,7 @@ impl ApplyContext {
             run_id: run_id.into(),
             backup_root: ApplyContext::BACKUP_ROOT.to_string(),
             deadman_seconds: DEADMAN_SECONDS,
+            keep_backups: KEEP_BACKUPS,
         }
     }
 
@@ -176,6 +180,9 @@ pub trait Resource: fmt::Debug + Send + Sync {
 
 /// How long a host waits for the controller's confirmation before it restores itself.
 pub const DEADMAN_SECONDS: u32 = 60;
+
+/// How many runs' backups a host keeps unless told otherwise: old backups hold old secrets.
+pub const KEEP_BACKUPS: u32 = 10;
 
 /// The folder of this run's dead-man switches on the host.
 pub fn deadman_dir(ctx: &ApplyContext) -> String {

@@ -90,6 +90,7 @@ use super::{
     ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, deadman_arm,
     deadman_dir, params,
 };
+use crate::glob::{Syntax, glob_match};
 use crate::remote::Script;
 
 pub const SSHD: TypeInfo = TypeInfo {
@@ -498,53 +499,6 @@ fn directives(file: &str, text: &str, mut in_match: bool) -> Vec<Directive> {
     out
 }
 
-/// `fnmatch(3)` with `FNM_PATHNAME`: `*`, `?` and `[…]` (`!` or `^` negates) never match `/`.
-fn glob_match(pattern: &str, path: &str) -> bool {
-    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
-        // p starts after '['; returns (matched, length of the class including ']').
-        let mut i = 0;
-        let negate = matches!(p.first(), Some('!' | '^'));
-        if negate {
-            i += 1;
-        }
-        let mut matched = false;
-        let mut first = true;
-        while i < p.len() {
-            if p[i] == ']' && !first {
-                return Some((matched != negate, i + 1));
-            }
-            first = false;
-            if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-                matched |= p[i] <= c && c <= p[i + 2];
-                i += 3;
-            } else {
-                matched |= p[i] == c;
-                i += 1;
-            }
-        }
-        None
-    }
-    fn go(p: &[char], s: &[char]) -> bool {
-        match p.first() {
-            None => s.is_empty(),
-            Some('*') => (0..=s.len())
-                .take_while(|&k| k == 0 || s[k - 1] != '/')
-                .any(|k| go(&p[1..], &s[k..])),
-            Some('?') => s.first().is_some_and(|&c| c != '/') && go(&p[1..], &s[1..]),
-            Some('[') => match (s.first(), class(&p[1..], *s.first().unwrap_or(&'/'))) {
-                (Some(&c), Some((true, len))) if c != '/' => go(&p[1 + len..], &s[1..]),
-                (_, Some(_)) => false,
-                (Some(&c), None) => c == '[' && go(&p[1..], &s[1..]),
-                (None, None) => false,
-            },
-            Some(&c) => s.first() == Some(&c) && go(&p[1..], &s[1..]),
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let s: Vec<char> = path.chars().collect();
-    go(&p, &s)
-}
-
 impl Sshd {
     /// An `Include` argument as a path (relative ones are relative to the main config's
     /// folder, `/etc/ssh`).
@@ -574,7 +528,10 @@ impl Sshd {
             }
             if kw == "include" {
                 let globs: Vec<String> = rest.split_whitespace().map(|g| self.resolve(g)).collect();
-                if let Some(k) = globs.iter().position(|g| glob_match(g, &self.file)) {
+                if let Some(k) = globs
+                    .iter()
+                    .position(|g| glob_match(g, &self.file, Syntax::Paths))
+                {
                     if let Some(m) = in_match {
                         return Err(format!(
                             "the Include at {}:{n} that reads {} is inside the Match block \
@@ -1125,7 +1082,7 @@ mod tests {
 
     #[test]
     fn globs_match_like_fnmatch_with_pathname() {
-        let m = |p, s| glob_match(p, s);
+        let m = |p, s| glob_match(p, s, Syntax::Paths);
         assert!(m(
             "/etc/ssh/sshd_config.d/*.conf",
             "/etc/ssh/sshd_config.d/10-rampart.conf"

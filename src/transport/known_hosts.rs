@@ -4,8 +4,11 @@
 //! ([`KnownHostsFile::check`] → [`HostKeyStatus`]) and the one way rampart writes to the file
 //! ([`KnownHostsFile::append_hashed`], used for `--accept-new`). Line parsing (markers, host
 //! patterns, keys) is left to `ssh_key::known_hosts`. Matching is done here, because russh's
-//! own `check_known_hosts` ignores `@revoked` lines. This module never prints and never asks
-//! the user anything. Deciding to refuse, accept or write is `transport::ssh`'s job.
+//! own `check_known_hosts` ignores `@revoked` lines. [`KnownHosts`] reads the user's file
+//! and the system's (`/etc/ssh/ssh_known_hosts`) together, as OpenSSH does. A line that
+//! cannot be parsed is skipped, as OpenSSH skips it, with a `tracing` warning naming the
+//! file and line. This module never prints otherwise and never asks the user anything.
+//! Deciding to refuse, accept or write is `transport::ssh`'s job.
 //!
 //! Matching follows OpenSSH (`hostfile.c`, `match.c`):
 //!
@@ -29,6 +32,8 @@ use hmac::{Hmac, Mac};
 use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 use russh::keys::ssh_key::{self, HashAlg, PublicKey};
 use sha1::Sha1;
+
+use crate::glob::{Syntax, glob_match};
 
 type HmacSha1 = Hmac<Sha1>;
 
@@ -127,8 +132,8 @@ impl KnownHostsError {
                 path.display()
             )),
             Self::Malformed { path, line, .. } => Some(format!(
-                "fix or delete line {line} of {}; rampart refuses to guess what a broken \
-                 line meant",
+                "fix or delete line {line} of {}; it is skipped, so the host it names is \
+                 unknown until then",
                 path.display()
             )),
             Self::Write { path, .. } => Some(format!(
@@ -148,21 +153,25 @@ struct Line {
 }
 
 /// A parsed known_hosts file: its path (for messages) and its entries with their line numbers.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KnownHostsFile {
     path: PathBuf,
     lines: Vec<Line>,
+    /// Lines that are not valid known_hosts lines: skipped, as OpenSSH skips them, so that one
+    /// broken line does not block every host. Each is a [`KnownHostsError::Malformed`].
+    skipped: Vec<KnownHostsError>,
 }
 
 impl KnownHostsFile {
-    /// Reads the file. A missing file is an empty list. A malformed line is an error that names
-    /// `path:line`.
+    /// Reads the file. A missing file is an empty list. A malformed line is skipped and kept
+    /// in [`KnownHostsFile::skipped`], naming `path:line`.
     pub fn load(path: &Path) -> Result<Self, KnownHostsError> {
         match fs::read_to_string(path) {
             Ok(text) => Self::parse(path, &text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self {
                 path: path.to_path_buf(),
                 lines: Vec::new(),
+                skipped: Vec::new(),
             }),
             Err(source) => Err(KnownHostsError::Read {
                 path: path.to_path_buf(),
@@ -174,9 +183,12 @@ impl KnownHostsFile {
     /// Parses `text` as the content of `path`. `path` is only used in messages.
     ///
     /// Blank lines and lines starting with `#` (after leading whitespace) are skipped. Fields
-    /// may be separated by any run of spaces or tabs, as OpenSSH allows.
+    /// may be separated by any run of spaces or tabs, as OpenSSH allows. A line that is not
+    /// a valid known_hosts line is skipped too, and listed in [`KnownHostsFile::skipped`]:
+    /// the host it meant to name is then unknown (refused), never trusted.
     pub fn parse(path: &Path, text: &str) -> Result<Self, KnownHostsError> {
         let mut lines = Vec::new();
+        let mut skipped = Vec::new();
         for (index, raw) in text.lines().enumerate() {
             let number = index + 1;
             let trimmed = raw.trim();
@@ -192,29 +204,40 @@ impl KnownHostsFile {
                 };
             // ssh_key splits fields on single spaces only.
             let normalized = trimmed.split_whitespace().collect::<Vec<_>>().join(" ");
-            let entry: Entry = normalized.parse().map_err(|e| {
-                malformed(
-                    "expected `[@marker] hosts keytype base64 [comment]`".to_string(),
-                    Some(Box::new(e)),
-                )
-            })?;
+            let entry: Entry = match normalized.parse() {
+                Ok(entry) => entry,
+                Err(e) => {
+                    skipped.push(malformed(
+                        "expected `[@marker] hosts keytype base64 [comment]`".to_string(),
+                        Some(Box::new(e)),
+                    ));
+                    continue;
+                }
+            };
             if let HostPatterns::HashedName { salt, .. } = entry.host_patterns()
                 && salt.len() != SALT_LEN
             {
-                return Err(malformed(
+                skipped.push(malformed(
                     format!(
                         "the hashed host name has a {}-byte salt, OpenSSH uses {SALT_LEN}",
                         salt.len()
                     ),
                     None,
                 ));
+                continue;
             }
             lines.push(Line { number, entry });
         }
         Ok(Self {
             path: path.to_path_buf(),
             lines,
+            skipped,
         })
+    }
+
+    /// The lines skipped as malformed, each a [`KnownHostsError::Malformed`] naming its line.
+    pub fn skipped(&self) -> &[KnownHostsError] {
+        &self.skipped
     }
 
     /// The file this list was read from.
@@ -335,6 +358,64 @@ impl KnownHostsFile {
     }
 }
 
+/// The system-wide known_hosts file OpenSSH reads after the user's (`GlobalKnownHostsFile`).
+pub const GLOBAL_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
+
+/// The user's known_hosts file and the system-wide one, read together as OpenSSH reads them.
+///
+/// The user's file decides for every host it names; the system file is asked only about
+/// hosts the user's file does not name. A key revoked in either file is refused, and so is
+/// a changed key in either (a key the deciding file holds for the host is not the one shown).
+#[derive(Debug)]
+pub struct KnownHosts {
+    pub user: KnownHostsFile,
+    pub global: KnownHostsFile,
+}
+
+impl KnownHosts {
+    /// Reads both files (a missing one is empty) and logs a warning, once per process, for
+    /// each malformed line skipped.
+    pub fn load(user: &Path, global: &Path) -> Result<KnownHosts, KnownHostsError> {
+        let both = KnownHosts {
+            user: KnownHostsFile::load(user)?,
+            global: KnownHostsFile::load(global)?,
+        };
+        both.warn_skipped();
+        Ok(both)
+    }
+
+    fn warn_skipped(&self) {
+        static WARNED: std::sync::Mutex<Vec<(PathBuf, usize)>> = std::sync::Mutex::new(Vec::new());
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        for e in self.user.skipped().iter().chain(self.global.skipped()) {
+            if let KnownHostsError::Malformed { path, line, .. } = e {
+                let at = (path.clone(), *line);
+                if !warned.contains(&at) {
+                    warned.push(at);
+                    let hint = e.hint().unwrap_or_default();
+                    tracing::warn!("{e}; skipped\nhint: {hint}");
+                }
+            }
+        }
+    }
+
+    /// What the two files say about `key`, presented by `host` on `port`, and the file that
+    /// says it (the user's for an unknown host: that is where `--accept-new` records it).
+    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> (HostKeyStatus, &Path) {
+        let user = self.user.check(host, port, key);
+        let global = self.global.check(host, port, key);
+        match (user, global) {
+            (revoked @ HostKeyStatus::Revoked { .. }, _) => (revoked, self.user.path()),
+            (_, revoked @ HostKeyStatus::Revoked { .. }) => (revoked, self.global.path()),
+            (HostKeyStatus::Unknown, HostKeyStatus::Unknown) => {
+                (HostKeyStatus::Unknown, self.user.path())
+            }
+            (HostKeyStatus::Unknown, global) => (global, self.global.path()),
+            (user, _) => (user, self.user.path()),
+        }
+    }
+}
+
 /// SHA256 fingerprint as OpenSSH prints it: `SHA256:` and base64 without padding.
 pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
@@ -367,7 +448,7 @@ fn host_matches(patterns: &HostPatterns, lookup: &str) -> bool {
                     Some(rest) => (true, rest),
                     None => (false, pattern.as_str()),
                 };
-                if glob(lookup.as_bytes(), pattern.to_ascii_lowercase().as_bytes()) {
+                if glob_match(&pattern.to_ascii_lowercase(), lookup, Syntax::Names) {
                     if negated {
                         return false;
                     }
@@ -377,36 +458,6 @@ fn host_matches(patterns: &HostPatterns, lookup: &str) -> bool {
             positive
         }
     }
-}
-
-/// OpenSSH `match_pattern`: `*` matches any run of bytes (also none), `?` exactly one byte,
-/// anything else itself. The whole of `text` must match.
-fn glob(text: &[u8], pattern: &[u8]) -> bool {
-    let (mut t, mut p) = (0, 0);
-    // Where the last `*` was, and the text position it is currently matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                t += 1;
-                p += 1;
-            }
-            _ => match star {
-                // Let the last `*` swallow one more byte and try again from there.
-                Some((star_p, star_t)) => {
-                    star = Some((star_p, star_t + 1));
-                    p = star_p + 1;
-                    t = star_t + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// `|1|base64(salt)|base64(HMAC-SHA1(key = salt, lookup))`, as OpenSSH's `host_hash` writes it.
@@ -575,16 +626,19 @@ mod tests {
 
     #[test]
     fn glob_edge_cases() {
-        assert!(glob(b"", b""));
-        assert!(glob(b"", b"*"));
-        assert!(!glob(b"", b"?"));
-        assert!(glob(b"abc", b"a*c"));
-        assert!(glob(b"abcbc", b"*bc"));
-        assert!(glob(b"a.b.c", b"*.*"));
-        assert!(!glob(b"abc", b"a*d"));
-        assert!(!glob(b"abcd", b"abc"));
-        assert!(!glob(b"abc", b"abcd"));
-        assert!(glob(b"abc", b"**?**"));
+        // OpenSSH `match_pattern`: `*` any run of bytes, `?` one, the rest itself.
+        let glob = |t: &str, p: &str| glob_match(p, t, Syntax::Names);
+        assert!(glob("", ""));
+        assert!(glob("", "*"));
+        assert!(!glob("", "?"));
+        assert!(glob("abc", "a*c"));
+        assert!(glob("abcbc", "*bc"));
+        assert!(glob("a.b.c", "*.*"));
+        assert!(!glob("abc", "a*d"));
+        assert!(!glob("abcd", "abc"));
+        assert!(!glob("abc", "abcd"));
+        assert!(glob("abc", "**?**"));
+        assert!(glob("[pi.lab]:2222", "[pi.*]:2222"));
     }
 
     #[test]
@@ -745,10 +799,22 @@ mod tests {
     }
 
     #[test]
-    fn malformed_line_names_path_and_line() {
-        let text = format!("web1 {}\n\nweb2 ssh-ed25519 not-base64!\n", bare(KEY_A));
-        let err = KnownHostsFile::parse(Path::new("/home/u/.ssh/known_hosts"), &text)
-            .expect_err("line 3 is malformed");
+    fn a_junk_line_is_skipped_with_its_path_and_line_and_blocks_no_host() {
+        let text = format!(
+            "web1 {}\n\nweb2 ssh-ed25519 not-base64!\nweb3 {}\n",
+            bare(KEY_A),
+            bare(KEY_B)
+        );
+        let known = KnownHostsFile::parse(Path::new("/home/u/.ssh/known_hosts"), &text)
+            .expect("a junk line does not fail the file");
+        assert_eq!(known.len(), 2);
+        assert_eq!(known.check("web1", 22, &key(KEY_A)), HostKeyStatus::Trusted);
+        assert_eq!(known.check("web3", 22, &key(KEY_B)), HostKeyStatus::Trusted);
+        // The host the junk line meant is unknown, so refused: never trusted.
+        assert_eq!(known.check("web2", 22, &key(KEY_A)), HostKeyStatus::Unknown);
+        let [err] = known.skipped() else {
+            panic!("{:?}", known.skipped())
+        };
         assert!(
             matches!(err, KnownHostsError::Malformed { line: 3, .. }),
             "{err:?}"
@@ -764,12 +830,70 @@ mod tests {
             "@bogus web1 ssh-ed25519 AAAA\n",
             "|1|c2FsdA==|EbNevG2K+qXkgudRX3spnmjWGnI= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFHVQzB6pjUPgPFjQ4jYJ5bmdlqRl5+pKhKePWoxCuRq\n",
         ] {
-            let err = KnownHostsFile::parse(Path::new("kh"), bad).expect_err(bad);
+            let known = KnownHostsFile::parse(Path::new("kh"), bad).unwrap();
+            assert!(known.is_empty(), "{bad}");
             assert!(
-                matches!(err, KnownHostsError::Malformed { line: 1, .. }),
-                "{bad}: {err:?}"
+                matches!(
+                    known.skipped(),
+                    [KnownHostsError::Malformed { line: 1, .. }]
+                ),
+                "{bad}: {:?}",
+                known.skipped()
             );
         }
+    }
+
+    #[test]
+    fn the_system_file_answers_for_hosts_the_users_file_does_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("known_hosts");
+        let global = dir.path().join("ssh_known_hosts");
+        std::fs::write(&user, format!("junk line\nweb1 {}\n", bare(KEY_A))).unwrap();
+        std::fs::write(
+            &global,
+            format!(
+                "web1 {}\nweb2 {}\nweb3 {}\n@revoked * {}\n",
+                bare(KEY_B),
+                bare(KEY_B),
+                bare(KEY_C),
+                bare(KEY_E)
+            ),
+        )
+        .unwrap();
+        let both = KnownHosts::load(&user, &global).unwrap();
+        let check = |host: &str, k: &str| {
+            let (status, path) = both.check(host, 22, &key(k));
+            (status, path.to_path_buf())
+        };
+        // The user's file decides for web1, whatever the system file says.
+        assert_eq!(check("web1", KEY_A), (HostKeyStatus::Trusted, user.clone()));
+        assert!(matches!(
+            check("web1", KEY_B).0,
+            HostKeyStatus::Changed { .. }
+        ));
+        // web2 only in the system file: trusted there, changed there.
+        assert_eq!(
+            check("web2", KEY_B),
+            (HostKeyStatus::Trusted, global.clone())
+        );
+        let (changed, path) = check("web2", KEY_A);
+        assert!(
+            matches!(changed, HostKeyStatus::Changed { .. }),
+            "{changed:?}"
+        );
+        assert_eq!(path, global);
+        assert_eq!(check("web9", KEY_A), (HostKeyStatus::Unknown, user.clone()));
+        // Revoked in the system file is revoked for every host.
+        assert_eq!(
+            check("web1", KEY_E),
+            (HostKeyStatus::Revoked { line: 4 }, global.clone())
+        );
+        // A missing system file is empty.
+        let alone = KnownHosts::load(&user, &dir.path().join("none")).unwrap();
+        assert!(matches!(
+            alone.check("web2", 22, &key(KEY_B)).0,
+            HostKeyStatus::Unknown
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use russh::keys::ssh_key::{HashAlg, PrivateKey, PublicKey};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 
-use super::known_hosts::{self, HostKeyStatus, KnownHostsFile, RecordedKey};
+use super::known_hosts::{self, HostKeyStatus, KnownHosts, KnownHostsFile, RecordedKey};
 use super::{ExecError, ExecOutput, Session, Stats};
 
 /// The environment variable that holds the passphrase of an encrypted identity file.
@@ -251,9 +251,14 @@ struct HostKeyCheck {
 
 impl HostKeyCheck {
     fn verdict(&self, key: &PublicKey) -> Result<(), ConnectError> {
-        let file = KnownHostsFile::load(&self.known_hosts)?;
+        // The user's file, then the system's for hosts the user's does not name (OpenSSH).
+        let files = KnownHosts::load(
+            &self.known_hosts,
+            Path::new(known_hosts::GLOBAL_KNOWN_HOSTS),
+        )?;
         let fingerprint = known_hosts::fingerprint(key);
-        match file.check(&self.host, self.port, key) {
+        let (status, said_by) = files.check(&self.host, self.port, key);
+        match status {
             HostKeyStatus::Trusted => Ok(()),
             HostKeyStatus::Unknown if self.accept_new => {
                 let _guard = KNOWN_HOSTS_APPEND.lock().unwrap_or_else(|e| e.into_inner());
@@ -271,16 +276,22 @@ impl HostKeyCheck {
                         tracing::info!(host = %self.host, %fingerprint, "recorded new host key");
                         Ok(())
                     }
-                    other => Err(self.refusal_for(other, fingerprint)),
+                    other => Err(self.refusal_for(other, fingerprint, &self.known_hosts)),
                 }
             }
-            other => Err(self.refusal_for(other, fingerprint)),
+            other => Err(self.refusal_for(other, fingerprint, said_by)),
         }
     }
 
-    fn refusal_for(&self, status: HostKeyStatus, fingerprint: String) -> ConnectError {
+    /// `known_hosts`: the file whose lines say so (named in the message and the hint).
+    fn refusal_for(
+        &self,
+        status: HostKeyStatus,
+        fingerprint: String,
+        known_hosts: &Path,
+    ) -> ConnectError {
         let host = self.lookup_name();
-        let known_hosts = self.known_hosts.clone();
+        let known_hosts = known_hosts.to_path_buf();
         match status {
             HostKeyStatus::Trusted => unreachable!("a trusted key is not refused"),
             HostKeyStatus::Unknown => ConnectError::UnknownHostKey {
