@@ -9,10 +9,58 @@ use tokio::sync::Semaphore;
 
 use crate::inventory::Host;
 use crate::transport::ssh::{self, ConnectError, ConnectOptions, SshSession};
+use crate::untrusted::{PANIC_HINT, panic_error};
 
 /// Runs `work` for every host, at most `forks` at once, and returns the results in the
-/// order of `hosts`.
+/// order of `hosts`. A panic in one host's task is resumed here, after every host ended;
+/// [`for_each_host_or`] turns it into that host's failure instead.
 pub async fn for_each_host<T, F, Fut>(hosts: &[Host], forks: usize, work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Host) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let mut results = Vec::with_capacity(hosts.len());
+    for r in run_tasks(hosts, forks, work).await {
+        match r {
+            Ok(t) => results.push(t),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    }
+    results
+}
+
+/// [`for_each_host`], where a host whose task panicked (a bug, found by a host's odd output)
+/// gets `on_panic(host, message)` as its result: that host fails, the others' results stay.
+pub async fn for_each_host_or<T, F, Fut, P>(
+    hosts: &[Host],
+    forks: usize,
+    on_panic: P,
+    work: F,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Host) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    P: Fn(&Host, String) -> T,
+{
+    run_tasks(hosts, forks, work)
+        .await
+        .into_iter()
+        .zip(hosts)
+        .map(|(r, host)| match r {
+            Ok(t) => t,
+            Err(payload) => on_panic(host, crate::untrusted::panic_message(&*payload)),
+        })
+        .collect()
+}
+
+/// Each host's task, spawned at most `forks` at once; its result, or its panic's payload.
+async fn run_tasks<T, F, Fut>(
+    hosts: &[Host],
+    forks: usize,
+    work: F,
+) -> Vec<Result<T, Box<dyn std::any::Any + Send>>>
 where
     T: Send + 'static,
     F: Fn(Host) -> Fut,
@@ -33,11 +81,13 @@ where
     }
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
-        match task.await {
-            Ok(result) => results.push(result),
-            // A panic in one host's task is a bug; surface it rather than hide the host.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        results.push(task.await.map_err(|e| {
+            if e.is_panic() {
+                e.into_panic()
+            } else {
+                Box::new("the host's task was cancelled") as Box<dyn std::any::Any + Send>
+            }
+        }));
     }
     results
 }
@@ -344,7 +394,13 @@ fn uses_hostvars(run: &Run) -> bool {
 /// reached lends the facts it had last time (the controller's fact cache): its WireGuard peers
 /// keep it while it is down, and a drift check does not report them as drift.
 async fn fleet_facts(run: &Arc<Run>) -> FleetFacts {
-    let gathered = for_each_host(&run.hosts, run.forks, |host| {
+    let on_panic = |host: &Host, message: String| {
+        let bug = ConnectError::Bug {
+            message: panic_error(&message),
+        };
+        (host.name.clone(), None, Err(bug))
+    };
+    let gathered = for_each_host_or(&run.hosts, run.forks, on_panic, |host| {
         let run = run.clone();
         async move {
             let c = match connect_host(&host, &run.options).await {
@@ -481,7 +537,26 @@ impl FactCache {
 
 async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary {
     let mode = run.settings.mode();
-    let probed = for_each_host(&run.hosts, run.forks, |host| {
+    let probe_panicked = |host: &Host, message: String| {
+        run.progress.done(run.progress.host(&host.name), "failed");
+        let mut report = HostReport::new(host);
+        report.fail(
+            HostStatus::Failed,
+            panic_error(&message),
+            Some(PANIC_HINT.into()),
+        );
+        Probed {
+            host: host.clone(),
+            report,
+            session: None,
+            become_root: false,
+            steps: Vec::new(),
+            handlers: Vec::new(),
+            verdicts: Vec::new(),
+            started: Instant::now(),
+        }
+    };
+    let probed = for_each_host_or(&run.hosts, run.forks, probe_panicked, |host| {
         let run = run.clone();
         let fleet = fleet.clone();
         async move {
@@ -531,7 +606,16 @@ async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary
         .map(|p| Arc::new(tokio::sync::Mutex::new(Some(p))))
         .collect();
     let slots = Arc::new(slots);
-    let reports = for_each_host(&run.hosts, run.forks, |host| {
+    let apply_panicked = |host: &Host, message: String| {
+        let mut report = HostReport::new(host);
+        report.fail(
+            HostStatus::Failed,
+            panic_error(&message),
+            Some(PANIC_HINT.into()),
+        );
+        report
+    };
+    let reports = for_each_host_or(&run.hosts, run.forks, apply_panicked, |host| {
         let run = run.clone();
         let slots = slots.clone();
         let i = run

@@ -8,6 +8,8 @@ pub mod engine;
 pub mod exit;
 pub mod facts;
 pub mod fleet;
+#[cfg(test)]
+mod hostile_output;
 pub mod inspect;
 pub mod inventory;
 pub mod localfs;
@@ -20,4 +22,5 @@ pub mod schedule;
 pub mod secrets;
 pub mod template;
 pub mod transport;
+pub mod untrusted;
 pub mod yaml;
