@@ -161,6 +161,9 @@ pub struct Run {
 /// How long `audit`'s outside probe waits for a TCP connect to a forbidden port.
 const OUTSIDE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The most text one error keeps in a report (bytes); see [`FleetSummary::bound_errors`].
+pub const ERROR_REPORT_LIMIT: usize = 16 * 1024;
+
 /// The version of the JSON reports' schema (README.md).
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -183,6 +186,27 @@ pub struct FleetSummary {
 }
 
 impl FleetSummary {
+    /// Cuts every error text (a host's, a step's failure) to [`ERROR_REPORT_LIMIT`]: each
+    /// block of host output in an error is already cut where it is made; this bounds what
+    /// any path, present or future, puts into a report.
+    pub fn bound_errors(&mut self) {
+        let cut = |s: &mut String| {
+            if s.len() > ERROR_REPORT_LIMIT {
+                *s = crate::untrusted::truncate(s, ERROR_REPORT_LIMIT).into_owned();
+            }
+        };
+        for h in &mut self.hosts {
+            if let Some(e) = &mut h.error {
+                cut(e);
+            }
+            for step in h.steps.iter_mut().chain(h.handlers.iter_mut()) {
+                if let StepStatus::Skipped(t) | StepStatus::Failed(t) = &mut step.status {
+                    cut(t);
+                }
+            }
+        }
+    }
+
     /// Masks every secret in every text of the summary, so that no format (JUnit, HTML, ...)
     /// can show one, whatever escaping it applies.
     pub fn mask(&mut self, secrets: &Secrets) {
@@ -273,6 +297,7 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut summary = run_passes(run).await;
+    summary.bound_errors();
     summary.started = since_epoch;
     summary.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     summary
@@ -1174,4 +1199,78 @@ async fn close_all(probed: Vec<Probed>) -> Vec<HostReport> {
         out.push(finish(p.report, p.started, p.session).await_close().await);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_one_hosts_task_fails_that_host_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.yaml");
+        std::fs::write(&path, "all:\n  hosts:\n    a: {}\n    b: {}\n    c: {}\n").unwrap();
+        let inv = Inventory::load(&path).unwrap();
+        let hosts: Vec<Host> = inv.limit(&[]).unwrap().into_iter().cloned().collect();
+        let results = for_each_host_or(
+            &hosts,
+            2,
+            |h, message| format!("{} failed: {message}", h.name),
+            |h| async move {
+                if h.name == "b" {
+                    let blob = "AAAAAAAAAAAé€€€€€€€€€€€€€€€€\u{1b}[2J";
+                    // The slicing bug of issue 9, item 6.
+                    let cut = &blob[..12];
+                    return cut.to_string();
+                }
+                format!("{} ok", h.name)
+            },
+        )
+        .await;
+        assert_eq!(results[0], "a ok");
+        assert_eq!(results[2], "c ok");
+        assert!(
+            results[1].starts_with("b failed: end byte index 12 is not a char boundary"),
+            "{}",
+            results[1]
+        );
+        // The panic's message quotes the text: shown escaped.
+        assert!(results[1].contains("\\x1b[2J"), "{}", results[1]);
+    }
+
+    #[test]
+    fn error_texts_in_a_report_are_bounded() {
+        let report = HostReport {
+            name: "h".into(),
+            address: "h:22".into(),
+            status: HostStatus::Failed,
+            error: Some("é".repeat(ERROR_REPORT_LIMIT)),
+            hint: None,
+            login: None,
+            note: None,
+            steps: vec![],
+            handlers: vec![],
+            findings: vec![],
+            checks: vec![],
+            facts: None,
+            stats: Default::default(),
+            seconds: 0.0,
+        };
+        let mut summary = FleetSummary {
+            schema_version: SCHEMA_VERSION,
+            run_id: "r".into(),
+            mode: "plan",
+            started: 0,
+            seconds: 0.0,
+            hosts: vec![report],
+            aborted: None,
+        };
+        summary.bound_errors();
+        let e = summary.hosts[0].error.as_deref().unwrap();
+        assert!(e.len() < ERROR_REPORT_LIMIT + 64, "{}", e.len());
+        assert!(
+            e.ends_with(&format!("… {} bytes more", ERROR_REPORT_LIMIT)),
+            "{e}"
+        );
+    }
 }
