@@ -564,9 +564,10 @@ pub async fn probe_with_scan<S: Session>(
                 )),
                 Some((text, Some(0))) => resource.diff(text).map_err(|e| e.to_string()),
                 Some((text, rc)) => Err(format!(
-                    "the probe failed (exit status {})\n---- output ----\n{text}\n{}",
+                    "the probe failed (exit status {})\n---- output ----\n{}\n{}",
                     rc.map(|r| r.to_string())
                         .unwrap_or_else(|| "unknown".into()),
+                    crate::untrusted::for_error(text),
                     out.stderr_block()
                 )),
             }),
@@ -733,7 +734,7 @@ pub async fn apply_with<S: Session>(
                 "exit status {}\n---- output ----\n{}\n----------------",
                 rc.map(|r| r.to_string())
                     .unwrap_or_else(|| "unknown".into()),
-                text.trim_end()
+                crate::untrusted::for_error(text.trim_end())
             )),
         })
     };

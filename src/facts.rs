@@ -83,7 +83,14 @@ pub struct Tools {
 #[error("the facts probe printed no `os_id=` line; output was:\n{0}")]
 pub struct FactsError(String);
 
+/// The longest value a fact keeps (bytes): facts are names and paths, never documents.
+const VALUE_LIMIT: usize = 1024;
+
 /// Parses the probe's output. Unknown lines are ignored (a newer probe, a noisy login shell).
+///
+/// Values are the host's words: each is cut to [`VALUE_LIMIT`] bytes and its control
+/// characters are escaped (`\x1b`), so that no fact carries a terminal escape into a report,
+/// a template or a config file.
 pub fn parse(out: &str) -> Result<Facts, FactsError> {
     let mut f = Facts::default();
     let mut seen = false;
@@ -91,7 +98,9 @@ pub fn parse(out: &str) -> Result<Facts, FactsError> {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
-        let value = value.to_string();
+        let value =
+            crate::untrusted::escape_controls(crate::untrusted::prefix_bytes(value, VALUE_LIMIT))
+                .into_owned();
         let path = || (!value.is_empty()).then(|| value.clone());
         match key {
             "os_id" => {
@@ -123,7 +132,7 @@ pub fn parse(out: &str) -> Result<Facts, FactsError> {
         }
     }
     if !seen {
-        return Err(FactsError(out.chars().take(2000).collect()));
+        return Err(FactsError(crate::untrusted::for_error(out)));
     }
     Ok(f)
 }

@@ -9,10 +9,58 @@ use tokio::sync::Semaphore;
 
 use crate::inventory::Host;
 use crate::transport::ssh::{self, ConnectError, ConnectOptions, SshSession};
+use crate::untrusted::{PANIC_HINT, panic_error};
 
 /// Runs `work` for every host, at most `forks` at once, and returns the results in the
-/// order of `hosts`.
+/// order of `hosts`. A panic in one host's task is resumed here, after every host ended;
+/// [`for_each_host_or`] turns it into that host's failure instead.
 pub async fn for_each_host<T, F, Fut>(hosts: &[Host], forks: usize, work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Host) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let mut results = Vec::with_capacity(hosts.len());
+    for r in run_tasks(hosts, forks, work).await {
+        match r {
+            Ok(t) => results.push(t),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    }
+    results
+}
+
+/// [`for_each_host`], where a host whose task panicked (a bug, found by a host's odd output)
+/// gets `on_panic(host, message)` as its result: that host fails, the others' results stay.
+pub async fn for_each_host_or<T, F, Fut, P>(
+    hosts: &[Host],
+    forks: usize,
+    on_panic: P,
+    work: F,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Host) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    P: Fn(&Host, String) -> T,
+{
+    run_tasks(hosts, forks, work)
+        .await
+        .into_iter()
+        .zip(hosts)
+        .map(|(r, host)| match r {
+            Ok(t) => t,
+            Err(payload) => on_panic(host, crate::untrusted::panic_message(&*payload)),
+        })
+        .collect()
+}
+
+/// Each host's task, spawned at most `forks` at once; its result, or its panic's payload.
+async fn run_tasks<T, F, Fut>(
+    hosts: &[Host],
+    forks: usize,
+    work: F,
+) -> Vec<Result<T, Box<dyn std::any::Any + Send>>>
 where
     T: Send + 'static,
     F: Fn(Host) -> Fut,
@@ -33,11 +81,13 @@ where
     }
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
-        match task.await {
-            Ok(result) => results.push(result),
-            // A panic in one host's task is a bug; surface it rather than hide the host.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        results.push(task.await.map_err(|e| {
+            if e.is_panic() {
+                e.into_panic()
+            } else {
+                Box::new("the host's task was cancelled") as Box<dyn std::any::Any + Send>
+            }
+        }));
     }
     results
 }
@@ -111,6 +161,9 @@ pub struct Run {
 /// How long `audit`'s outside probe waits for a TCP connect to a forbidden port.
 const OUTSIDE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The most text one error keeps in a report (bytes); see [`FleetSummary::bound_errors`].
+pub const ERROR_REPORT_LIMIT: usize = 16 * 1024;
+
 /// The version of the JSON reports' schema (README.md).
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -133,6 +186,27 @@ pub struct FleetSummary {
 }
 
 impl FleetSummary {
+    /// Cuts every error text (a host's, a step's failure) to [`ERROR_REPORT_LIMIT`]: each
+    /// block of host output in an error is already cut where it is made; this bounds what
+    /// any path, present or future, puts into a report.
+    pub fn bound_errors(&mut self) {
+        let cut = |s: &mut String| {
+            if s.len() > ERROR_REPORT_LIMIT {
+                *s = crate::untrusted::truncate(s, ERROR_REPORT_LIMIT).into_owned();
+            }
+        };
+        for h in &mut self.hosts {
+            if let Some(e) = &mut h.error {
+                cut(e);
+            }
+            for step in h.steps.iter_mut().chain(h.handlers.iter_mut()) {
+                if let StepStatus::Skipped(t) | StepStatus::Failed(t) = &mut step.status {
+                    cut(t);
+                }
+            }
+        }
+    }
+
     /// Masks every secret in every text of the summary, so that no format (JUnit, HTML, ...)
     /// can show one, whatever escaping it applies.
     pub fn mask(&mut self, secrets: &Secrets) {
@@ -223,6 +297,7 @@ pub async fn run_playbook(run: Arc<Run>) -> FleetSummary {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut summary = run_passes(run).await;
+    summary.bound_errors();
     summary.started = since_epoch;
     summary.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     summary
@@ -344,7 +419,13 @@ fn uses_hostvars(run: &Run) -> bool {
 /// reached lends the facts it had last time (the controller's fact cache): its WireGuard peers
 /// keep it while it is down, and a drift check does not report them as drift.
 async fn fleet_facts(run: &Arc<Run>) -> FleetFacts {
-    let gathered = for_each_host(&run.hosts, run.forks, |host| {
+    let on_panic = |host: &Host, message: String| {
+        let bug = ConnectError::Bug {
+            message: panic_error(&message),
+        };
+        (host.name.clone(), None, Err(bug))
+    };
+    let gathered = for_each_host_or(&run.hosts, run.forks, on_panic, |host| {
         let run = run.clone();
         async move {
             let c = match connect_host(&host, &run.options).await {
@@ -481,7 +562,26 @@ impl FactCache {
 
 async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary {
     let mode = run.settings.mode();
-    let probed = for_each_host(&run.hosts, run.forks, |host| {
+    let probe_panicked = |host: &Host, message: String| {
+        run.progress.done(run.progress.host(&host.name), "failed");
+        let mut report = HostReport::new(host);
+        report.fail(
+            HostStatus::Failed,
+            panic_error(&message),
+            Some(PANIC_HINT.into()),
+        );
+        Probed {
+            host: host.clone(),
+            report,
+            session: None,
+            become_root: false,
+            steps: Vec::new(),
+            handlers: Vec::new(),
+            verdicts: Vec::new(),
+            started: Instant::now(),
+        }
+    };
+    let probed = for_each_host_or(&run.hosts, run.forks, probe_panicked, |host| {
         let run = run.clone();
         let fleet = fleet.clone();
         async move {
@@ -531,7 +631,16 @@ async fn run_once(run: Arc<Run>, fleet: Option<Arc<FleetFacts>>) -> FleetSummary
         .map(|p| Arc::new(tokio::sync::Mutex::new(Some(p))))
         .collect();
     let slots = Arc::new(slots);
-    let reports = for_each_host(&run.hosts, run.forks, |host| {
+    let apply_panicked = |host: &Host, message: String| {
+        let mut report = HostReport::new(host);
+        report.fail(
+            HostStatus::Failed,
+            panic_error(&message),
+            Some(PANIC_HINT.into()),
+        );
+        report
+    };
+    let reports = for_each_host_or(&run.hosts, run.forks, apply_panicked, |host| {
         let run = run.clone();
         let slots = slots.clone();
         let i = run
@@ -1174,4 +1283,78 @@ async fn close_all(probed: Vec<Probed>) -> Vec<HostReport> {
         out.push(finish(p.report, p.started, p.session).await_close().await);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_one_hosts_task_fails_that_host_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.yaml");
+        std::fs::write(&path, "all:\n  hosts:\n    a: {}\n    b: {}\n    c: {}\n").unwrap();
+        let inv = Inventory::load(&path).unwrap();
+        let hosts: Vec<Host> = inv.limit(&[]).unwrap().into_iter().cloned().collect();
+        let results = for_each_host_or(
+            &hosts,
+            2,
+            |h, message| format!("{} failed: {message}", h.name),
+            |h| async move {
+                if h.name == "b" {
+                    let blob = "AAAAAAAAAAAé€€€€€€€€€€€€€€€€\u{1b}[2J";
+                    // The slicing bug of issue 9, item 6.
+                    let cut = &blob[..12];
+                    return cut.to_string();
+                }
+                format!("{} ok", h.name)
+            },
+        )
+        .await;
+        assert_eq!(results[0], "a ok");
+        assert_eq!(results[2], "c ok");
+        assert!(
+            results[1].starts_with("b failed: end byte index 12 is not a char boundary"),
+            "{}",
+            results[1]
+        );
+        // The panic's message quotes the text: shown escaped.
+        assert!(results[1].contains("\\x1b[2J"), "{}", results[1]);
+    }
+
+    #[test]
+    fn error_texts_in_a_report_are_bounded() {
+        let report = HostReport {
+            name: "h".into(),
+            address: "h:22".into(),
+            status: HostStatus::Failed,
+            error: Some("é".repeat(ERROR_REPORT_LIMIT)),
+            hint: None,
+            login: None,
+            note: None,
+            steps: vec![],
+            handlers: vec![],
+            findings: vec![],
+            checks: vec![],
+            facts: None,
+            stats: Default::default(),
+            seconds: 0.0,
+        };
+        let mut summary = FleetSummary {
+            schema_version: SCHEMA_VERSION,
+            run_id: "r".into(),
+            mode: "plan",
+            started: 0,
+            seconds: 0.0,
+            hosts: vec![report],
+            aborted: None,
+        };
+        summary.bound_errors();
+        let e = summary.hosts[0].error.as_deref().unwrap();
+        assert!(e.len() < ERROR_REPORT_LIMIT + 64, "{}", e.len());
+        assert!(
+            e.ends_with(&format!("… {} bytes more", ERROR_REPORT_LIMIT)),
+            "{e}"
+        );
+    }
 }

@@ -9,6 +9,8 @@ pub mod exit;
 pub mod facts;
 pub mod fleet;
 pub mod glob;
+#[cfg(test)]
+mod hostile_output;
 pub mod inspect;
 pub mod inventory;
 pub mod localfs;
@@ -21,4 +23,5 @@ pub mod schedule;
 pub mod secrets;
 pub mod template;
 pub mod transport;
+pub mod untrusted;
 pub mod yaml;

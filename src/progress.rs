@@ -1,7 +1,7 @@
 //! progress: what the operator sees while a run goes on. On a terminal, indicatif bars: one
 //! for the fleet and one line per active host with its phase. Otherwise plain lines on
 //! stderr, one per host as it finishes, so logs of cron jobs stay readable. Never on stdout:
-//! reports go there.
+//! reports go there. What it prints passes [`crate::untrusted::escape_controls`].
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -53,7 +53,7 @@ impl Progress {
                 ProgressStyle::with_template("  {spinner} {prefix}: {msg}")
                     .expect("valid template"),
             );
-            bar.set_prefix(name.to_string());
+            bar.set_prefix(crate::untrusted::escape_controls(name).into_owned());
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
@@ -65,7 +65,7 @@ impl Progress {
 
     pub fn phase(&self, line: &HostLine, phase: &str) {
         if let Some(bar) = &line.bar {
-            bar.set_message(phase.to_string());
+            bar.set_message(crate::untrusted::escape_controls(phase).into_owned());
         }
     }
 
@@ -76,7 +76,11 @@ impl Progress {
         if let Some((_, fleet)) = &self.bars {
             fleet.inc(1);
         } else if self.plain {
-            eprintln!("rampart: {}: {outcome}", line.name);
+            eprintln!(
+                "rampart: {}: {}",
+                crate::untrusted::escape_controls(&line.name),
+                crate::untrusted::escape_controls(outcome)
+            );
         }
     }
 

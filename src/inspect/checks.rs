@@ -78,6 +78,10 @@ pub fn checks(
     let no_agent = || vec!["the playbook has no agent (agent_user is not set)".to_string()];
     let no_config = || {
         vec![match (&obs.config_path, &params.agent_config) {
+            (Some(p), _) if obs.truncated.iter().any(|t| t.section == "config") => format!(
+                "{p} is larger than the scan reads ({} bytes): not checked",
+                super::scan::FILE_LIMIT
+            ),
             (Some(p), _) => format!("{p} is not JSON rampart can read"),
             (None, Some(p)) => format!("{p} does not exist"),
             (None, None) => "no agent config".into(),

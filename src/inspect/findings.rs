@@ -138,6 +138,35 @@ pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
         }
     }
 
+    for k in &obs.malformed_keys {
+        out.push(finding(
+            "ssh.malformed_key",
+            Severity::Medium,
+            format!("{}:{}", k.file, k.line),
+            "an authorized_keys line sshd cannot use (junk or damaged key data)",
+            vec![format!(
+                "{}:{} ({}): {}; the line starts {:?}",
+                k.file, k.line, k.user, k.problem, k.start
+            )],
+        ));
+    }
+
+    for t in &obs.truncated {
+        out.push(finding(
+            "scan.file_too_large",
+            Severity::Medium,
+            t.path.clone(),
+            "a file is larger than the scan reads: only its beginning was looked at",
+            vec![format!(
+                "{} is {} bytes; the scan reads {} bytes of it (for {})",
+                t.path,
+                t.size,
+                super::scan::FILE_LIMIT,
+                t.section
+            )],
+        ));
+    }
+
     for hit in &obs.secret_hits {
         let existing = out
             .iter_mut()
@@ -223,9 +252,15 @@ pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
     out
 }
 
+/// A key's base64 data shortened for evidence: its first 12 and last 8 characters. Counted
+/// in characters: the data comes from the host and may hold any text.
 fn short_blob(blob: &str) -> String {
-    if blob.len() > 24 {
-        format!("{}…{}", &blob[..12], &blob[blob.len() - 8..])
+    if blob.chars().count() > 24 {
+        format!(
+            "{}…{}",
+            crate::untrusted::first_chars(blob, 12),
+            crate::untrusted::last_chars(blob, 8)
+        )
     } else {
         blob.to_string()
     }
@@ -405,6 +440,27 @@ mod tests {
         f.iter()
             .map(|f| (f.id.as_str(), f.subject.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn evidence_of_a_key_counts_characters_not_bytes() {
+        // Byte 12 falls inside 'é': slicing bytes there panicked and lost every host's report.
+        let blob = "AAAAAAAAAAAé€€€€€€€€€€€€€€€€€€";
+        assert_eq!(short_blob(blob), "AAAAAAAAAAAé…€€€€€€€€");
+        let obs = Observations {
+            keys: vec![AuthorizedKey {
+                user: "root".into(),
+                file: "/root/.ssh/authorized_keys".into(),
+                line: 1,
+                key_type: "ssh-ed25519".into(),
+                blob: blob.into(),
+                comment: String::new(),
+            }],
+            ..Observations::default()
+        };
+        let f = findings(&obs, &params());
+        assert_eq!(f[0].id, "ssh.unknown_key");
+        assert!(f[0].evidence[0].contains("AAAAAAAAAAAé…"), "{f:?}");
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! (`<marker> name args`, then raw lines) that [`parse`] turns into [`Observations`]. No
 //! secret value leaves the host: for secrets the script prints names, paths, line numbers and
 //! lengths, never content.
+//!
+//! The host's output is the attacker's: the script reads at most [`FILE_LIMIT`] bytes of any
+//! file (and says when a file was longer), caps listings, and [`parse`] takes any bytes
+//! without panicking (a proptest feeds it junk).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -31,6 +35,14 @@ pub const SECRET_PATTERNS: &[(&str, &str)] = &[
     ("Slack token", "xox[abprs]-[A-Za-z0-9-]{10,}"),
     ("private key", "-----BEGIN ([A-Z0-9]+ )?PRIVATE KEY-----"),
 ];
+
+/// The most the scan reads of any one file (`head -c`); a longer file gets a `truncated`
+/// section with its real size.
+pub const FILE_LIMIT: u64 = 1024 * 1024;
+
+/// The most entries the scan lists of a folder (skills), and the most lines of a listing
+/// (loose secrets files).
+pub const LIST_LIMIT: usize = 1000;
 
 /// What the scan looks for on one host, from its variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +229,7 @@ impl ScanParams {
         let mut s = Script::new()
             .raw("PATH=\"$PATH:/usr/sbin:/sbin\"\nM=")
             .arg(marker)
+            .raw(&format!("\nL={FILE_LIMIT}\nN={LIST_LIMIT}"))
             .raw(SCAN_FUNCTIONS);
         let call = |s: Script, f: &str, args: &[&str]| {
             let mut s = s.raw(f);
@@ -279,8 +292,15 @@ impl ScanParams {
 /// Shell functions of the scan; every one only reads.
 const SCAN_FUNCTIONS: &str = r#"
 sec() { printf '%s %s\n' "$M" "$*"; }
+# At most $L bytes of a file; a longer one is then named in a `truncated` section.
+read_capped() {
+  head -c "$L" -- "$2"; echo
+  s=$(stat -L -c %s -- "$2" 2>/dev/null) || s=0
+  [ "$s" -gt "$L" ] 2>/dev/null && sec truncated "$1" "$s" "$2"
+  true
+}
 # A file that does not exist prints no section: its observation stays None.
-file_section() { [ -f "$2" ] || return 0; sec "$1" "$2"; cat -- "$2"; echo; }
+file_section() { [ -f "$2" ] || return 0; sec "$1" "$2"; read_capped "$1" "$2"; }
 exists_section() { if [ -s "$2" ]; then sec "$1" yes "$2"; else sec "$1" no "$2"; fi; }
 enabled_section() {
   sec "$1" "$2"
@@ -297,9 +317,9 @@ latest_section() {
 env_lengths() {
   [ -f "$1" ] || return 0
   sec env "$1"
-  awk '/^[ \t]*(export[ \t]+)?[A-Za-z_][A-Za-z0-9_]*=/ {
+  head -c "$L" -- "$1" | awk '/^[ \t]*(export[ \t]+)?[A-Za-z_][A-Za-z0-9_]*=/ {
     sub(/^[ \t]*(export[ \t]+)?/, ""); n = $0; sub(/=.*/, "", n); v = $0; sub(/^[^=]*=/, "", v)
-    gsub(/^["'\'']|["'\'']$/, "", v); print n, length(v) }' "$1"
+    gsub(/^["'\'']|["'\'']$/, "", v); print n, length(v) }'
 }
 secret_search() {
   kind=$1; pat=$2; shift 2
@@ -322,12 +342,12 @@ loose_secrets() {
     find "$d" -xdev -type f \( -name '*.env' -o -name '.env*' -o -name '*.key' -o -name '*.pem' \
       -o -name '*.p12' -o -name 'credentials*' -o -path '*/secrets/*' \) -perm /044 \
       -exec stat -c '%a %U %G %n' {} + 2>/dev/null
-  done
+  done | head -n "$N"
   for f in /etc/wireguard/*.key; do [ -f "$f" ] && stat -c '%a %U %G %n' -- "$f"; done
   true
 }
 mode_of() { sec mode "$1"; [ -e "$1" ] && stat -c '%a %U %G %n' -- "$1"; true; }
-list_dir() { sec "$1" "$2"; [ -d "$2" ] && ls -1A -- "$2"; true; }
+list_dir() { sec "$1" "$2"; [ -d "$2" ] && ls -1A -- "$2" | head -n "$N"; true; }
 service_section() {
   sec service "$1"
   systemctl show -p LoadState -p ActiveState -p UnitFileState -p User -p MainPID -- "$1" 2>/dev/null
@@ -341,11 +361,11 @@ service_section() {
 const SCAN_HOST: &str = r#"
 for t in tcp tcp6 udp udp6; do sec proc_net "$t"; cat "/proc/net/$t" 2>/dev/null; done
 if command -v ss >/dev/null 2>&1; then sec ss; ss -Htulnp 2>/dev/null; fi
-sec passwd; cut -d: -f1,3,6,7 /etc/passwd
+sec passwd; head -c "$L" /etc/passwd | cut -d: -f1,3,6,7
 sec group; grep -E '^(sudo|wheel|admin):' /etc/group
-cut -d: -f1,6 /etc/passwd | while IFS=: read -r u h; do
+head -c "$L" /etc/passwd | cut -d: -f1,6 | while IFS=: read -r u h; do
   for f in "$h/.ssh/authorized_keys" "$h/.ssh/authorized_keys2"; do
-    [ -f "$f" ] && { sec keys "$u" "$f"; cat -- "$f"; echo; }
+    [ -f "$f" ] && { sec keys "$u" "$f"; read_capped "keys" "$f"; }
   done
 done
 if command -v sshd >/dev/null 2>&1; then sec sshd; sshd -T 2>/dev/null | grep -E '^(permitrootlogin|passwordauthentication|kbdinteractiveauthentication|pubkeyauthentication|port) '; fi
@@ -385,6 +405,27 @@ pub struct AuthorizedKey {
     pub key_type: String,
     pub blob: String,
     pub comment: String,
+}
+
+/// An `authorized_keys` line sshd cannot use: junk, or key data that is not the key it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedKey {
+    pub user: String,
+    pub file: String,
+    pub line: usize,
+    /// Why, in words: `its key data is not base64`.
+    pub problem: String,
+    /// The line's first characters, as evidence.
+    pub start: String,
+}
+
+/// A file the scan read only the first [`FILE_LIMIT`] bytes of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncated {
+    /// The section it was read for: `config`, `keys`, `gitignore`, ...
+    pub section: String,
+    pub size: u64,
+    pub path: String,
 }
 
 /// A file with a secret-looking string.
@@ -432,6 +473,9 @@ pub struct Observations {
     /// sudo/wheel/admin -> members
     pub admin_groups: BTreeMap<String, Vec<String>>,
     pub keys: Vec<AuthorizedKey>,
+    pub malformed_keys: Vec<MalformedKey>,
+    /// Files longer than the scan reads.
+    pub truncated: Vec<Truncated>,
     pub sshd: BTreeMap<String, String>,
     /// `None`: no nft on the host.
     pub nft: Option<String>,
@@ -552,14 +596,29 @@ fn take(
         "keys" => {
             let (user, file) = (arg(0), rest(1));
             for (i, l) in body.iter().enumerate() {
-                if let Some(k) = authorized_key(l) {
-                    obs.keys.push(AuthorizedKey {
-                        user: user.clone(),
-                        file: file.clone(),
-                        line: i + 1,
-                        ..k
-                    });
-                }
+                let problem = match authorized_key(l) {
+                    Some(k) => match key_problem(&k.key_type, &k.blob) {
+                        None => {
+                            obs.keys.push(AuthorizedKey {
+                                user: user.clone(),
+                                file: file.clone(),
+                                line: i + 1,
+                                ..k
+                            });
+                            continue;
+                        }
+                        Some(p) => p,
+                    },
+                    None if l.trim().is_empty() || l.trim_start().starts_with('#') => continue,
+                    None => "no key type sshd knows".to_string(),
+                };
+                obs.malformed_keys.push(MalformedKey {
+                    user: user.clone(),
+                    file: file.clone(),
+                    line: i + 1,
+                    problem,
+                    start: crate::untrusted::first_chars(l.trim(), 40).to_string(),
+                });
             }
         }
         "sshd" => {
@@ -637,6 +696,11 @@ fn take(
                 ))
             });
         }
+        "truncated" => obs.truncated.push(Truncated {
+            section: arg(0),
+            size: arg(1).parse().unwrap_or(0),
+            path: rest(2),
+        }),
         "incident" => obs.incident_doc = Some(arg(0) == "yes"),
         "audit_rules" => obs.audit_rules_file = Some(arg(0) == "yes"),
         _ => {}
@@ -660,10 +724,13 @@ fn proc_net_line(proto: &'static str, line: &str) -> Option<Listener> {
     }
     let (addr, port) = local.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
+    if !addr.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     // The kernel prints each 32-bit word of the address in host (little-endian) order.
     let words: Option<Vec<[u8; 4]>> = (0..addr.len() / 8)
         .map(|i| {
-            u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16)
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
                 .ok()
                 .map(|w| w.to_le_bytes())
         })
@@ -726,6 +793,27 @@ pub fn authorized_key(line: &str) -> Option<AuthorizedKey> {
     })
 }
 
+/// Why sshd could not use a key of `key_type` with `blob` as its data, or `None` when the
+/// data is base64 of a key that names `key_type` (SSH wire format: a length, then the name).
+pub fn key_problem(key_type: &str, blob: &str) -> Option<String> {
+    use base64::Engine as _;
+    let Ok(data) = base64::engine::general_purpose::STANDARD.decode(blob) else {
+        return Some("its key data is not base64".into());
+    };
+    let named = data
+        .get(..4)
+        .and_then(|n| <[u8; 4]>::try_from(n).ok())
+        .map(|n| u32::from_be_bytes(n) as usize)
+        .and_then(|n| data.get(4..4usize.checked_add(n)?));
+    if named != Some(key_type.as_bytes()) {
+        return Some(format!(
+            "its key data is not a {} key",
+            crate::untrusted::first_chars(key_type, 40)
+        ));
+    }
+    None
+}
+
 fn is_key_type(w: &str) -> bool {
     w.starts_with("ssh-")
         || w.starts_with("ecdsa-sha2-")
@@ -771,15 +859,26 @@ mod tests {
         assert_eq!(authorized_key(""), None);
     }
 
+    /// The base64 data of a `key_type` key (SSH wire format), with `fill` as its key bytes.
+    pub(crate) fn blob(key_type: &str, fill: u8) -> String {
+        use base64::Engine as _;
+        let mut data = (key_type.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(key_type.as_bytes());
+        data.extend_from_slice(&32u32.to_be_bytes());
+        data.extend_from_slice(&[fill; 32]);
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
     #[test]
     fn the_scan_output_is_read_section_by_section() {
         let m = "@@x";
+        let (b1, b2) = (blob("ssh-ed25519", 1), blob("ssh-rsa", 2));
         let text = format!(
             "{m} proc_net tcp\n  sl  local_address rem_address   st\n  0: 00000000:4965 00000000:0000 0A 0\n\
              {m} ss\ntcp   LISTEN 0      5      0.0.0.0:18789      0.0.0.0:*    users:((\"python3\",pid=812,fd=3))\n\
              {m} passwd\nroot:0:/root:/bin/bash\ntoor:0:/root:/bin/sh\nadmin:1000:/home/admin:/bin/bash\n\
              {m} group\nsudo:x:27:admin,eve\n\
-             {m} keys root /root/.ssh/authorized_keys\nssh-ed25519 AAAA1 a\n\nssh-rsa BBBB2 b\n\
+             {m} keys root /root/.ssh/authorized_keys\nssh-ed25519 {b1} a\n\nssh-rsa {b2} b\n\
              {m} env /etc/openclaw/token.env\nAGENT_AUTH_TOKEN 64\n\
              {m} secrets\nAnthropic API key\t3\t/home/openclaw/.openclaw/workspace/my notes.md\n\
              {m} loose\n644 root root /etc/openclaw/agent.env\n\
@@ -793,7 +892,7 @@ mod tests {
         assert_eq!(o.users.len(), 3);
         assert_eq!(o.admin_groups["sudo"], vec!["admin", "eve"]);
         assert_eq!(o.keys.len(), 2);
-        assert_eq!((o.keys[1].line, o.keys[1].blob.as_str()), (3, "BBBB2"));
+        assert_eq!((o.keys[1].line, o.keys[1].blob.as_str()), (3, b2.as_str()));
         assert_eq!(
             o.env["/etc/openclaw/token.env"],
             vec![("AGENT_AUTH_TOKEN".to_string(), 64)]
@@ -808,6 +907,111 @@ mod tests {
         assert_eq!(o.backup_latest.as_ref().unwrap().0, 1_764_000_000);
         assert_eq!(o.now, Some(1_764_003_600));
         assert_eq!(o.incident_doc, Some(true));
+    }
+
+    #[test]
+    fn junk_and_damaged_keys_are_named_not_trusted() {
+        let m = "@@x";
+        let good = blob("ssh-ed25519", 7);
+        // Multi-byte characters where evidence used to slice bytes, junk data, a key whose
+        // data names another type, a line with no key at all.
+        let text = format!(
+            "{m} keys root /root/.ssh/authorized_keys\n\
+             ssh-ed25519 AAAAAAAAAAAé€€€€€€€€€€€€€€€ evil\n\
+             ssh-rsa {good} mislabelled\n\
+             \x1b[31mjunk\n\
+             # a comment\n\
+             ssh-ed25519 {good} fine\n"
+        );
+        let o = parse(m, &text);
+        assert_eq!(o.keys.len(), 1);
+        assert_eq!(o.keys[0].line, 5);
+        let bad: Vec<(usize, &str)> = o
+            .malformed_keys
+            .iter()
+            .map(|k| (k.line, k.problem.as_str()))
+            .collect();
+        assert_eq!(
+            bad,
+            vec![
+                (1, "its key data is not base64"),
+                (2, "its key data is not a ssh-rsa key"),
+                (3, "no key type sshd knows"),
+            ]
+        );
+    }
+
+    #[test]
+    fn proc_net_lines_with_junk_addresses_are_skipped() {
+        for junk in [
+            "  0: 0000000é:4965 00000000:0000 0A 0",
+            "  0: 00000000000000000000000000000éé:0016 0:0000 0A 0",
+            "  0: +0000000:4965 00000000:0000 0A 0",
+            "  0: 000:4965 00000000:0000 0A 0",
+        ] {
+            assert_eq!(proc_net_line("tcp", junk), None, "{junk}");
+        }
+    }
+
+    proptest::proptest! {
+        /// `/proc/net` lines with any address text: parsed or skipped, never a panic.
+        #[test]
+        fn proc_net_lines_with_any_address_never_panic(
+            addr in "[0-9A-Fa-fé€😀+-]{0,40}",
+            port in "[0-9A-Fé]{0,6}",
+            proto in proptest::sample::select(vec!["tcp", "udp"]),
+        ) {
+            let _ = proc_net_line(proto, &format!("  0: {addr}:{port} 00000000:0000 0A 0"));
+        }
+    }
+
+    #[test]
+    fn a_file_longer_than_the_scan_reads_is_named() {
+        let m = "@@x";
+        let text = format!(
+            "{m} config /home/a b/.openclaw/openclaw.json\n{{\"gateway\": \n\
+             {m} truncated config 1073741824 /home/a b/.openclaw/openclaw.json\n"
+        );
+        let o = parse(m, &text);
+        assert_eq!(
+            o.truncated,
+            vec![Truncated {
+                section: "config".into(),
+                size: 1 << 30,
+                path: "/home/a b/.openclaw/openclaw.json".into()
+            }]
+        );
+    }
+
+    /// The scan script itself, on this machine: a file larger than [`FILE_LIMIT`] is read
+    /// only that far, and named.
+    #[tokio::test]
+    async fn the_scan_reads_at_most_the_limit_of_a_file() {
+        use crate::transport::Session;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home/openclaw");
+        std::fs::create_dir_all(home.join(".openclaw")).unwrap();
+        let config = home.join(".openclaw/openclaw.json");
+        let f = std::fs::File::create(&config).unwrap();
+        f.set_len(64 * FILE_LIMIT).unwrap(); // sparse
+        let params = ScanParams {
+            agent_config: Some(config.display().to_string()),
+            ..ScanParams::from_vars(&Map::new()).unwrap()
+        };
+        let script = params.script("@@t").render().unwrap();
+        let out = crate::transport::local::LocalSession::default()
+            .exec("sh", script.as_bytes(), std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            (out.stdout.len() as u64) < FILE_LIMIT + 64 * 1024,
+            "{} bytes",
+            out.stdout.len()
+        );
+        let o = parse("@@t", &String::from_utf8_lossy(&out.stdout));
+        assert_eq!(o.truncated.len(), 1, "{:?}", o.truncated);
+        assert_eq!(o.truncated[0].size, 64 * FILE_LIMIT);
+        assert_eq!(o.truncated[0].path, config.display().to_string());
     }
 
     #[test]

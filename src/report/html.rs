@@ -106,12 +106,15 @@ const JS: &str = r#"
 const CSS_SHA256: &str = "sha256-h+D+cSmYYd+u7BcSleFDXAMB2e36rEVm+Qmi3ogH/vU=";
 const JS_SHA256: &str = "sha256-app4891FkrZkLrkzosEbgeg+TszI66O/Rhbp60mNquQ=";
 
-/// HTML-escapes text for element content and double-quoted attribute values.
+/// HTML-escapes text for element content and double-quoted attribute values. Control
+/// characters (a host's terminal escapes) are shown as visible escapes first, as in the text
+/// report, so that neither a browser nor `cat` of the file meets them raw.
 struct Esc<'a>(&'a str);
 
 impl fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0;
+        let visible = crate::untrusted::escape_controls(self.0);
+        let mut rest = visible.as_ref();
         while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
             f.write_str(&rest[..i])?;
             f.write_str(match rest.as_bytes()[i] {

@@ -222,9 +222,11 @@ fn count_steps(host: &HostReport, want: fn(&StepStatus) -> bool) -> f64 {
         .count() as f64
 }
 
-/// A label value: backslash, double quote and line feed escaped, as the format requires.
+/// A label value: backslash, double quote and line feed escaped, as the format requires;
+/// other control characters (from a host) shown as visible escapes first.
 fn escape_label(s: &str) -> String {
-    s.replace('\\', r"\\")
+    crate::untrusted::escape_controls(s)
+        .replace('\\', r"\\")
         .replace('"', "\\\"")
         .replace('\n', r"\n")
 }

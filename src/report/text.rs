@@ -1,5 +1,9 @@
 //! text: the human report of `plan` and `apply`: per host, each step that differs or failed
 //! with its diff, then one summary line per host and for the fleet.
+//!
+//! Everything it writes goes through [`Escaping`]: host names, errors, diffs of a file's
+//! content, evidence all may hold the host's terminal escapes, which reach the operator's
+//! terminal only as visible text (`\x1b`). The report's own colors are the only raw escapes.
 
 use std::io::{self, Write};
 
@@ -16,7 +20,32 @@ pub struct Style {
     pub color: bool,
 }
 
+/// A writer that escapes control characters ([`crate::untrusted::escape_controls`]) in all
+/// that is written through it; [`Escaping::paint`] writes the report's own color codes raw.
+pub struct Escaping<'a, W: Write>(&'a mut W);
+
+impl<W: Write> Escaping<'_, W> {
+    fn paint(&mut self, code: &str) -> io::Result<()> {
+        self.0.write_all(code.as_bytes())
+    }
+}
+
+impl<W: Write> Write for Escaping<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // `write!` hands over whole `str` pieces: no character is split between calls.
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(crate::untrusted::escape_controls(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 pub fn write(out: &mut impl Write, summary: &FleetSummary, style: Style) -> io::Result<()> {
+    let out = &mut Escaping(out);
     for host in &summary.hosts {
         write_host(out, host, summary.mode, style)?;
     }
@@ -68,7 +97,12 @@ fn host_label(host: &HostReport, mode: &str) -> &'static str {
     }
 }
 
-fn write_host(out: &mut impl Write, host: &HostReport, mode: &str, style: Style) -> io::Result<()> {
+fn write_host<W: Write>(
+    out: &mut Escaping<W>,
+    host: &HostReport,
+    mode: &str,
+    style: Style,
+) -> io::Result<()> {
     let status = match host_label(host, mode) {
         "to change" => "differs",
         other => other,
@@ -204,7 +238,7 @@ fn write_checklist_table(out: &mut impl Write, summary: &FleetSummary) -> io::Re
     writeln!(out)
 }
 
-fn write_change(out: &mut impl Write, c: &ChangeReport, color: bool) -> io::Result<()> {
+fn write_change<W: Write>(out: &mut Escaping<W>, c: &ChangeReport, color: bool) -> io::Result<()> {
     let multi = |s: &Option<String>| s.as_deref().is_some_and(|t| t.contains('\n'));
     if multi(&c.before) || multi(&c.after) {
         let before = c.before.as_deref().unwrap_or("");
@@ -225,7 +259,11 @@ fn write_change(out: &mut impl Write, c: &ChangeReport, color: bool) -> io::Resu
                 _ => "",
             };
             let reset = if paint.is_empty() { "" } else { "\x1b[0m" };
-            writeln!(out, "        {paint}{line}{reset}")?;
+            write!(out, "        ")?;
+            out.paint(paint)?;
+            write!(out, "{line}")?;
+            out.paint(reset)?;
+            writeln!(out)?;
         }
         return Ok(());
     }
@@ -280,6 +318,64 @@ mod tests {
             action: Some("modify".into()),
             changes,
             note: None,
+        }
+    }
+
+    #[test]
+    fn a_hosts_terminal_escapes_are_shown_not_sent() {
+        let evil = "\x1b]0;owned\x07\x1b[2J\r\u{9b}31m";
+        let mut h = host(
+            "pi-1",
+            HostStatus::Failed,
+            vec![step(
+                "motd",
+                StepStatus::Failed(format!("probe said {evil}")),
+                vec![ChangeReport {
+                    field: "content".into(),
+                    before: Some(format!("Welcome {evil}\nold\n")),
+                    after: Some("Welcome\nnew\n".into()),
+                }],
+            )],
+        );
+        h.error = Some(format!("---- stderr ----\n{evil}"));
+        h.note = Some(evil.into());
+        h.findings = vec![crate::inspect::Finding {
+            id: "ssh.malformed_key".into(),
+            severity: crate::inspect::Severity::Medium,
+            subject: format!("/root/.ssh/authorized_keys:1{evil}"),
+            title: "t".into(),
+            evidence: vec![evil.into()],
+        }];
+        let summary = FleetSummary {
+            schema_version: 1,
+            run_id: "r".into(),
+            started: 0,
+            seconds: 0.0,
+            mode: "plan",
+            hosts: vec![h],
+            aborted: None,
+        };
+        let colors = regex::Regex::new("\x1b\\[(0|3[126])m").unwrap();
+        for color in [false, true] {
+            let mut out = Vec::new();
+            write(
+                &mut out,
+                &summary,
+                Style {
+                    stats: false,
+                    color,
+                },
+            )
+            .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            // Only the report's own colors (SGR codes) may be raw escapes.
+            let without_colors = colors.replace_all(&text, "");
+            assert!(
+                !without_colors.chars().any(crate::untrusted::is_unsafe),
+                "{text:?}"
+            );
+            assert!(text.contains("\\x1b]0;owned\\x07"), "{text}");
+            assert!(text.contains("-Welcome \\x1b]0;owned"), "{text}");
         }
     }
 

@@ -444,7 +444,12 @@ impl PublicKey {
         if b.len() <= 24 {
             format!("{} {b}", self.kind)
         } else {
-            format!("{} {}…{}", self.kind, &b[..12], &b[b.len() - 8..])
+            format!(
+                "{} {}…{}",
+                self.kind,
+                crate::untrusted::first_chars(b, 12),
+                crate::untrusted::last_chars(b, 8)
+            )
         }
     }
 }

@@ -29,14 +29,18 @@ impl ExecOutput {
         self.exit_status == Some(0)
     }
 
-    /// stderr between dividers, or `<stderr is empty>`, for error messages.
+    /// stderr between dividers, or `<stderr is empty>`, for error messages: cut to
+    /// [`crate::untrusted::ERROR_TEXT_LIMIT`], control characters escaped (it is the host's).
     pub fn stderr_block(&self) -> String {
         let text = String::from_utf8_lossy(&self.stderr);
         let text = text.trim_end();
         if text.is_empty() {
             "<stderr is empty>".to_string()
         } else {
-            format!("---- stderr ----\n{text}\n----------------")
+            format!(
+                "---- stderr ----\n{}\n----------------",
+                crate::untrusted::for_error(text)
+            )
         }
     }
 
@@ -94,6 +98,28 @@ pub enum ExecError {
     Channel(String),
     #[error("could not run the command locally: {0}")]
     Local(#[from] std::io::Error),
+    /// The host sent more than the transport keeps for one command: reading stopped and the
+    /// channel was closed (a huge file printed, or a hostile host).
+    #[error(
+        "{host} sent more than {} of output for one command; rampart stopped reading and closed the channel\nhint: look on {host} for what prints so much (a huge file under a path the playbook or the scan reads, a command step's output)",
+        size_text(*.limit)
+    )]
+    OutputTooLarge { host: String, limit: u64 },
+}
+
+/// How much output one remote command may send (stdout and stderr together) unless the
+/// connection options say otherwise.
+pub const DEFAULT_MAX_OUTPUT: u64 = 64 * 1024 * 1024;
+
+/// `64 MiB`, `512 KiB`, `100 bytes`.
+pub fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// One open connection to one host.

@@ -57,6 +57,9 @@ pub struct ConnectOptions {
     pub accept_new: bool,
     /// TCP connect, key exchange and authentication together.
     pub connect_timeout: Duration,
+    /// The most output (stdout and stderr together) one remote command may send; past it the
+    /// command's channel is closed and the exec fails ([`ExecError::OutputTooLarge`]).
+    pub max_output: u64,
     keys: KeyCache,
 }
 
@@ -66,6 +69,7 @@ impl ConnectOptions {
             known_hosts,
             accept_new,
             connect_timeout,
+            max_output: super::DEFAULT_MAX_OUTPUT,
             keys: KeyCache::default(),
         }
     }
@@ -172,6 +176,9 @@ pub enum ConnectError {
         #[source]
         source: Box<ConnectError>,
     },
+    /// rampart's own bug (a panic) while connecting or gathering facts.
+    #[error("{message}")]
+    Bug { message: String },
 }
 
 fn changed_message(
@@ -217,6 +224,7 @@ impl ConnectError {
                 "for an encrypted key set {PASSPHRASE_ENV} or run from a terminal, or load it into ssh-agent"
             )),
             ConnectError::Jump { source, .. } => source.hint(),
+            ConnectError::Bug { .. } => Some(crate::untrusted::PANIC_HINT.to_string()),
             _ => None,
         }
     }
@@ -369,6 +377,10 @@ pub struct SshSession {
     stats: Arc<Stats>,
     /// The identity that was accepted, e.g. `agent: key comment` or a file path.
     pub authenticated_with: String,
+    /// The inventory name, for errors.
+    host: String,
+    /// [`ConnectOptions::max_output`].
+    max_output: u64,
 }
 
 /// Connects to `target`, through its jump host if it has one.
@@ -387,6 +399,8 @@ pub async fn connect(
                     _jump: None,
                     stats: Arc::default(),
                     authenticated_with: used,
+                    host: ep.name.clone(),
+                    max_output: options.max_output,
                 })
             }
             Some(jump) => {
@@ -411,6 +425,8 @@ pub async fn connect(
                     _jump: Some(jump_handle),
                     stats: Arc::default(),
                     authenticated_with: used,
+                    host: ep.name.clone(),
+                    max_output: options.max_output,
                 })
             }
         }
@@ -638,10 +654,25 @@ impl SshSession {
             }
             write.eof().await.map_err(channel_error)
         };
+        // The host's output is bounded: past `max_output` bytes reading stops (and the channel
+        // is closed below) before the buffer grows any further.
+        let limit = self.max_output;
+        let fits = |out: &ExecOutput, more: usize| {
+            (out.stdout.len() + out.stderr.len() + more) as u64 <= limit
+        };
         let reader = async {
             let mut out = ExecOutput::default();
+            let mut too_large = false;
             while let Some(msg) = read.wait().await {
                 match msg {
+                    ChannelMsg::Data { data } if !fits(&out, data.len()) => {
+                        too_large = true;
+                        break;
+                    }
+                    ChannelMsg::ExtendedData { data, .. } if !fits(&out, data.len()) => {
+                        too_large = true;
+                        break;
+                    }
                     ChannelMsg::Data { data } => {
                         if let Some(seen) = &seen {
                             let _ = seen.send(data.to_vec());
@@ -659,11 +690,23 @@ impl SshSession {
                     _ => {}
                 }
             }
-            out
+            (out, too_large)
         };
         let both = async { tokio::join!(writer, reader) };
         match tokio::time::timeout(timeout, both).await {
-            Ok((written, out)) => {
+            Ok((_, (out, true))) => {
+                // Closing the channel makes sshd hang up on the command.
+                let _ = write.close().await;
+                self.stats.record(
+                    command.len() + stdin.len(),
+                    out.stdout.len() + out.stderr.len(),
+                );
+                Err(ExecError::OutputTooLarge {
+                    host: self.host.clone(),
+                    limit,
+                })
+            }
+            Ok((written, (out, false))) => {
                 // A command that exits without reading its stdin is not an error.
                 if let Err(e) = written
                     && out.exit_status.is_none()

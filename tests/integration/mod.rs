@@ -4,6 +4,7 @@ mod drift;
 mod engine;
 mod facts;
 mod fail_closed;
+mod hostile_host;
 mod report_html;
 mod report_machine;
 mod resources_config;
