@@ -347,6 +347,11 @@ impl Resource for File {
         format!("file {}", shown(&self.path))
     }
 
+    /// Mode 0600 or stricter: a secrets file.
+    fn sensitive(&self) -> bool {
+        self.perms.mode.is_some_and(|m| m & 0o077 == 0)
+    }
+
     /// Puts back what this run's apply replaced: the run's backup of the file, or no file
     /// when there was none. Only with backups on (the default).
     fn restore(&self, ctx: &ApplyContext) -> Option<Script> {
@@ -401,11 +406,19 @@ impl Resource for File {
                 };
                 let mut changes = Vec::new();
                 if !content.equals(self.content.as_bytes()) {
-                    changes.push(Change::new(
-                        CONTENT,
-                        Some(content.before_text(meta.size)),
-                        want,
-                    ));
+                    let before = content.before_text(meta.size);
+                    // Found with mode 0600 or stricter: a secrets file, whatever the step
+                    // wants; neither side of the change is shown.
+                    let change = if meta.mode & 0o077 == 0 {
+                        Change::new(
+                            CONTENT,
+                            Some(crate::secrets::fingerprint(&before)),
+                            Some(crate::secrets::fingerprint(&self.content)),
+                        )
+                    } else {
+                        Change::new(CONTENT, Some(before), want)
+                    };
+                    changes.push(change);
                 }
                 changes.extend(self.perms.changes(Some(meta), None));
                 if changes.is_empty() {
@@ -690,6 +703,11 @@ impl Lines {
 }
 
 impl Resource for Lines {
+    /// Mode 0600 or stricter: a secrets file.
+    fn sensitive(&self) -> bool {
+        self.perms.mode.is_some_and(|m| m & 0o077 == 0)
+    }
+
     fn id(&self) -> String {
         format!("lines {}", shown(&self.path))
     }
