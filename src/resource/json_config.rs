@@ -373,6 +373,11 @@ impl JsonConfig {
 }
 
 impl Resource for JsonConfig {
+    /// Mode 0600 or stricter: a secrets file.
+    fn sensitive(&self) -> bool {
+        self.perms.mode.is_some_and(|m| m & 0o077 == 0)
+    }
+
     fn id(&self) -> String {
         format!("json_config {}", shown(&self.path))
     }
