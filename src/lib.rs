@@ -10,6 +10,8 @@ pub mod facts;
 pub mod fleet;
 pub mod inspect;
 pub mod inventory;
+#[cfg(test)]
+mod leaks;
 pub mod localfs;
 pub mod playbook;
 pub mod progress;

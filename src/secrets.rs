@@ -85,6 +85,38 @@ struct Inner {
     entries: Vec<Secret>,
     /// Text to mask -> name, every form of every entry.
     patterns: HashMap<String, String>,
+    /// The patterns as one automaton, with their names (built on first use after a change):
+    /// masking is one pass over the text however many forms there are.
+    matcher: Option<std::sync::Arc<(aho_corasick::AhoCorasick, Vec<String>)>>,
+    /// Patterns added since the automaton was built (pattern, `<secret:NAME>`), searched one
+    /// by one until there are enough to build it again: renders add derived secrets one at a
+    /// time, and each filter call looks for secrets in its inputs.
+    pending: Vec<(String, String)>,
+}
+
+/// How many patterns wait before the automaton is built again.
+const PENDING_MAX: usize = 64;
+
+impl Inner {
+    fn matcher(&mut self) -> std::sync::Arc<(aho_corasick::AhoCorasick, Vec<String>)> {
+        if let Some(m) = &self.matcher
+            && self.pending.len() <= PENDING_MAX
+        {
+            return m.clone();
+        }
+        self.pending.clear();
+        let mut pairs: Vec<(&String, &String)> = self.patterns.iter().collect();
+        // Longest first: at one place, a secret that contains another is masked whole.
+        pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(b.0)));
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(pairs.iter().map(|(p, _)| p.as_str()))
+            .expect("patterns of bounded size build");
+        let names = pairs.iter().map(|(_, n)| format!("<secret:{n}>")).collect();
+        let m = std::sync::Arc::new((ac, names));
+        self.matcher = Some(m.clone());
+        m
+    }
 }
 
 /// The secrets of one run: resolved once, masked everywhere. A cheap handle: clones share.
@@ -344,11 +376,11 @@ impl Secrets {
             );
         }
         for form in forms {
-            if form.chars().count() >= MIN_LEN {
+            if form.chars().count() >= MIN_LEN && !inner.patterns.contains_key(&form) {
                 inner
-                    .patterns
-                    .entry(form)
-                    .or_insert_with(|| secret.name.clone());
+                    .pending
+                    .push((form.clone(), format!("<secret:{}>", secret.name)));
+                inner.patterns.insert(form, secret.name.clone());
             }
         }
         inner.entries.push(secret);
@@ -358,16 +390,19 @@ impl Secrets {
     /// `text` with every secret, and every form of one, replaced by `<secret:NAME>` (longest
     /// first, so that a secret that contains another is masked whole).
     pub fn mask(&self, text: &str) -> String {
-        let inner = self.lock();
-        if inner.patterns.is_empty() {
-            return text.to_string();
-        }
-        let mut pairs: Vec<(&String, &String)> = inner.patterns.iter().collect();
-        pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(b.0)));
-        let mut out = text.to_string();
-        for (pattern, name) in pairs {
+        let (matcher, mut pending) = {
+            let mut inner = self.lock();
+            if inner.patterns.is_empty() {
+                return text.to_string();
+            }
+            (inner.matcher(), inner.pending.clone())
+        };
+        let (ac, names) = &*matcher;
+        let mut out = ac.replace_all(text, names);
+        pending.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        for (pattern, masked) in pending {
             if out.contains(pattern.as_str()) {
-                out = out.replace(pattern.as_str(), &format!("<secret:{name}>"));
+                out = out.replace(pattern.as_str(), &masked);
             }
         }
         out
@@ -375,12 +410,26 @@ impl Secrets {
 
     /// The name of a secret whose value (or a form of it) `text` contains.
     pub fn contains_any(&self, text: &str) -> Option<String> {
-        let inner = self.lock();
-        inner
-            .patterns
-            .iter()
-            .find(|(p, _)| text.contains(p.as_str()))
-            .map(|(_, n)| n.clone())
+        let matcher = {
+            let mut inner = self.lock();
+            if inner.patterns.is_empty() {
+                return None;
+            }
+            inner.matcher()
+        };
+        let (ac, names) = &*matcher;
+        let masked = match ac.find(text) {
+            Some(m) => names[m.pattern().as_usize()].clone(),
+            None => {
+                let inner = self.lock();
+                let (_, masked) = inner
+                    .pending
+                    .iter()
+                    .find(|(p, _)| text.contains(p.as_str()))?;
+                masked.clone()
+            }
+        };
+        Some(masked["<secret:".len()..masked.len() - 1].to_string())
     }
 
     pub fn is_empty(&self) -> bool {

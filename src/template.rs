@@ -1007,6 +1007,14 @@ mod tests {
     }
 
     #[test]
+    fn every_filter_is_called_by_the_leak_property() {
+        let called: Vec<&str> = crate::leaks::FILTER_CALLS.iter().map(|(f, _)| *f).collect();
+        for name in BUILTIN_FILTERS.iter().chain(OWN_FILTERS) {
+            assert!(called.contains(name), "leaks::FILTER_CALLS lacks `{name}`");
+        }
+    }
+
+    #[test]
     fn template_files_from_the_loader() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("motd.j2"), "hello {{ user }}\n").unwrap();
