@@ -399,7 +399,7 @@ impl Secrets {
         };
         let (ac, names) = &*matcher;
         let mut out = ac.replace_all(text, names);
-        pending.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        pending.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         for (pattern, masked) in pending {
             if out.contains(pattern.as_str()) {
                 out = out.replace(pattern.as_str(), &masked);
