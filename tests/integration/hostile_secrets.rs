@@ -18,6 +18,13 @@ use super::common::*;
 
 const HOST: &str = "h31";
 
+/// Both tests renew and use h31: one at a time.
+static HOST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock_host() -> std::sync::MutexGuard<'static, ()> {
+    HOST_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// This run's marker (`scripts/test` makes a fresh one and greps all output for it).
 fn run_marker() -> String {
     std::env::var("RAMPART_TEST_SECRET_VALUE").unwrap_or_else(|_| "w2-0f4e9c1d27b86a35".into())
@@ -204,6 +211,7 @@ const PLAYBOOK: &str = r#"steps:
 
 #[test]
 fn r9_sensitive_diffs_show_size_and_hash_in_every_format_and_secrets_arrive_as_written() {
+    let _host = lock_host();
     fresh_host();
     let dir = tempfile::tempdir().unwrap();
     let kh = own_known_hosts(dir.path());
@@ -330,6 +338,7 @@ fn r9_sensitive_diffs_show_size_and_hash_in_every_format_and_secrets_arrive_as_w
 
 #[test]
 fn r9_a_secret_of_7_characters_is_refused_before_any_host_is_touched() {
+    let _host = lock_host();
     fresh_host();
     let dir = tempfile::tempdir().unwrap();
     let kh = own_known_hosts(dir.path());
