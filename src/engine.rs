@@ -712,15 +712,11 @@ fn lock_script(ctx: &ApplyContext) -> Script {
         .raw(" >&2; exit 75; }\nfi\numask 022\n")
 }
 
-/// Fields whose values say how a thing is kept, never what it holds: shown even for a
-/// sensitive step.
-const METADATA_FIELDS: &[&str] = &["owner", "group", "mode", "type"];
-
 impl ChangeReport {
-    /// A sensitive step's change: each side as size and sha256, never as text (the kind of
-    /// file, its owner, group and mode stay readable).
-    fn redacted(c: &Change) -> ChangeReport {
-        if METADATA_FIELDS.contains(&c.field.as_str()) {
+    /// A sensitive step's change: each side as size and sha256, never as text, except the
+    /// `plain` fields (a file's kind, owner, group and mode).
+    fn redacted(c: &Change, plain: &[&str]) -> ChangeReport {
+        if plain.contains(&c.field.as_str()) {
             return ChangeReport::from(c);
         }
         let hide = |v: &Option<String>| {
@@ -765,9 +761,13 @@ pub fn step_report(step: &HostStep, status: StepStatus, verdict: Option<&Verdict
         StepStatus::Failed(text) if sensitive => StepStatus::Failed(withhold_output(&text)),
         other => other,
     };
+    let plain = match &step.work {
+        StepWork::Run(r) => r.plain_fields(),
+        StepWork::Skip(_) => &[],
+    };
     let change = |c: &Change| {
         if sensitive {
-            ChangeReport::redacted(c)
+            ChangeReport::redacted(c, plain)
         } else {
             ChangeReport::from(c)
         }
@@ -929,6 +929,14 @@ mod tests {
                 .iter()
                 .find(|c| c.field == "content")
                 .unwrap();
+            if i == 2 {
+                // How the file is kept stays readable.
+                let mode = report.changes.iter().find(|c| c.field == "mode").unwrap();
+                assert_eq!(
+                    (mode.before.as_deref(), mode.after.as_deref()),
+                    (Some("0644"), Some("0600"))
+                );
+            }
             if sensitive[i] {
                 assert!(!json.contains("old-token"), "{json}");
                 assert!(
@@ -964,6 +972,47 @@ mod tests {
         assert!(
             !t.contains("old-token") && t.starts_with("the probe failed"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn the_site_playbook_renders_with_its_secrets_opaque() {
+        // The built-in playbooks pass secrets through filters (`dictsort` of agent_secrets,
+        // templates): with the guard, they still render, and the steps that hold them are
+        // sensitive.
+        let (_d, spec) = secret_file("tok{{ 1+1 }}-abcdefgh-0123");
+        let dir = tempfile::tempdir().unwrap();
+        let inv_path = dir.path().join("inventory.yaml");
+        let inv_text = format!(
+            "all:\n  hosts:\n    h: {{address: 10.203.0.131}}\n  vars:\n    user: admin\n    agent_command: /bin/true\n    agent_token: {spec}\n    agent_secrets: {{ANTHROPIC_API_KEY: {spec}}}\n"
+        );
+        let inventory = Inventory::parse(&inv_path, &inv_text).unwrap();
+        let host = inventory.limit(&[]).unwrap()[0].clone();
+        let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/site.yaml");
+        let book = Playbook::load(&site).unwrap();
+        let t = Templates::for_playbook(&site);
+        let secrets = Secrets::default();
+        let vars = host_vars(&host, &inventory, &book, &secrets, &t).unwrap();
+        let facts = Facts {
+            os_id: "debian".into(),
+            ..Facts::default()
+        };
+        let steps = render_steps(&book.steps, &t, &secrets, &vars, Some(&facts), &settings())
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        let env = steps
+            .iter()
+            .find(|s| s.name == "secrets env file (0600)")
+            .unwrap();
+        assert!(env.is_sensitive());
+        let StepWork::Run(r) = &env.work else {
+            panic!("the env file step is skipped")
+        };
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("AGENT_AUTH_TOKEN=tok{{ 1+1 }}-abcdefgh-0123")
+                && shown.contains("ANTHROPIC_API_KEY=tok{{ 1+1 }}-abcdefgh-0123"),
+            "{}",
+            secrets.mask(&shown)
         );
     }
 

@@ -343,6 +343,10 @@ impl TryFrom<FileParams> for File {
 }
 
 impl Resource for File {
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &["type", "owner", "group", "mode"]
+    }
+
     fn id(&self) -> String {
         format!("file {}", shown(&self.path))
     }
@@ -477,6 +481,10 @@ impl TryFrom<DirectoryParams> for Directory {
 }
 
 impl Resource for Directory {
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &["type", "owner", "group", "mode"]
+    }
+
     fn id(&self) -> String {
         format!("directory {}", shown(&self.path))
     }
@@ -703,6 +711,10 @@ impl Lines {
 }
 
 impl Resource for Lines {
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &["type", "owner", "group", "mode"]
+    }
+
     /// Mode 0600 or stricter: a secrets file.
     fn sensitive(&self) -> bool {
         self.perms.mode.is_some_and(|m| m & 0o077 == 0)
