@@ -19,7 +19,7 @@ use crate::playbook::{Playbook, Step};
 use crate::remote::{self, Script};
 use crate::resource::{ApplyContext, Change, Resource, Verdict};
 use crate::secrets::Secrets;
-use crate::template::{RenderError, Templates, to_jinja};
+use crate::template::{RenderError, Templates};
 use crate::transport::{ExecOutput, Session, StatsSnapshot};
 
 /// What one run does, for every host.
@@ -69,6 +69,9 @@ pub struct HostStep {
     pub risky: bool,
     pub location: String,
     pub notify: Vec<String>,
+    /// `sensitive: true`, or its rendered parameters used a secret: reports show its values
+    /// as size and sha256, never as text.
+    pub sensitive: bool,
     pub work: StepWork,
 }
 
@@ -215,11 +218,12 @@ pub fn host_vars(
     for (name, var) in &host.vars {
         vars.insert(name.clone(), var.value.clone());
     }
-    let mut value = Value::Object(vars);
-    secrets.resolve_in(&mut value).map_err(|e| e.to_string())?;
-    let Value::Object(mut vars) = value else {
-        unreachable!("an object stays an object")
-    };
+    let _active = secrets.activate();
+    // Secrets stay `{secret: ...}` here (resolved now, so that a bad one is found early):
+    // renders see them as opaque values, never as template text.
+    secrets
+        .check_in(&Value::Object(vars.clone()))
+        .map_err(|e| e.to_string())?;
     vars.insert(
         "inventory_hostname".into(),
         Value::String(host.name.clone()),
@@ -239,19 +243,33 @@ pub fn host_vars(
     // Variables may be templates of other variables (`port: "{{ 1 if a else 2 }}"`): render
     // them in order, a few passes for chains; what still fails is left for the step that uses
     // it to report, with its place.
+    // A value that read a secret is final: rendering it again would render the secret.
+    let mut done = std::collections::HashSet::new();
     for _ in 0..3 {
         let pending: Vec<String> = vars
             .iter()
-            .filter(|(_, v)| has_template(v))
+            .filter(|(k, v)| has_template(v) && !done.contains(*k))
             .map(|(k, _)| k.clone())
             .collect();
         if pending.is_empty() {
             break;
         }
         for key in pending {
-            let ctx = to_jinja(&vars);
+            let ctx = secrets
+                .to_jinja(&Value::Object(vars.clone()))
+                .map_err(|e| e.to_string())?;
             let node = json_node(&vars[&key]);
-            if let Ok(rendered) = templates.render_node(&node, std::path::Path::new("vars"), &ctx) {
+            crate::secrets::touched();
+            if let Ok(mut rendered) =
+                templates.render_node(&node, std::path::Path::new("vars"), &ctx)
+            {
+                if crate::secrets::touched() {
+                    // `pw: "{{ db_pass }}"` stays that secret, opaque.
+                    if let Some(spec) = rendered.as_str().and_then(|t| secrets.spec_of(t)) {
+                        rendered = spec;
+                    }
+                    done.insert(key.clone());
+                }
                 vars.insert(key, rendered);
             }
         }
@@ -339,7 +357,13 @@ pub fn render_steps(
             serde_json::to_value(f).expect("facts serialize"),
         );
     }
-    let ctx: JValue = to_jinja(&ctx);
+    let _active = secrets.activate();
+    let ctx: JValue = secrets
+        .to_jinja(&Value::Object(ctx))
+        .map_err(|e| RenderFailure {
+            message: e.to_string(),
+            needs_facts: false,
+        })?;
     let fail = |e: RenderError, step: &Step| RenderFailure {
         needs_facts: facts.is_none() && e.message.starts_with("undefined variable `facts"),
         message: format!("{e}\n  in step `{}`", step.name),
@@ -351,8 +375,10 @@ pub fn render_steps(
             name: step.name.clone(),
             location: step.location(),
             notify: step.notify.clone(),
+            sensitive: step.sensitive,
             work: StepWork::Skip(String::new()),
         };
+        crate::secrets::touched();
         if let Some(reason) = tag_skip(step, settings) {
             host_step.work = StepWork::Skip(reason);
             out.push(host_step);
@@ -374,7 +400,7 @@ pub fn render_steps(
         let mut params = templates
             .render_node(&step.params, &step.file, &ctx)
             .map_err(|e| fail(e, step))?;
-        secrets.resolve_in(&mut params).map_err(|e| RenderFailure {
+        let resolved = secrets.resolve_in(&mut params).map_err(|e| RenderFailure {
             message: format!("{}: {e}\n  in step `{}`", step.location(), step.name),
             needs_facts: false,
         })?;
@@ -396,6 +422,10 @@ pub fn render_steps(
             map.remove("template");
             map.insert("content".into(), Value::String(text));
         }
+        // Any step whose rendered parameters touched a secret is sensitive.
+        host_step.sensitive |= resolved
+            || crate::secrets::touched()
+            || secrets.contains_any(&params.to_string()).is_some();
         let resource = (step.kind.build)(params).map_err(|e| RenderFailure {
             message: format!(
                 "{}: {}: {e}\n  in step `{}`",
@@ -849,9 +879,66 @@ mkdir -p "$rampart_backups" && chmod 700 "$rampart_backups"
 [ "$(id -u)" != 0 ] || chown 0:0 "$rampart_backups"
 umask 022
 "#;
+impl ChangeReport {
+    /// A sensitive step's change: each side as size and sha256, never as text, except the
+    /// `plain` fields (a file's kind, owner, group and mode).
+    fn redacted(c: &Change, plain: &[&str]) -> ChangeReport {
+        if plain.contains(&c.field.as_str()) {
+            return ChangeReport::from(c);
+        }
+        let hide = |v: &Option<String>| {
+            v.as_deref().map(|t| {
+                if crate::secrets::is_fingerprint(t) {
+                    t.to_string()
+                } else {
+                    crate::secrets::fingerprint(t)
+                }
+            })
+        };
+        ChangeReport {
+            field: c.field.clone(),
+            before: hide(&c.before),
+            after: hide(&c.after),
+        }
+    }
+}
+
+impl HostStep {
+    /// Marked or made sensitive, or the resource says so (a file of mode 0600 or stricter).
+    pub fn is_sensitive(&self) -> bool {
+        self.sensitive || matches!(&self.work, StepWork::Run(r) if r.sensitive())
+    }
+}
+
+/// A sensitive step's failure keeps its first line: what follows (`---- output ----`) is
+/// the host's output, which may hold the old content.
+fn withhold_output(text: &str) -> String {
+    match text.split_once("\n") {
+        Some((first, _)) => {
+            format!("{first}\n(the host's output is withheld: the step is sensitive)")
+        }
+        None => text.to_string(),
+    }
+}
 
 /// Builds the report of one step from its verdict.
 pub fn step_report(step: &HostStep, status: StepStatus, verdict: Option<&Verdict>) -> StepReport {
+    let sensitive = step.is_sensitive();
+    let status = match status {
+        StepStatus::Failed(text) if sensitive => StepStatus::Failed(withhold_output(&text)),
+        other => other,
+    };
+    let plain = match &step.work {
+        StepWork::Run(r) => r.plain_fields(),
+        StepWork::Skip(_) => &[],
+    };
+    let change = |c: &Change| {
+        if sensitive {
+            ChangeReport::redacted(c, plain)
+        } else {
+            ChangeReport::from(c)
+        }
+    };
     StepReport {
         name: step.name.clone(),
         resource: match &step.work {
@@ -862,7 +949,7 @@ pub fn step_report(step: &HostStep, status: StepStatus, verdict: Option<&Verdict
         status,
         action: verdict.map(|v| v.action().to_string()),
         changes: verdict
-            .map(|v| v.changes().iter().map(ChangeReport::from).collect())
+            .map(|v| v.changes().iter().map(change).collect())
             .unwrap_or_default(),
         note: match verdict {
             Some(Verdict::InLine(sentence)) => Some(sentence.clone()),
@@ -934,6 +1021,166 @@ mod tests {
                 .ends_with("undefined variable `nope`\n  in step `command {{ nope }}`"),
             "{}",
             err.message
+        );
+    }
+
+    /// A secrets file holding `value`, and its `{secret: ...}` spec named `pw`.
+    fn secret_file(value: &str) -> (tempfile::TempDir, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, value).unwrap();
+        let spec = serde_json::json!({"secret": {"file": f.to_str().unwrap(), "name": "pw"}});
+        (dir, spec)
+    }
+
+    #[test]
+    fn a_secret_in_a_variable_is_never_rendered_again() {
+        let (_d, spec) = secret_file("p4ss{{ 7*7 }}word");
+        let dir = tempfile::tempdir().unwrap();
+        let inv_path = dir.path().join("inventory.yaml");
+        let inv_text = format!(
+            "all:\n  hosts:\n    h: {{address: 10.203.0.131}}\n  vars:\n    pw: {spec}\n    alias: '{{{{ pw }}}}'\n    url: 'db://u:{{{{ pw }}}}@h'\n"
+        );
+        let inventory = Inventory::parse(&inv_path, &inv_text).unwrap();
+        let host = inventory.limit(&[]).unwrap()[0].clone();
+        let p = dir.path().join("p.yaml");
+        std::fs::write(
+            &p,
+            "steps:\n  - file: {path: /a, content: '{{ alias }}'}\n  - file: {path: /b, content: '{{ url }}'}\n  - file: {path: /c, content: 'plain'}\n",
+        )
+        .unwrap();
+        let book = Playbook::load(&p).unwrap();
+        let t = Templates::new(vec![]);
+        let secrets = Secrets::default();
+        let vars = host_vars(&host, &inventory, &book, &secrets, &t).unwrap();
+        let steps = render_steps(&book.steps, &t, &secrets, &vars, None, &settings()).unwrap();
+        let content = |i: usize| match &steps[i].work {
+            StepWork::Run(r) => format!("{r:?}"),
+            StepWork::Skip(_) => unreachable!(),
+        };
+        assert!(
+            content(0).contains(r#"content: "p4ss{{ 7*7 }}word""#),
+            "{}",
+            content(0)
+        );
+        assert!(content(1).contains(r#"content: "db://u:p4ss{{ 7*7 }}word@h""#));
+        assert!(
+            steps[0].sensitive && steps[1].sensitive,
+            "they used a secret"
+        );
+        assert!(!steps[2].sensitive);
+    }
+
+    #[test]
+    fn a_sensitive_step_reports_sizes_and_hashes_never_content() {
+        let (_d, spec) = secret_file("tok-0123456789");
+        let text = "steps:\n  - file: {path: /etc/a.env, content: 'TOKEN={{ pw }}', mode: '0644'}\n  - file: {path: /etc/b, content: 'new', mode: '0644'}\n    sensitive: true\n  - file: {path: /etc/c, content: 'new', mode: '0600'}\n  - file: {path: /etc/d, content: 'new', mode: '0644'}\n";
+        let s = steps(text, serde_json::json!({"pw": spec}), None).unwrap();
+        let sensitive: Vec<bool> = s.iter().map(HostStep::is_sensitive).collect();
+        assert_eq!(sensitive, [true, true, true, false]);
+        use base64::Engine as _;
+        let old = "TOKEN=old-token-on-host\n";
+        let probe = format!(
+            "kind file\nstat root 0 root 0 644 {}\ncontent\n{}\nend\n",
+            old.len(),
+            base64::engine::general_purpose::STANDARD.encode(old)
+        );
+        for (i, step) in s.iter().enumerate() {
+            let StepWork::Run(r) = &step.work else {
+                unreachable!()
+            };
+            let verdict = r.diff(&probe).unwrap();
+            let report = step_report(step, StepStatus::Differs, Some(&verdict));
+            let json = serde_json::to_string(&report).unwrap();
+            let content = report
+                .changes
+                .iter()
+                .find(|c| c.field == "content")
+                .unwrap();
+            if i == 2 {
+                // How the file is kept stays readable.
+                let mode = report.changes.iter().find(|c| c.field == "mode").unwrap();
+                assert_eq!(
+                    (mode.before.as_deref(), mode.after.as_deref()),
+                    (Some("0644"), Some("0600"))
+                );
+            }
+            if sensitive[i] {
+                assert!(!json.contains("old-token"), "{json}");
+                assert!(
+                    !json.contains("tok-0123456789") && !json.contains("new\""),
+                    "{json}"
+                );
+                assert_eq!(
+                    content.before.as_deref(),
+                    Some(crate::secrets::fingerprint(old).as_str())
+                );
+                assert!(
+                    content
+                        .after
+                        .as_deref()
+                        .is_some_and(crate::secrets::is_fingerprint)
+                );
+            } else {
+                assert_eq!(content.before.as_deref(), Some(old));
+                assert_eq!(content.after.as_deref(), Some("new"));
+            }
+        }
+        // A failed probe of a sensitive step does not show the host's output.
+        let failed = step_report(
+            &s[0],
+            StepStatus::Failed(
+                "the probe failed (exit status 1)\n---- output ----\nTOKEN=old-token\n".into(),
+            ),
+            None,
+        );
+        let StepStatus::Failed(t) = failed.status else {
+            unreachable!()
+        };
+        assert!(
+            !t.contains("old-token") && t.starts_with("the probe failed"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_site_playbook_renders_with_its_secrets_opaque() {
+        // The built-in playbooks pass secrets through filters (`dictsort` of agent_secrets,
+        // templates): with the guard, they still render, and the steps that hold them are
+        // sensitive.
+        let (_d, spec) = secret_file("tok{{ 1+1 }}-abcdefgh-0123");
+        let dir = tempfile::tempdir().unwrap();
+        let inv_path = dir.path().join("inventory.yaml");
+        let inv_text = format!(
+            "all:\n  hosts:\n    h: {{address: 10.203.0.131}}\n  vars:\n    user: admin\n    agent_command: /bin/true\n    agent_token: {spec}\n    agent_secrets: {{ANTHROPIC_API_KEY: {spec}}}\n"
+        );
+        let inventory = Inventory::parse(&inv_path, &inv_text).unwrap();
+        let host = inventory.limit(&[]).unwrap()[0].clone();
+        let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/site.yaml");
+        let book = Playbook::load(&site).unwrap();
+        let t = Templates::for_playbook(&site);
+        let secrets = Secrets::default();
+        let vars = host_vars(&host, &inventory, &book, &secrets, &t).unwrap();
+        let facts = Facts {
+            os_id: "debian".into(),
+            ..Facts::default()
+        };
+        let steps = render_steps(&book.steps, &t, &secrets, &vars, Some(&facts), &settings())
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        let env = steps
+            .iter()
+            .find(|s| s.name == "secrets env file (0600)")
+            .unwrap();
+        assert!(env.is_sensitive());
+        let StepWork::Run(r) = &env.work else {
+            panic!("the env file step is skipped")
+        };
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("AGENT_AUTH_TOKEN=tok{{ 1+1 }}-abcdefgh-0123")
+                && shown.contains("ANTHROPIC_API_KEY=tok{{ 1+1 }}-abcdefgh-0123"),
+            "{}",
+            secrets.mask(&shown)
         );
     }
 

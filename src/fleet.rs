@@ -546,7 +546,7 @@ impl FactCache {
     fn save(&self, host: &Host, facts: &Facts) {
         let Some(path) = self.path(host) else { return };
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(path.parent().expect("in the cache folder"))?;
+            crate::localfs::create_private_dir_all(path.parent().expect("in the cache folder"))?;
             crate::localfs::write_atomically(&path, &serde_json::to_vec(facts)?)
         };
         if let Err(e) = write() {

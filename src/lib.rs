@@ -13,6 +13,8 @@ pub mod glob;
 mod hostile_output;
 pub mod inspect;
 pub mod inventory;
+#[cfg(test)]
+mod leaks;
 pub mod localfs;
 pub mod playbook;
 pub mod progress;

@@ -1,15 +1,31 @@
 //! localfs: files rampart writes on the operator's machine (reports, the fact cache, the
-//! schedule's units), always whole.
+//! schedule's units), always whole, and readable by their owner only unless said otherwise:
+//! a report can hold what a host holds (findings, evidence), so it is no one else's to read.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Writes `data` to a temporary file beside `path` (mode 0644 before the umask), syncs it,
-/// then renames it over `path`: a reader (node_exporter's textfile collector, systemd, cron)
-/// sees the old file or the new one, never half of one. The temporary name ends in `.tmp`,
-/// so a collector that reads `*.prom` never picks it up.
+/// Writes `data` to a temporary file beside `path` (mode 0600), syncs it, then renames it
+/// over `path` (so an older, more open file is replaced, not kept): a reader (node_exporter's
+/// textfile collector, systemd, cron) sees the old file or the new one, never half of one.
+/// The temporary name ends in `.tmp`, so a collector that reads `*.prom` never picks it up.
 pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     PendingWrite::create(path)?.commit(data)
+}
+
+/// [`write_atomically`] with another mode, for files that other programs must read and that
+/// hold nothing secret (the schedule's systemd units and cron file).
+pub fn write_atomically_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    PendingWrite::create_mode(path, mode)?.commit(data)
+}
+
+/// Makes `dir` and its missing parents, each new one mode 0700 (the fact cache).
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// A whole-file write opened now and finished later: [`PendingWrite::create`] makes the
@@ -24,7 +40,13 @@ pub struct PendingWrite {
 }
 
 impl PendingWrite {
+    /// A write of a file only its owner may read (mode 0600).
     pub fn create(path: &Path) -> std::io::Result<PendingWrite> {
+        PendingWrite::create_mode(path, 0o600)
+    }
+
+    /// A write of a file with this exact mode, whatever the umask.
+    pub fn create_mode(path: &Path, mode: u32) -> std::io::Result<PendingWrite> {
         use std::os::unix::fs::OpenOptionsExt;
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -44,8 +66,10 @@ impl PendingWrite {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .open(&tmp)?;
+        // The mode is exact, whatever the umask.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         Ok(PendingWrite {
             path: path.to_path_buf(),
             tmp,
@@ -106,6 +130,9 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("rampart.prom")]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a report is its owner's only");
         assert!(write_atomically(&dir.path().join("no/such/dir/x"), b"x").is_err());
     }
 

@@ -26,7 +26,15 @@ use crate::resource;
 use crate::yaml::{self, Node, NodeValue, YamlError};
 
 /// Keys a step may carry besides its one resource type.
-const STEP_KEYS: &[&str] = &["name", "when", "tags", "notify", "risky", "include"];
+const STEP_KEYS: &[&str] = &[
+    "name",
+    "when",
+    "tags",
+    "notify",
+    "risky",
+    "sensitive",
+    "include",
+];
 /// Keys at the top of a playbook file.
 const TOP_KEYS: &[&str] = &["vars", "steps", "handlers", "become"];
 /// Parameters the engine handles for a type itself, on top of the type's own.
@@ -46,6 +54,8 @@ pub struct Step {
     /// `risky: true`: the change can cut the controller off; it runs under the dead-man
     /// switch, restored by the type's own restore (a `file` puts its backup back).
     pub risky: bool,
+    /// `sensitive: true`: its values (old and new) show as size and sha256, never as text.
+    pub sensitive: bool,
     /// The file the step was written in, for messages and for template look-up.
     pub file: PathBuf,
     pub line: u32,
@@ -288,6 +298,7 @@ fn load_step(
     let mut tags = Vec::new();
     let mut notify = Vec::new();
     let mut risky = false;
+    let mut sensitive = false;
     for (key, value) in entries {
         let Some(k) = key.as_str() else {
             return Err(key.error(file, "step keys must be strings"));
@@ -305,6 +316,7 @@ fn load_step(
             "tags" => tags = strings_of(value, file, "tags")?,
             "notify" => notify = strings_of(value, file, "notify")?,
             "risky" => risky = bool_of(value, file, "risky")?,
+            "sensitive" => sensitive = bool_of(value, file, "sensitive")?,
             other => match resource::lookup(other) {
                 Some(info) => {
                     if let Some((first, _)) = kind {
@@ -358,6 +370,7 @@ fn load_step(
         tags,
         notify,
         risky,
+        sensitive,
         file: file.to_path_buf(),
         line: node.line,
         column: node.column,
@@ -455,7 +468,7 @@ mod tests {
     fn an_unknown_resource_type_lists_the_types() {
         assert_eq!(
             load_err("steps:\n  - fiel: {path: /a}\n"),
-            "[DIR]/p.yaml:2:5: unknown resource type or step key `fiel`\n  hint: resource types: file, directory, absent, lines, user, group, command, package, service, unit, sysctl, sshd, nftables, audit_rules, json_config, wireguard; step keys: name, when, tags, notify, risky, include"
+            "[DIR]/p.yaml:2:5: unknown resource type or step key `fiel`\n  hint: resource types: file, directory, absent, lines, user, group, command, package, service, unit, sysctl, sshd, nftables, audit_rules, json_config, wireguard; step keys: name, when, tags, notify, risky, sensitive, include"
         );
     }
 

@@ -585,9 +585,10 @@ fn systemctl(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// [`crate::localfs::write_atomically`], with the path in the error.
+/// [`crate::localfs::write_atomically_mode`], mode 0644 (systemd and cron read these; they
+/// hold no secret), with the path in the error.
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    crate::localfs::write_atomically(path, bytes)
+    crate::localfs::write_atomically_mode(path, bytes, 0o644)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -4,12 +4,18 @@
 //! Ansible filters people reach for) and turning a step's located parameters into rendered
 //! JSON. Every string in the parameters is a template. A render error names the file, line,
 //! column and, for undefined values, the variable. It never touches a host.
+//!
+//! Secrets reach a render only as opaque values (`secrets::SecretValue`), never as template
+//! text; every filter is guarded so that what it derives from a secret stays a secret or is
+//! refused ([`guarded`]).
 
 use std::path::{Path, PathBuf};
 
+use minijinja::value::{Rest, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value as JValue};
 use serde_json::Value;
 
+use crate::secrets::{self, SecretValue};
 use crate::yaml::{Loc, Node, NodeValue};
 
 /// A render error, located.
@@ -39,6 +45,17 @@ impl Templates {
                 .build()
                 .expect("default delimiters are valid"),
         );
+        // Every filter runs in `inner`, through a guard that keeps what it derives from a
+        // secret a secret (see [`guarded`]).
+        let mut inner = Environment::new();
+        inner.set_undefined_behavior(UndefinedBehavior::Strict);
+        inner.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        add_filters(&mut inner);
+        let inner = std::sync::Arc::new(inner);
+        for name in BUILTIN_FILTERS.iter().chain(OWN_FILTERS) {
+            env.add_filter(*name, guarded(inner.clone(), name));
+        }
+        env.add_function("lookup", lookup);
         env.set_loader(move |name| {
             if name.contains("..") {
                 return Ok(None);
@@ -51,7 +68,6 @@ impl Templates {
             }
             Ok(None)
         });
-        add_filters(&mut env);
         Templates { env }
     }
 
@@ -389,7 +405,6 @@ fn add_filters(env: &mut Environment<'static>) {
             })
         },
     );
-    env.add_function("lookup", lookup);
     env.add_filter("from_json", |s: String| -> Result<JValue, Error> {
         let v: Value = serde_json::from_str(&s)
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("from_json: {e}")))?;
@@ -454,6 +469,286 @@ fn add_filters(env: &mut Environment<'static>) {
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
         String::from_utf8(bytes).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
     });
+}
+
+/// minijinja's own filters (3.1, with the `builtins` and `json` features). Each is replaced by a
+/// guarded one; the test `every_filter_is_guarded` fails when minijinja gains one.
+pub const BUILTIN_FILTERS: &[&str] = &[
+    "safe",
+    "escape",
+    "e",
+    "lower",
+    "upper",
+    "title",
+    "capitalize",
+    "replace",
+    "length",
+    "count",
+    "dictsort",
+    "items",
+    "reverse",
+    "trim",
+    "join",
+    "split",
+    "lines",
+    "default",
+    "d",
+    "round",
+    "abs",
+    "int",
+    "float",
+    "attr",
+    "first",
+    "last",
+    "min",
+    "max",
+    "sort",
+    "list",
+    "string",
+    "bool",
+    "batch",
+    "slice",
+    "sum",
+    "indent",
+    "select",
+    "reject",
+    "selectattr",
+    "rejectattr",
+    "map",
+    "groupby",
+    "unique",
+    "chain",
+    "zip",
+    "pprint",
+    "format",
+    "tojson",
+];
+
+/// rampart's filters ([`add_filters`]).
+pub const OWN_FILTERS: &[&str] = &[
+    "ip_host",
+    "quote",
+    "index_of",
+    "from_json",
+    "to_json",
+    "to_nice_json",
+    "mandatory",
+    "combine",
+    "regex_replace",
+    "b64encode",
+    "b64decode",
+];
+
+/// Filter `name` of `inner`, guarded: when an input is a secret (a [`SecretValue`], or text
+/// that holds a secret or a form of one), the result must stay a secret. A string result of
+/// at least [`secrets::MIN_LEN`] characters becomes a derived secret (masked wherever it
+/// shows); a result that only rearranges its inputs (`first` of a list, `default`) passes;
+/// anything else (a slice, a character, a number, a list of pieces) is refused, since masking
+/// could not follow it. The inner filter's own error is withheld too: it may quote its input.
+fn guarded(
+    inner: std::sync::Arc<Environment<'static>>,
+    name: &'static str,
+) -> impl Fn(Rest<JValue>) -> Result<JValue, Error> + Send + Sync + 'static {
+    move |args: Rest<JValue>| {
+        let taint = Taint::of(&args);
+        if taint.names.is_empty() {
+            return inner.empty_state().apply_filter(name, &args);
+        }
+        secrets::touch();
+        let secret_name = taint.names[0].clone();
+        if let ("length" | "count", Some(s)) = (
+            name,
+            args.first()
+                .and_then(|v| v.downcast_object_ref::<SecretValue>()),
+        ) {
+            return Ok(JValue::from(s.secret.value.chars().count()));
+        }
+        // The filter sees a secret as the text it is (`reverse`, `split` want a string); the
+        // result is confined below.
+        let args: Vec<JValue> = args
+            .iter()
+            .map(|a| match a.downcast_object_ref::<SecretValue>() {
+                Some(s) => JValue::from(s.secret.value.as_str()),
+                None => a.clone(),
+            })
+            .collect();
+        let result = inner.empty_state().apply_filter(name, &args).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!(
+                    "the filter `{name}` failed on secret `{secret_name}` (its message is \
+                     withheld: it may quote the secret)"
+                ),
+            )
+        })?;
+        taint.confine(name, result)
+    }
+}
+
+/// What the inputs of one filter call hold: the secrets among them, and the values that are
+/// not secret (a result may pass them on).
+#[derive(Default)]
+struct Taint {
+    /// Names of the secrets found (the first names a derived result).
+    names: Vec<String>,
+    secrets: Option<secrets::Secrets>,
+    /// Values that hold no secret, as `kind:text`.
+    plain: std::collections::HashSet<String>,
+    /// Texts that are or hold a secret.
+    tainted: std::collections::HashSet<String>,
+    /// Values looked at, bounded.
+    seen: usize,
+}
+
+/// How many values [`Taint`] looks at in the inputs or a result of one filter call.
+const TAINT_LIMIT: usize = 100_000;
+
+fn leaf_key(v: &JValue) -> String {
+    format!("{}:{v}", v.kind())
+}
+
+impl Taint {
+    fn of(args: &[JValue]) -> Taint {
+        let mut t = Taint {
+            secrets: secrets::active(),
+            ..Taint::default()
+        };
+        for a in args {
+            t.walk(a, 0);
+        }
+        t
+    }
+
+    fn walk(&mut self, v: &JValue, depth: usize) {
+        self.seen += 1;
+        if self.seen > TAINT_LIMIT || depth > 32 {
+            return;
+        }
+        if let Some(s) = v.downcast_object_ref::<SecretValue>() {
+            self.names.push(s.secret.name.clone());
+            self.tainted.insert(s.secret.value.clone());
+            self.secrets.get_or_insert_with(|| s.secrets.clone());
+            return;
+        }
+        match v.kind() {
+            ValueKind::String => {
+                let text = v.as_str().unwrap_or_default();
+                match self.secrets.as_ref().and_then(|s| s.contains_any(text)) {
+                    Some(name) => {
+                        self.names.push(name);
+                        self.tainted.insert(text.to_string());
+                    }
+                    None => {
+                        self.plain.insert(leaf_key(v));
+                    }
+                }
+            }
+            ValueKind::Seq | ValueKind::Iterable => {
+                if let Ok(items) = v.try_iter() {
+                    for item in items.take(TAINT_LIMIT) {
+                        self.walk(&item, depth + 1);
+                    }
+                }
+            }
+            ValueKind::Map => {
+                if let Ok(keys) = v.try_iter() {
+                    for key in keys.take(TAINT_LIMIT) {
+                        self.walk(&key, depth + 1);
+                        if let Ok(item) = v.get_item(&key) {
+                            self.walk(&item, depth + 1);
+                        }
+                    }
+                }
+            }
+            ValueKind::Plain => {
+                // An object rampart does not know: its text is all a template can get of it.
+                let text = v.to_string();
+                if let Some(name) = self.secrets.as_ref().and_then(|s| s.contains_any(&text)) {
+                    self.names.push(name);
+                    self.tainted.insert(text);
+                }
+            }
+            _ => {
+                self.plain.insert(leaf_key(v));
+            }
+        }
+    }
+
+    /// `result` of filter `name`, when an input was secret: a secret, a rearrangement of the
+    /// inputs, or refused.
+    fn confine(&self, name: &str, result: JValue) -> Result<JValue, Error> {
+        let secret_name = &self.names[0];
+        if result.downcast_object_ref::<SecretValue>().is_some() {
+            return Ok(result);
+        }
+        let refuse = |what: &str| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "the filter `{name}` cannot be applied to secret `{secret_name}`: its result \
+                     ({what}) would carry pieces of the secret that masking cannot hide; hint: \
+                     derive the value on the operator's side (the secret's `command`), or use \
+                     the whole secret"
+                ),
+            )
+        };
+        match result.kind() {
+            ValueKind::Undefined | ValueKind::None | ValueKind::Bool => Ok(result),
+            // A length says nothing worth masking.
+            ValueKind::Number if matches!(name, "length" | "count") => Ok(result),
+            ValueKind::String => {
+                let text = result.as_str().unwrap_or_default();
+                if self.plain.contains(&leaf_key(&result)) {
+                    Ok(result)
+                } else if text.chars().count() >= secrets::MIN_LEN {
+                    let secrets = self.secrets.clone().unwrap_or_default();
+                    let secret = secrets.register_derived(secret_name, text.to_string());
+                    Ok(JValue::from_object(SecretValue { secret, secrets }))
+                } else {
+                    Err(refuse("a text too short to mask"))
+                }
+            }
+            ValueKind::Number => {
+                if self.plain.contains(&leaf_key(&result)) {
+                    Ok(result)
+                } else {
+                    Err(refuse("a number"))
+                }
+            }
+            _ => {
+                // A container (or an iterator, made a list here: it is read once more below
+                // and must not be consumed) passes when every value in it is a secret or was
+                // already an input.
+                let result = if result.kind() == ValueKind::Iterable {
+                    JValue::from(
+                        result
+                            .try_iter()
+                            .map(|it| it.take(TAINT_LIMIT).collect::<Vec<_>>())
+                            .unwrap_or_default(),
+                    )
+                } else {
+                    result
+                };
+                let mut out = Taint {
+                    secrets: self.secrets.clone(),
+                    ..Taint::default()
+                };
+                out.walk(&result, 0);
+                let new_plain = out.plain.iter().any(|k| {
+                    !self.plain.contains(k)
+                        && !["bool:", "none:", "undefined:"]
+                            .iter()
+                            .any(|p| k.starts_with(p))
+                });
+                let new_tainted = out.tainted.iter().any(|t| !self.tainted.contains(t));
+                if new_plain || new_tainted || result.kind() == ValueKind::Plain {
+                    Err(refuse(&format!("a {} of pieces", result.kind())))
+                } else {
+                    Ok(result)
+                }
+            }
+        }
+    }
 }
 
 /// Any serializable value as a template value (a context, a variable).
@@ -602,6 +897,121 @@ mod tests {
         let v = t.render_node(&node, Path::new("p.yaml"), &ctx()).unwrap();
         assert_eq!(v["a"], serde_json::json!({"u": "admin", "p": 443}));
         assert!(v["b"].as_str().unwrap().starts_with("{\"u\": {{"));
+    }
+
+    /// A run's secrets with `pw` (from a file) set to `value`, and a context holding it.
+    fn secret_ctx(value: &str) -> (secrets::Secrets, JValue, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, value).unwrap();
+        let s = secrets::Secrets::default();
+        let ctx = s
+            .to_jinja(&serde_json::json!({
+                "pw": {"secret": {"file": f.to_str().unwrap(), "name": "pw"}},
+                "user": "admin",
+            }))
+            .unwrap();
+        (s, ctx, dir)
+    }
+
+    fn render_with(text: &str, ctx: &JValue) -> Result<Value, RenderError> {
+        let node = yaml::parse(Path::new("p.yaml"), text).unwrap();
+        Templates::new(vec![]).render_node(&node, Path::new("p.yaml"), ctx)
+    }
+
+    #[test]
+    fn a_secret_is_a_value_never_a_template() {
+        let (s, ctx, _dir) = secret_ctx("p4ss{{ 7*7 }}word");
+        let _active = s.activate();
+        let v = render_with("a: '{{ pw }}'\nb: 'x={{ pw }}'\n", &ctx).unwrap();
+        assert_eq!(v["a"], "p4ss{{ 7*7 }}word");
+        assert_eq!(v["b"], "x=p4ss{{ 7*7 }}word");
+        assert!(secrets::touched(), "reading a secret marks the render");
+        assert!(!secrets::touched(), "and the mark is taken once");
+    }
+
+    #[test]
+    fn what_a_filter_derives_from_a_secret_stays_masked_or_is_refused() {
+        let (s, ctx, _dir) = secret_ctx("s3cret-Value");
+        let _active = s.activate();
+        let v = render_with(
+            "u: '{{ pw | upper }}'\nb: '{{ pw | b64encode }}'\nr: '{{ pw | reverse }}'\n\
+             c: '{{ (\"k=\" ~ pw) | replace(\"=\", \":\") }}'\nlen: '{{ pw | length }}'\n",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(v["u"], "S3CRET-VALUE");
+        assert_eq!(v["r"], "eulaV-terc3s");
+        assert_eq!(v["len"], 12);
+        let shown = s.mask(&v.to_string());
+        for leak in [
+            "s3cret",
+            "S3CRET",
+            "czNjcmV0LVZhbHVl",
+            "eulaV-terc3s",
+            "k:s3cret",
+        ] {
+            assert!(!shown.contains(leak), "{leak} in {shown}");
+        }
+        for refused in [
+            "a: '{{ pw | first }}'",
+            "a: '{{ pw | list }}'",
+            "a: '{{ pw | split(\"-\") }}'",
+            "a: '{{ pw[0:4] }}'",
+            "a: '{{ (\"k=\" ~ pw) | batch(2) }}'",
+        ] {
+            let err = render_with(refused, &ctx).unwrap_err().to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(
+                err.contains("secret `pw`") || err.contains("cannot be sliced"),
+                "{refused}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_filter_is_guarded() {
+        // Every filter of a bare minijinja environment is in BUILTIN_FILTERS: a filter
+        // minijinja adds would otherwise run unguarded.
+        let bare = Environment::new();
+        for name in BUILTIN_FILTERS {
+            let src = format!("{{{{ 'abcdefgh' | {name} }}}}");
+            let err = bare.render_str(&src, ()).err();
+            assert!(
+                err.is_none_or(|e| e.kind() != ErrorKind::UnknownFilter),
+                "{name} is no minijinja filter"
+            );
+        }
+        let t = Templates::new(vec![]);
+        for probe in [
+            "urlencode",
+            "wordcount",
+            "center",
+            "truncate",
+            "wordwrap",
+            "striptags",
+            "filesizeformat",
+            "xmlattr",
+            "forceescape",
+            "random",
+        ] {
+            let src = format!("{{{{ 'abcdefgh' | {probe} }}}}");
+            let known = bare.render_str(&src, ()).map_err(|e| e.kind());
+            assert_eq!(
+                known.err(),
+                Some(ErrorKind::UnknownFilter),
+                "minijinja now has `{probe}`: add it to BUILTIN_FILTERS"
+            );
+            assert!(t.env.render_str(&src, ()).is_err());
+        }
+    }
+
+    #[test]
+    fn every_filter_is_called_by_the_leak_property() {
+        let called: Vec<&str> = crate::leaks::FILTER_CALLS.iter().map(|(f, _)| *f).collect();
+        for name in BUILTIN_FILTERS.iter().chain(OWN_FILTERS) {
+            assert!(called.contains(name), "leaks::FILTER_CALLS lacks `{name}`");
+        }
     }
 
     #[test]

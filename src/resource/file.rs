@@ -343,8 +343,17 @@ impl TryFrom<FileParams> for File {
 }
 
 impl Resource for File {
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &["type", "owner", "group", "mode"]
+    }
+
     fn id(&self) -> String {
         format!("file {}", shown(&self.path))
+    }
+
+    /// Mode 0600 or stricter: a secrets file.
+    fn sensitive(&self) -> bool {
+        self.perms.mode.is_some_and(|m| m & 0o077 == 0)
     }
 
     /// Puts back what this run's apply replaced: the run's backup of the file, or no file
@@ -401,11 +410,19 @@ impl Resource for File {
                 };
                 let mut changes = Vec::new();
                 if !content.equals(self.content.as_bytes()) {
-                    changes.push(Change::new(
-                        CONTENT,
-                        Some(content.before_text(meta.size)),
-                        want,
-                    ));
+                    let before = content.before_text(meta.size);
+                    // Found with mode 0600 or stricter: a secrets file, whatever the step
+                    // wants; neither side of the change is shown.
+                    let change = if meta.mode & 0o077 == 0 {
+                        Change::new(
+                            CONTENT,
+                            Some(crate::secrets::fingerprint(&before)),
+                            Some(crate::secrets::fingerprint(&self.content)),
+                        )
+                    } else {
+                        Change::new(CONTENT, Some(before), want)
+                    };
+                    changes.push(change);
                 }
                 changes.extend(self.perms.changes(Some(meta), None));
                 if changes.is_empty() {
@@ -464,6 +481,10 @@ impl TryFrom<DirectoryParams> for Directory {
 }
 
 impl Resource for Directory {
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &["type", "owner", "group", "mode"]
+    }
+
     fn id(&self) -> String {
         format!("directory {}", shown(&self.path))
     }
@@ -690,6 +711,15 @@ impl Lines {
 }
 
 impl Resource for Lines {
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &["type", "owner", "group", "mode"]
+    }
+
+    /// Mode 0600 or stricter: a secrets file.
+    fn sensitive(&self) -> bool {
+        self.perms.mode.is_some_and(|m| m & 0o077 == 0)
+    }
+
     fn id(&self) -> String {
         format!("lines {}", shown(&self.path))
     }

@@ -373,6 +373,15 @@ impl JsonConfig {
 }
 
 impl Resource for JsonConfig {
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &["file owner", "file group", "file mode"]
+    }
+
+    /// Mode 0600 or stricter: a secrets file.
+    fn sensitive(&self) -> bool {
+        self.perms.mode.is_some_and(|m| m & 0o077 == 0)
+    }
+
     fn id(&self) -> String {
         format!("json_config {}", shown(&self.path))
     }

@@ -171,6 +171,18 @@ pub trait Resource: fmt::Debug + Send + Sync {
         false
     }
 
+    /// Its values are secret whatever the playbook says (a file of mode 0600 or stricter):
+    /// reports show them as size and sha256.
+    fn sensitive(&self) -> bool {
+        false
+    }
+
+    /// Changes whose values say how the thing is kept, never what it holds (a file's owner,
+    /// group and mode): readable even when the step is sensitive.
+    fn plain_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// POSIX sh that puts back the state this run's apply replaced, for a step marked
     /// `risky: true` in a playbook (its dead-man switch runs it). `None`: this type cannot.
     fn restore(&self, _ctx: &ApplyContext) -> Option<Script> {

@@ -338,16 +338,31 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     for needle in ["h26", "h27", "h28", "user.uid0", "listener.agent_port"] {
         assert!(page.contains(needle), "HTML lacks {needle:?}");
     }
-    // The env file's diff holds the gateway token: masked, in every format.
+    // The env file's diff holds the gateway token and the hand edit: a sensitive step (0600,
+    // and it uses a secret), so both sides show as size and sha256, never as text (r9).
     let env_step = host(&report, "h27")["steps"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["name"] == "secrets env file (0600)")
         .unwrap()
-        .to_string();
+        .clone();
+    let content = env_step["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["field"] == "content")
+        .unwrap_or_else(|| panic!("{env_step}"));
+    for side in ["before", "after"] {
+        let shown = content[side].as_str().unwrap_or_default();
+        assert!(
+            shown.starts_with('<') && shown.contains(" bytes, sha256 "),
+            "{side}: {env_step}"
+        );
+    }
     assert!(
-        env_step.contains("AGENT_AUTH_TOKEN=<secret:RAMPART_TEST_AGENT_TOKEN>"),
+        !env_step.to_string().contains("AGENT_AUTH_TOKEN")
+            && !env_step.to_string().contains("DEBUG=1"),
         "{env_step}"
     );
     for (name, body) in [

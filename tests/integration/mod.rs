@@ -5,6 +5,7 @@ mod engine;
 mod facts;
 mod fail_closed;
 mod hostile_host;
+mod hostile_secrets;
 mod report_html;
 mod report_machine;
 mod resources_config;
