@@ -85,7 +85,7 @@ use serde::Deserialize;
 
 use super::fsfile::{
     FileKind, FileState, Perms, Write, apply_script, backup_path, base64_block, check_file_path,
-    parse_file, probe_file, redacted, shown,
+    parse_file, probe_file, redacted, refusal, shown,
 };
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
@@ -755,6 +755,7 @@ impl Resource for AuditRules {
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+        refusal(probe_output)?;
         let err = |m: String| ProbeError::new(m, &redacted(probe_output));
         let obs = parse(probe_output).map_err(err)?;
         let file = shown(&self.file);

@@ -48,8 +48,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fsfile::{
-    MAX_CONTENT, Meta, Perms, Write, apply_script, backup_path, backup_script, check_path,
-    content_block, parent, parse_stat, sha1_hex, shown,
+    MAX_CONTENT, Meta, Perms, WALK, Write, apply_script, backup_path, backup_script, check_path,
+    content_block, guarded_probe, guarded_probe_folder, name_of, parent, parse_stat, refusal,
+    sha1_hex, shown,
 };
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
@@ -211,29 +212,31 @@ struct Observed {
 }
 
 /// The probe of `path`. `follow`: a symlink to a folder counts as that folder (`directory`).
-/// `content`: print a regular file's content (or hash, when large).
-fn probe_path(path: &str, follow: bool, content: bool) -> Script {
+/// `content`: print a regular file's content (or hash, when large). `link_unsafe`: a link at
+/// the path that root must not follow is refused (`kind unsafe`), not reported as a link.
+/// Either way the walk to the path refuses links planted on the way (fsfile's `rw_guard`).
+fn probe_path(path: &str, follow: bool, content: bool, link_unsafe: bool) -> Script {
     let (is_link, stat) = if follow {
         ("[ -L \"$p\" ] && [ ! -d \"$p\" ]", "stat -L -c")
     } else {
         ("[ -L \"$p\" ]", "stat -c")
     };
-    let mut s = Script::new()
-        .raw("(\np=")
-        .arg(path)
-        .raw("\nif ")
-        .raw(is_link)
-        .raw(
-            "; then\n\
-             \x20 printf 'kind link\\ntarget %s\\n' \"$(readlink \"$p\" | base64 | tr -d '\\n')\"\n\
-             else\n\
-             \x20 if [ -d \"$p\" ]; then k=dir; elif [ -f \"$p\" ]; then k=file\n\
-             \x20 elif [ -e \"$p\" ]; then k=other; else k=none; fi\n\
-             \x20 printf 'kind %s\\n' \"$k\"\n\
-             \x20 if [ \"$k\" != none ]; then ",
-        )
-        .raw(stat)
-        .raw(" 'stat %U %u %G %g %a %s' \"$p\"; fi\n");
+    let open = if follow {
+        guarded_probe_folder(path)
+    } else {
+        guarded_probe(path, link_unsafe)
+    };
+    let mut s = open.raw("if ").raw(is_link).raw(
+        "; then\n\
+         \x20 printf 'kind link\\ntarget %s\\n' \"$(readlink \"$p\" | base64 | tr -d '\\n')\"\n\
+         else\n\
+         \x20 if [ -d \"$p\" ]; then k=dir; elif [ -f \"$p\" ]; then k=file\n\
+         \x20 elif [ -e \"$p\" ]; then k=other; else k=none; fi\n\
+         \x20 printf 'kind %s\\n' \"$k\"\n\
+         \x20 if [ \"$k\" != none ]; then ",
+    )
+    .raw(stat)
+    .raw(" 'stat %U %u %G %g %a %s' \"$p\"; fi\n");
     if content {
         s = s.raw(
             "  if [ \"$k\" = file ]; then\n\
@@ -245,11 +248,12 @@ fn probe_path(path: &str, follow: bool, content: bool) -> Script {
              \x20 fi\n",
         );
     }
-    s.raw("fi\n)\n")
+    s.raw("fi\nfi\n)\n")
 }
 
 /// Parses the probe's output. Pure.
 fn parse(out: &str) -> Result<Observed, ProbeError> {
+    refusal(out)?;
     let err = |m: String| ProbeError::new(m, out);
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut lines = out.lines();
@@ -365,7 +369,7 @@ impl Resource for File {
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, false, true)
+        probe_path(&self.path, false, true, true)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -422,7 +426,9 @@ impl Resource for File {
             Verdict::Create(c) | Verdict::Modify(c) => c,
             Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
         };
-        if has(changes, CONTENT) || has(changes, TYPE) {
+        // A new owner is given by a rewrite (the temporary file gets it before the rename):
+        // root never chowns a name that someone else could swap for a link to another file.
+        if has(changes, CONTENT) || has(changes, TYPE) || has(changes, self.perms.names.owner) {
             apply_script(
                 Write {
                     path: &self.path,
@@ -469,7 +475,7 @@ impl Resource for Directory {
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, true, false)
+        probe_path(&self.path, true, false, true)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -500,40 +506,76 @@ impl Resource for Directory {
         }
     }
 
+    /// The walk to the folder (fsfile's `rw_cd`: no link followed that someone else could
+    /// have planted, missing parents made 0755 and given to whoever controls their folder),
+    /// the folder made (0700) if missing, then the walk into it: owner, group and mode are
+    /// set on `.`, the folder the script stands in, so no swap of its name can redirect them.
+    /// In a folder another account controls, a new folder without a wanted owner goes to that
+    /// account, and any other wanted owner is refused (that account could swap the folder).
     fn apply(&self, verdict: &Verdict, _ctx: &ApplyContext) -> Script {
-        let mut s = Script::new().raw("p=").arg(&self.path).raw("\n");
-        match verdict {
-            Verdict::Create(changes) => {
-                s = s.raw(
-                    "if [ ! -d \"$p\" ]; then\n\
-                     \x20 if [ -e \"$p\" ] || [ -L \"$p\" ]; then\n\
-                     \x20   die \"$p exists and is not a folder\"\n\
-                     \x20 fi\n",
-                );
-                if let Some(q) = parent(&self.path).filter(|q| *q != "/") {
-                    s = s.raw("  q=").arg(q).raw(
-                        "\n  if [ ! -d \"$q\" ]; then (umask 022 && mkdir -p \"$q\") || \
-                         die \"cannot create $q\"; fi\n",
-                    );
-                }
-                // Made 0700, then given its owner and mode: never more open than wanted.
-                s = s.raw(
-                    "  mkdir -m 0700 \"$p\" || [ -d \"$p\" ] || die \"cannot create $p\"\nfi\n",
-                );
-                let perms = Perms {
-                    mode: self.perms.mode.or(Some(0o755)),
-                    ..self.perms.clone()
-                };
-                s = s.then(perms.apply_in_place(changes));
-            }
-            Verdict::Modify(changes) => {
-                s = s
-                    .raw("[ -d \"$p\" ] || die \"$p is no longer a folder; run again\"\n")
-                    .then(self.perms.apply_in_place(changes));
-            }
+        let (changes, create) = match verdict {
+            Verdict::Create(c) => (c, true),
+            Verdict::Modify(c) => (c, false),
             Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+        };
+        let mut s = Script::new()
+            .raw("p=")
+            .arg(&self.path)
+            .raw("\nd=")
+            .arg(parent(&self.path).unwrap_or("/"))
+            .raw("\nn=")
+            .arg(name_of(&self.path))
+            .raw("\n")
+            .raw(WALK)
+            .raw("made=\n");
+        if create {
+            s = s.raw(
+                "rw_cd \"$d\" 1 || die \"cannot create $p: $rw_err\"\n\
+                 if [ -L \"./$n\" ]; then\n\
+                 \x20 rw_planted \"$n\" || die \"cannot create $p: $rw_err\"\n\
+                 elif [ ! -e \"./$n\" ]; then\n\
+                 \x20 mkdir -m 0700 -- \"./$n\" || [ -d \"./$n\" ] || die \"cannot create $p\"\n\
+                 \x20 made=1\n\
+                 fi\n",
+            );
         }
-        apply_script(s)
+        s = s.raw(
+            "rw_cd \"$p\" 0\n\
+             case $? in\n\
+             \x20 0) ;;\n\
+             \x20 1) die \"cannot change $p: $rw_err\" ;;\n\
+             \x20 *) die \"$p exists and is not a folder (or is no longer one); run again\" ;;\n\
+             esac\n",
+        );
+        let owner_rule = match &self.perms.owner {
+            Some(o) => Script::new().raw("  wu=$(id -u ").arg(o).raw(
+                " 2>/dev/null) || wu=\n\
+                 \x20 [ \"$wu\" = \"$pu\" ] || die \"refusing to give $p to ",
+            )
+            .arg(o)
+            .raw(
+                ": the folder that holds it is controlled by $(rw_name \"$pu\"), who can \
+                 rename or swap it at any moment. hint: give it to that account, or keep it in \
+                 a folder only root controls\"\n",
+            ),
+            None => Script::new().raw(
+                "  if [ -n \"$made\" ]; then chown \"$pu:\" . || die \"cannot give $p to uid $pu\"; fi\n",
+            ),
+        };
+        s = s
+            .raw("if [ \"$pu\" != 0 ] && [ \"$rw_me\" = 0 ]; then\n")
+            .then(owner_rule)
+            .raw("fi\n");
+        let perms = if create {
+            // Made 0700, then given its owner and mode: never more open than wanted.
+            Perms {
+                mode: self.perms.mode.or(Some(0o755)),
+                ..self.perms.clone()
+            }
+        } else {
+            self.perms.clone()
+        };
+        apply_script(s.then(perms.apply_in_place(changes, ".")))
     }
 }
 
@@ -567,7 +609,7 @@ impl Resource for Absent {
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, false, false)
+        probe_path(&self.path, false, false, false)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -589,10 +631,22 @@ impl Resource for Absent {
         if !matches!(verdict, Verdict::Remove(_)) {
             return Script::new();
         }
+        // The walk to the folder refuses links planted on the way; then everything works on
+        // `./NAME` in the folder reached: a link there is backed up and removed, not followed.
         let mut s = Script::new()
             .raw("p=")
             .arg(&self.path)
-            .raw("\nif [ -e \"$p\" ] || [ -L \"$p\" ]; then\n");
+            .raw("\nd=")
+            .arg(parent(&self.path).unwrap_or("/"))
+            .raw("\nf=./")
+            .arg(name_of(&self.path))
+            .raw("\n")
+            .raw(WALK)
+            .raw(
+                "rw_cd \"$d\" 0\ncase $? in\n  0) ;;\n  1) die \"cannot remove $p: $rw_err\" ;;\n  \
+                 *) exit 0 ;;\nesac\n\
+                 if [ -e \"$f\" ] || [ -L \"$f\" ]; then\n",
+            );
         if self.backup {
             let dir = ctx.backup_dir();
             if dir.starts_with(&format!("{}/", self.path)) {
@@ -602,7 +656,7 @@ impl Resource for Absent {
                 s = s.then(backup_script(&backup_path(ctx, &self.path), "cp -a", true));
             }
         }
-        apply_script(s.raw("rm -rf \"$p\" || die \"cannot remove $p\"\nfi\n"))
+        apply_script(s.raw("rm -rf -- \"$f\" || die \"cannot remove $p\"\nfi\n"))
     }
 }
 
@@ -695,7 +749,7 @@ impl Resource for Lines {
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, false, true)
+        probe_path(&self.path, false, true, true)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -759,8 +813,8 @@ impl Resource for Lines {
         // The edit was made on the probed text: if the file changed since, stop; if it
         // already holds the result (a rerun), there is nothing left to do.
         let check = Script::new()
-            .raw("if [ -e \"$p\" ] || [ -L \"$p\" ]; then\n")
-            .raw("  h=$(sha1sum <\"$p\" | cut -d ' ' -f 1)\n  if [ \"$h\" = ")
+            .raw("if [ -e \"$f\" ] || [ -L \"$f\" ]; then\n")
+            .raw("  h=$(sha1sum <\"$f\" | cut -d ' ' -f 1)\n  if [ \"$h\" = ")
             .arg(&sha1_hex(new.as_bytes()))
             .raw(" ]; then exit 0; fi\n");
         let check = match &content.before {

@@ -124,17 +124,26 @@ impl Verdict {
     }
 }
 
-/// The probe printed something the parser does not understand.
+/// The probe printed something the parser does not understand, or (with no output kept) a
+/// refusal the probe itself reported, such as a symbolic link planted on the way to a path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "cannot read the probe's output: {message}\n---- probe output ----\n{output}\n----------------------"
-)]
+#[error("{}", self.shown())]
 pub struct ProbeError {
     pub message: String,
     pub output: String,
 }
 
 impl ProbeError {
+    fn shown(&self) -> String {
+        if self.output.is_empty() {
+            return self.message.clone();
+        }
+        format!(
+            "cannot read the probe's output: {}\n---- probe output ----\n{}\n----------------------",
+            self.message, self.output
+        )
+    }
+
     pub fn new(message: impl Into<String>, output: &str) -> ProbeError {
         ProbeError {
             message: message.into(),
