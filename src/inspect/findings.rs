@@ -219,8 +219,46 @@ pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
         }
     }
 
+    for l in &obs.planted_links {
+        let subject = escaped(&l.link);
+        if out
+            .iter()
+            .any(|f| f.id == "fs.symlink" && f.subject == subject)
+        {
+            continue;
+        }
+        out.push(finding(
+            "fs.symlink",
+            Severity::Critical,
+            subject,
+            "a symbolic link planted where rampart writes as root: steps through it are refused",
+            vec![
+                format!(
+                    "{} -> {} (on the way to {}, which a step writes)",
+                    escaped(&l.link),
+                    escaped(&l.target),
+                    escaped(&l.path)
+                ),
+                escaped(&l.why),
+            ],
+        ));
+    }
+
     out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
     out
+}
+
+/// `text` with control characters (a newline in a planted name) escaped.
+fn escaped(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn short_blob(blob: &str) -> String {
@@ -522,5 +560,47 @@ mod tests {
         let text = serde_json::to_string(&f).unwrap();
         assert!(!text.contains("sk-ant-literal"), "{text}");
         assert!(text.contains("python3 (pid 9)"), "{text}");
+    }
+
+    #[test]
+    fn a_planted_link_is_a_critical_finding_whatever_its_name_holds() {
+        use crate::inspect::scan::{PlantedLink, parse};
+        use base64::Engine as _;
+        let b = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        let text = format!(
+            "@@m fslink {} {} {} {}\n@@m fslink {} {} {} {}\n",
+            b("/home/openclaw/.openclaw/workspace/SOUL.md"),
+            b("/home/openclaw/.openclaw/workspace"),
+            b("/etc"),
+            b("refusing to follow /home/openclaw/.openclaw/workspace: ..."),
+            b("/home/openclaw/.openclaw/x\n/y"),
+            b("/home/openclaw/.openclaw/x\n"),
+            b("/etc/systemd/system"),
+            b("why"),
+        );
+        let obs = parse("@@m", &text);
+        assert_eq!(
+            obs.planted_links[0],
+            PlantedLink {
+                path: "/home/openclaw/.openclaw/workspace/SOUL.md".into(),
+                link: "/home/openclaw/.openclaw/workspace".into(),
+                target: "/etc".into(),
+                why: "refusing to follow /home/openclaw/.openclaw/workspace: ...".into(),
+            }
+        );
+        let f = findings(&obs, &params());
+        assert_eq!(
+            ids(&f),
+            vec![
+                ("fs.symlink", "/home/openclaw/.openclaw/workspace"),
+                ("fs.symlink", "/home/openclaw/.openclaw/x\\n"),
+            ]
+        );
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(
+            f[1].evidence[0],
+            "/home/openclaw/.openclaw/x\\n -> /etc/systemd/system (on the way to \
+             /home/openclaw/.openclaw/x\\n/y, which a step writes)"
+        );
     }
 }

@@ -716,6 +716,10 @@ impl AuditRules {
 }
 
 impl Resource for AuditRules {
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.file)
+    }
+
     fn id(&self) -> String {
         format!("audit_rules {}", shown(&self.file))
     }

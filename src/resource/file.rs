@@ -226,17 +226,20 @@ fn probe_path(path: &str, follow: bool, content: bool, link_unsafe: bool) -> Scr
     } else {
         guarded_probe(path, link_unsafe)
     };
-    let mut s = open.raw("if ").raw(is_link).raw(
-        "; then\n\
+    let mut s = open
+        .raw("if ")
+        .raw(is_link)
+        .raw(
+            "; then\n\
          \x20 printf 'kind link\\ntarget %s\\n' \"$(readlink \"$p\" | base64 | tr -d '\\n')\"\n\
          else\n\
          \x20 if [ -d \"$p\" ]; then k=dir; elif [ -f \"$p\" ]; then k=file\n\
          \x20 elif [ -e \"$p\" ]; then k=other; else k=none; fi\n\
          \x20 printf 'kind %s\\n' \"$k\"\n\
          \x20 if [ \"$k\" != none ]; then ",
-    )
-    .raw(stat)
-    .raw(" 'stat %U %u %G %g %a %s' \"$p\"; fi\n");
+        )
+        .raw(stat)
+        .raw(" 'stat %U %u %G %g %a %s' \"$p\"; fi\n");
     if content {
         s = s.raw(
             "  if [ \"$k\" = file ]; then\n\
@@ -347,6 +350,10 @@ impl TryFrom<FileParams> for File {
 }
 
 impl Resource for File {
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("file {}", shown(&self.path))
     }
@@ -470,6 +477,10 @@ impl TryFrom<DirectoryParams> for Directory {
 }
 
 impl Resource for Directory {
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("directory {}", shown(&self.path))
     }
@@ -559,7 +570,7 @@ impl Resource for Directory {
                  a folder only root controls\"\n",
             ),
             None => Script::new().raw(
-                "  if [ -n \"$made\" ]; then chown \"$pu:\" . || die \"cannot give $p to uid $pu\"; fi\n",
+                "  if [ -n \"$made\" ]; then rw_give \"$pu\" || die \"cannot give $p to uid $pu\"; fi\n",
             ),
         };
         s = s
@@ -744,6 +755,10 @@ impl Lines {
 }
 
 impl Resource for Lines {
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("lines {}", shown(&self.path))
     }
@@ -1629,6 +1644,174 @@ mod tests {
         );
         let a = build(&ABSENT, json!({"path": s(&file)}));
         assert!(converge(&*a, &ctx).await.0.is_in_line());
+    }
+
+    /// The uid this test process runs as (the owner of its /proc entry).
+    fn my_uid() -> u32 {
+        std::fs::metadata("/proc/self").unwrap().uid()
+    }
+
+    /// A folder owned by `nobody` (65534) in a root folder, standing in for the agent's home.
+    /// Needs root, like rampart on a host; `None` (the test says so and passes) otherwise.
+    fn agent_home(tmp: &Path) -> Option<std::path::PathBuf> {
+        if my_uid() != 0 {
+            eprintln!("not root: the tests of folders another account controls need root");
+            return None;
+        }
+        let home = tmp.join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        // nobody must reach its folder through the test's private temporary folder.
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o711)).unwrap();
+        Some(home)
+    }
+
+    #[tokio::test]
+    async fn links_planted_in_a_folder_root_does_not_control_are_refused_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path());
+        let Some(home) = agent_home(tmp.path()) else {
+            return;
+        };
+        let etc = tmp.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::os::unix::fs::symlink(&etc, home.join("logs")).unwrap();
+        std::os::unix::fs::symlink(&etc, home.join("workspace")).unwrap();
+        std::os::unix::fs::lchown(home.join("logs"), Some(65534), Some(65534)).unwrap();
+
+        let d = build(
+            &DIRECTORY,
+            json!({"path": s(&home.join("logs")), "owner": "nobody", "mode": "0700"}),
+        );
+        let err = converge_one(&LocalSession::default(), &*d, &ctx)
+            .await
+            .unwrap_err();
+        let want = format!(
+            "refusing to follow {}: it is a symbolic link (to {}) in a folder that nobody \
+             (uid 65534) controls",
+            home.join("logs").display(),
+            etc.display()
+        );
+        assert!(err.contains(&want), "{err}");
+        // Even an apply made from a stale verdict (the swap came after the probe) refuses.
+        let stale = Verdict::Modify(vec![Change::new("owner", Some("root".into()), None)]);
+        let out = run_local(d.apply(&stale, &ctx)).await;
+        assert!(!out.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&want),
+            "{}",
+            out.stderr_block()
+        );
+
+        for info in [&FILE, &LINES] {
+            let path = home.join("workspace/SOUL.md");
+            let r = match info.name {
+                "file" => build(info, json!({"path": s(&path), "content": "x\n"})),
+                _ => build(info, json!({"path": s(&path), "present": ["x"]})),
+            };
+            let err = converge_one(&LocalSession::default(), &*r, &ctx)
+                .await
+                .unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "refusing to follow {}",
+                    home.join("workspace").display()
+                )),
+                "{err}"
+            );
+            let stale = Verdict::Create(vec![Change::new("content", None, Some("x\n".into()))]);
+            let out = run_local(r.apply(&stale, &ctx)).await;
+            assert!(!out.success(), "{}", info.name);
+        }
+        let a = build(&ABSENT, json!({"path": s(&home.join("workspace/keep"))}));
+        std::fs::write(etc.join("keep"), "k").unwrap();
+        let stale = Verdict::Remove(vec![Change::new("type", Some("a file".into()), None)]);
+        assert!(!run_local(a.apply(&stale, &ctx)).await.success());
+        assert_eq!(std::fs::read_to_string(etc.join("keep")).unwrap(), "k");
+        assert!(
+            std::fs::read_dir(&etc).unwrap().count() == 1,
+            "nothing written in etc"
+        );
+        assert_eq!(std::fs::metadata(&etc).unwrap().uid(), 0);
+        // The link itself is what `absent` removes: backed up as a link, target untouched.
+        let a = build(&ABSENT, json!({"path": s(&home.join("logs"))}));
+        assert_eq!(converge(&*a, &ctx).await.0.action(), "remove");
+        assert!(etc.exists());
+        assert!(
+            std::fs::symlink_metadata(backup_of(tmp.path(), &home.join("logs")))
+                .unwrap()
+                .is_symlink()
+        );
+    }
+
+    #[tokio::test]
+    async fn in_a_folder_another_account_controls_files_are_written_as_that_account() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path());
+        let Some(home) = agent_home(tmp.path()) else {
+            return;
+        };
+        let path = home.join("ws/SOUL.md");
+        let d = build(
+            &DIRECTORY,
+            json!({"path": s(&home.join("ws")), "mode": "0700"}),
+        );
+        converge(&*d, &ctx).await;
+        assert_eq!(
+            std::fs::metadata(home.join("ws")).unwrap().uid(),
+            65534,
+            "a new folder without an owner goes to whoever controls its folder"
+        );
+        let f = |c: &str| {
+            build(
+                &FILE,
+                json!({"path": s(&path), "content": c, "owner": "nobody", "mode": "0600"}),
+            )
+        };
+        assert_eq!(converge(&*f("one\n"), &ctx).await.0.action(), "create");
+        converge(&*f("two\n"), &ctx).await;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (65534, 0o600));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        let backup = backup_of(tmp.path(), &path);
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), "one\n");
+        assert_eq!(std::fs::metadata(&backup).unwrap().uid(), 65534);
+        let l = build(&LINES, json!({"path": s(&path), "present": ["three"]}));
+        converge(&*l, &ctx).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), 65534);
+
+        // root cannot keep a file of its own there, nor give a folder there to someone else.
+        let rootfile = build(
+            &FILE,
+            json!({"path": s(&home.join("ws/root.conf")), "content": "x", "owner": "root"}),
+        );
+        let err = converge_one(&LocalSession::default(), &*rootfile, &ctx)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("root cannot keep a file of someone else's there"),
+            "{err}"
+        );
+        assert!(!home.join("ws/root.conf").exists());
+        let rootdir = build(
+            &DIRECTORY,
+            json!({"path": s(&home.join("ws/sub")), "owner": "root"}),
+        );
+        let err = converge_one(&LocalSession::default(), &*rootdir, &ctx)
+            .await
+            .unwrap_err();
+        assert!(err.contains("refusing to give"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(home.join("ws"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with(".rampart")),
+            "no temporary file left: {names:?}"
+        );
     }
 
     #[tokio::test]

@@ -285,7 +285,12 @@ pub(super) fn probe_file(path: &str) -> Script {
 /// which sees `$p` relative to the folder the walk reached. `link_unsafe`: a symbolic link at
 /// the path itself is refused where root must not follow it.
 pub(super) fn guarded_probe(path: &str, link_unsafe: bool) -> Script {
-    guarded(path, parent(path).unwrap_or("/"), name_of(path), link_unsafe)
+    guarded(
+        path,
+        parent(path).unwrap_or("/"),
+        name_of(path),
+        link_unsafe,
+    )
 }
 
 /// [`guarded_probe`] of a folder: the walk goes into the folder itself, so a link at the path
@@ -311,7 +316,11 @@ fn guarded(path: &str, dir: &str, name: &str, link_unsafe: bool) -> Script {
 /// The probe's refusal: `kind unsafe <base64 message>` on the first line of `out`, as a
 /// [`ProbeError`](super::ProbeError) that says why (and not the probe's output). `Ok` else.
 pub(super) fn refusal(out: &str) -> Result<(), super::ProbeError> {
-    let Some(b64) = out.lines().next().and_then(|l| l.strip_prefix("kind unsafe ")) else {
+    let Some(b64) = out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("kind unsafe "))
+    else {
         return Ok(());
     };
     let text = base64::engine::general_purpose::STANDARD
@@ -610,11 +619,13 @@ pub(super) fn apply_script(body: Script) -> Script {
 ///   fails when the way is not safe, or (LINK=1) when NAME is a link root must not follow;
 ///   else sets `p` to `./NAME` when the folder was reached.
 /// - `rw_name UID`: `NAME (uid UID)` for messages.
+/// - `rw_give UID`: the working folder given to UID and its login group.
 ///
 /// Builtins only, except a `stat` where a folder root does not own is met and at links: the
 /// probe stays cheap.
 pub(crate) const WALK: &str = r#"rw_me=$(id -u)
 rw_name() { rw_n=$(getent passwd "$1" 2>/dev/null | cut -d: -f1); if [ -n "$rw_n" ]; then printf '%s (uid %s)' "$rw_n" "$1"; else printf 'uid %s' "$1"; fi; }
+rw_give() { chown "$1" . && { rw_g=$(getent passwd "$1" | cut -d: -f4); [ -z "$rw_g" ] || chgrp "$rw_g" .; }; }
 rw_planted() {
   rw_lu=$(stat -c %u -- "$1" 2>/dev/null) || rw_lu=unknown
   if [ "$u" = 0 ] && [ "$rw_lu" = 0 ]; then return 0; fi
@@ -646,7 +657,7 @@ rw_cd() {
       cd / || return 1
       continue
     fi
-    if [ -n "$rw_made" ] && [ "$u" != 0 ] && [ "$rw_me" = 0 ]; then chown "$u:" . || { rw_err="cannot give $rw_want to uid $u"; return 1; }; fi
+    if [ -n "$rw_made" ] && [ "$u" != 0 ] && [ "$rw_me" = 0 ]; then rw_give "$u" || { rw_err="cannot give $rw_want to uid $u"; return 1; }; fi
     pu=$u
     if [ "$u" = 0 ] && ! { [ "$rw_me" = 0 ] && [ -O . ]; }; then
       rw_o=$(stat -c %u .) || { rw_err="cannot stat $rw_want"; return 1; }
@@ -679,7 +690,11 @@ pub(super) fn walk_to_folder(path: &str, make: bool) -> Script {
         .arg(name_of(path))
         .raw("\nf=./$n\n")
         .raw(WALK)
-        .raw(if make { "rw_cd \"$d\" 1\n" } else { "rw_cd \"$d\" 0\n" })
+        .raw(if make {
+            "rw_cd \"$d\" 1\n"
+        } else {
+            "rw_cd \"$d\" 0\n"
+        })
         .raw(
             "case $? in\n\
              \x20 0) ;;\n\
@@ -865,17 +880,20 @@ impl Write<'_> {
     fn as_owner(&self) -> Script {
         let mut s = Script::new().raw(AS_OWNER_NAME);
         s = match &self.perms.owner {
-            Some(o) => s.raw("  wu=$(id -u ").arg(o).raw(
-                " 2>/dev/null) || wu=\n\
+            Some(o) => s
+                .raw("  wu=$(id -u ")
+                .arg(o)
+                .raw(
+                    " 2>/dev/null) || wu=\n\
                  \x20 [ \"$wu\" = \"$u\" ] || die \"refusing to write $p for owner ",
-            )
-            .arg(o)
-            .raw(
-                ": its folder is controlled by $(rw_name \"$u\"), who can rename or swap the \
+                )
+                .arg(o)
+                .raw(
+                    ": its folder is controlled by $(rw_name \"$u\"), who can rename or swap the \
                  file at any moment, so root cannot keep a file of someone else's there safely. \
                  hint: give the step owner: $un, or keep the file in a folder only root \
                  controls\"\n",
-            ),
+                ),
             None => s.raw(
                 "  if [ -e \"$f\" ] && [ \"$(stat -c %u -- \"$f\")\" != \"$u\" ]; then\n\
                  \x20   die \"refusing to rewrite $p: it belongs to $(rw_name \"$(stat -c %u -- \

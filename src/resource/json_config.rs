@@ -373,6 +373,10 @@ impl JsonConfig {
 }
 
 impl Resource for JsonConfig {
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("json_config {}", shown(&self.path))
     }

@@ -176,6 +176,12 @@ pub trait Resource: fmt::Debug + Send + Sync {
         false
     }
 
+    /// The path this step writes as a file or folder, if any: `drift` checks the way to it
+    /// for symbolic links planted where root must not follow them (`fs.symlink`).
+    fn fs_path(&self) -> Option<&str> {
+        None
+    }
+
     /// POSIX sh that puts back the state this run's apply replaced, for a step marked
     /// `risky: true` in a playbook (its dead-man switch runs it). `None`: this type cannot.
     fn restore(&self, _ctx: &ApplyContext) -> Option<Script> {
