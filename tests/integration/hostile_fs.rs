@@ -308,20 +308,21 @@ fn quarantine_moves_only_the_agents_own_files() {
     let first = run(dir.path(), &inv, "apply", &pb, &["--tags", "secrets"]);
     assert_eq!(first.status.code(), Some(0), "{}", stdout(&first));
 
-    // A file with a key in a folder named "x\n/etc": read line by line, find's output names
-    // /home/openclaw/x and then /etc/shadow.
+    // A file with a key in a folder named "x\n" (in it, etc/shadow): read line by line,
+    // find's output names /home/openclaw/x (a decoy file, so that a move succeeds first) and
+    // then /etc/shadow.
     let key = "sk-ant-api03-QuArAnTiNeMe0123456789abcdef";
     as_agent(
         h,
         &format!(
             "mkdir -p \"$HOME/x\n/etc\" && printf 'k=%s\\n' {key} >\"$HOME/x\n/etc/shadow\" && \
-             printf 'k=%s\\n' {key} >\"$HOME/notes.txt\""
+             printf 'k=%s\\n' {key} >\"$HOME/notes.txt\" && echo decoy >\"$HOME/x\""
         ),
     );
     let before = system_state(h);
     let out = run(dir.path(), &inv, "apply", &pb, &["--tags", "secrets"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_same_state(&before, &system_state(h), "the quarantine step");
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let step = steps(&json(&out), h)
         .into_iter()
         .find(|(n, _, _)| n.starts_with("no plaintext secrets"))
@@ -332,10 +333,11 @@ fn quarantine_moves_only_the_agents_own_files() {
         h,
         "cd /var/lib/rampart/quarantine/*/home/openclaw && find . -type f -print0 | sort -z | \
          tr '\\0' '|'; echo; find \"/home/openclaw/x\n\" | tr '\\n' '|'; echo; \
-         stat -c '%a' /var/lib/rampart/quarantine/*",
+         stat -c '%a' /var/lib/rampart/quarantine/*; cat /home/openclaw/x",
     );
     assert_eq!(
-        listing, "./notes.txt|./x\n/etc/shadow|\n/home/openclaw/x||/home/openclaw/x|/etc|\n700\n",
+        listing,
+        "./notes.txt|./x\n/etc/shadow|\n/home/openclaw/x||/home/openclaw/x|/etc|\n700\ndecoy\n",
         "{listing:?}"
     );
     reset_agent(h);
