@@ -2,7 +2,8 @@
 //!
 //! - `file`: a regular file's whole content, its owner, group and mode.
 //! - `directory`: a folder, made with its missing parents (like `mkdir -p`; parents get
-//!   mode 0755 and the connecting user as owner), its owner, group and mode.
+//!   mode 0755 and the connecting user as owner, or in a folder another account controls,
+//!   that account), its owner, group and mode.
 //! - `absent`: nothing at a path. A file, symlink or folder there is copied to the backup
 //!   folder, then removed (`rm -rf` for a folder).
 //! - `lines`: whole lines that must be in a text file, and lines that must not be. Missing
@@ -37,7 +38,10 @@
 //! ```
 //!
 //! `file` and `lines` do not follow a symlink at the path (it is reported as `link`);
-//! `directory` does (a symlink to a folder is that folder). The tools used are POSIX sh plus
+//! `directory` does (a symlink to a folder is that folder), but only a link root made in a
+//! folder only root controls: every probe and apply first walks to the path with fsfile's
+//! `rw_cd`, and a link anyone else could have planted, on the way or at the path, is
+//! `kind unsafe` (the step fails and names it), never followed. The tools used are POSIX sh plus
 //! `stat -c`, `base64`, `sha1sum`, `readlink` and `mktemp`, found in GNU coreutils and in
 //! busybox. Large files are compared by SHA-1 because that is the hash crate rampart already
 //! depends on; the comparison is against the operator's own content, so only a second
