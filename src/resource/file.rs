@@ -248,9 +248,9 @@ fn probe_path(path: &str, follow: bool, content: bool, link_unsafe: bool) -> Scr
         s = s.raw(
             "  if [ \"$k\" = file ]; then\n\
              \x20   if [ \"$(stat -c %s \"$p\")\" -le 1048576 ]; then\n\
-             \x20     printf 'content\\n'; base64 <\"$p\" && printf 'end\\n'\n\
+             \x20     printf 'content\\n'; rw_as base64 -- \"$p\" && printf 'end\\n'\n\
              \x20   else\n\
-             \x20     printf 'sha1 %s\\n' \"$(sha1sum <\"$p\" | cut -d ' ' -f 1)\"\n\
+             \x20     printf 'sha1 %s\\n' \"$(rw_as sh -c 'sha1sum <\"$1\"' rampart-sha1 \"$p\" | cut -d ' ' -f 1)\"\n\
              \x20   fi\n\
              \x20 fi\n",
         );
@@ -863,7 +863,7 @@ impl Resource for Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{converge_one, run_local};
+    use crate::resource::{b64, converge_one, run_local};
     use crate::transport::local::LocalSession;
     use serde_json::json;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1784,6 +1784,25 @@ mod tests {
         converge(&*l, &ctx).await;
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
         assert_eq!(std::fs::metadata(&path).unwrap().uid(), 65534);
+
+        // The probe reads a file there as that account: a hard link to a root-only file shows
+        // nothing of its content.
+        let secret = tmp.path().join("shadow");
+        std::fs::write(&secret, "root-only-content\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(&secret, home.join("ws/h")).unwrap();
+        let h = build(
+            &FILE,
+            json!({"path": s(&home.join("ws/h")), "content": "x"}),
+        );
+        let out = run_local(h.probe()).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("kind file\n"), "{text}");
+        assert!(!text.contains(&b64("root-only-content\n")), "{text}");
+        assert!(
+            h.diff(&text).is_err(),
+            "an unreadable file is no state to compare"
+        );
 
         // root cannot keep a file of its own there, nor give a folder there to someone else.
         let rootfile = build(

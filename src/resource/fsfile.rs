@@ -273,7 +273,7 @@ pub(super) fn probe_file(path: &str) -> Script {
          \x20 echo 'kind file'\n\
          \x20 stat -c 'stat %U %u %G %g %a %s' \"$p\" || exit 1\n\
          \x20 if [ \"$(stat -c %s \"$p\")\" -le 1048576 ]; then\n\
-         \x20   echo content; base64 <\"$p\" && echo end\n\
+         \x20   echo content; rw_as base64 -- \"$p\" && echo end\n\
          \x20 else echo large; fi\n\
          elif [ -e \"$p\" ]; then echo 'kind other'\n\
          else echo 'kind none'; fi\nfi\n)\n",
@@ -303,7 +303,7 @@ fn guarded(path: &str, dir: &str, name: &str, link_unsafe: bool) -> Script {
     Script::new()
         .raw("(\np=")
         .arg(path)
-        .raw("\n")
+        .raw("\nu=0\n")
         .raw(WALK)
         .raw("if rw_guard ")
         .arg(dir)
@@ -618,6 +618,9 @@ pub(super) fn apply_script(body: Script) -> Script {
 /// - `rw_guard DIR NAME LINK`: a probe's walk: prints `kind unsafe <base64 message>` and
 ///   fails when the way is not safe, or (LINK=1) when NAME is a link root must not follow;
 ///   else sets `p` to `./NAME` when the folder was reached.
+/// - `rw_as CMD...`: runs CMD as the account `u` when it is not root and the script runs as
+///   root (a probe reads a file there as its owner: a link swapped in at the last moment
+///   then shows the probe nothing that account could not read itself), else as is.
 /// - `rw_name UID`: `NAME (uid UID)` for messages.
 /// - `rw_give UID`: the working folder given to UID and its login group.
 ///
@@ -664,6 +667,9 @@ rw_cd() {
       [ "$rw_o" = 0 ] || u=$rw_o
     fi
   done
+}
+rw_as() {
+  if [ "$u" != 0 ] && [ "$rw_me" = 0 ]; then runuser -u "$(getent passwd "$u" | cut -d: -f1)" -- "$@"; else "$@"; fi
 }
 rw_guard() {
   rw_cd "$1" 0
