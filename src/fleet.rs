@@ -801,7 +801,14 @@ async fn probe_host(
     let scan = match settings.inspect {
         None => None,
         Some(_) => match ScanParams::from_vars(&vars) {
-            Ok(params) => {
+            Ok(mut params) => {
+                params.managed_paths = steps
+                    .iter()
+                    .filter_map(|s| match &s.work {
+                        StepWork::Run(r) => r.fs_path().map(String::from),
+                        StepWork::Skip(_) => None,
+                    })
+                    .collect();
                 let marker = format!("@@{}", engine::nonce());
                 let script = params.script(&marker);
                 Some((params, marker, script))

@@ -51,6 +51,9 @@ enum Piece {
     Secret { name: String, value: String },
     /// Bytes carried as a base64 here-document (`<<'DELIM' ... DELIM`), shown as their size.
     Payload(Vec<u8>),
+    /// A whole script as one quoted word (`sh -c WORD`): rendered, then quoted; shown with
+    /// its own secrets masked.
+    Nested(Script),
 }
 
 /// A shell script built from typed pieces. `Display` masks secrets; [`Script::render`] gives
@@ -101,6 +104,13 @@ impl Script {
         self
     }
 
+    /// Appends `inner` as one quoted word, for `sh -c` (say, run as another user by
+    /// `runuser`). Its secrets stay masked when this script is shown.
+    pub fn script_arg(mut self, inner: Script) -> Script {
+        self.pieces.push(Piece::Nested(inner));
+        self
+    }
+
     /// Appends another script.
     pub fn then(mut self, other: Script) -> Script {
         self.pieces.extend(other.pieces);
@@ -114,6 +124,7 @@ impl Script {
             match piece {
                 Piece::Raw(text) => out.push_str(text),
                 Piece::Quoted(value) | Piece::Secret { value, .. } => out.push_str(&quote(value)?),
+                Piece::Nested(inner) => out.push_str(&quote(&inner.render()?)?),
                 Piece::Payload(data) => {
                     use base64::Engine;
                     let text = base64::engine::general_purpose::STANDARD.encode(data);
@@ -141,6 +152,10 @@ impl fmt::Display for Script {
                     Err(_) => f.write_str("<value with NUL>")?,
                 },
                 Piece::Secret { name, .. } => write!(f, "<secret:{name}>")?,
+                Piece::Nested(inner) => match quote(&inner.to_string()) {
+                    Ok(q) => f.write_str(&q)?,
+                    Err(_) => f.write_str("<script with NUL>")?,
+                },
                 Piece::Payload(data) => writeln!(f, "<<payload: {} bytes>>", data.len())?,
             }
         }
@@ -287,6 +302,28 @@ mod tests {
         assert_eq!(s.to_string(), "echo <secret:TOKEN> 'x y'");
         assert_eq!(format!("{s:?}"), "Script(echo <secret:TOKEN> 'x y')");
         assert_eq!(s.render().unwrap(), "echo 'hunter2' 'x y'");
+    }
+
+    #[test]
+    fn nested_scripts_run_as_one_word_and_keep_secrets_masked() {
+        let inner = Script::new()
+            .raw("printf '%s|%s' \"$1\" ")
+            .secret("TOKEN", "it's $(x)");
+        let s = Script::new()
+            .raw("sh -c ")
+            .script_arg(inner)
+            .raw(" rampart ")
+            .arg("a b'");
+        assert_eq!(
+            s.to_string(),
+            "sh -c 'printf '\\''%s|%s'\\'' \"$1\" <secret:TOKEN>' rampart 'a b'\\'''"
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(s.render().unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"a b'|it's $(x)");
     }
 
     #[test]

@@ -49,6 +49,19 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A name from a host (a path, a user) for one line of text: [`escape_controls`], and newlines
+/// and tabs shown as `\n` and `\t` too (a planted name with a newline must not read as two).
+pub fn escape_name(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\n', '\t']) {
+        return escape_controls(text);
+    }
+    Cow::Owned(
+        escape_controls(text)
+            .replace('\n', "\\n")
+            .replace('\t', "\\t"),
+    )
+}
+
 /// `text` cut to at most `limit` bytes (on a character boundary), followed by
 /// `… N bytes more` when something was cut.
 pub fn truncate(text: &str, limit: usize) -> Cow<'_, str> {

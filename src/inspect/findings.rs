@@ -248,6 +248,31 @@ pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
         }
     }
 
+    for l in &obs.planted_links {
+        let subject = crate::untrusted::escape_name(&l.link).into_owned();
+        if out
+            .iter()
+            .any(|f| f.id == "fs.symlink" && f.subject == subject)
+        {
+            continue;
+        }
+        out.push(finding(
+            "fs.symlink",
+            Severity::Critical,
+            subject,
+            "a symbolic link planted where rampart writes as root: steps through it are refused",
+            vec![
+                format!(
+                    "{} -> {} (on the way to {}, which a step writes)",
+                    crate::untrusted::escape_name(&l.link),
+                    crate::untrusted::escape_name(&l.target),
+                    crate::untrusted::escape_name(&l.path)
+                ),
+                crate::untrusted::escape_name(&l.why).into_owned(),
+            ],
+        ));
+    }
+
     out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
     out
 }
@@ -578,5 +603,47 @@ mod tests {
         let text = serde_json::to_string(&f).unwrap();
         assert!(!text.contains("sk-ant-literal"), "{text}");
         assert!(text.contains("python3 (pid 9)"), "{text}");
+    }
+
+    #[test]
+    fn a_planted_link_is_a_critical_finding_whatever_its_name_holds() {
+        use crate::inspect::scan::{PlantedLink, parse};
+        use base64::Engine as _;
+        let b = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        let text = format!(
+            "@@m fslink {} {} {} {}\n@@m fslink {} {} {} {}\n",
+            b("/home/openclaw/.openclaw/workspace/SOUL.md"),
+            b("/home/openclaw/.openclaw/workspace"),
+            b("/etc"),
+            b("refusing to follow /home/openclaw/.openclaw/workspace: ..."),
+            b("/home/openclaw/.openclaw/x\n/y"),
+            b("/home/openclaw/.openclaw/x\n"),
+            b("/etc/systemd/system"),
+            b("why"),
+        );
+        let obs = parse("@@m", &text);
+        assert_eq!(
+            obs.planted_links[0],
+            PlantedLink {
+                path: "/home/openclaw/.openclaw/workspace/SOUL.md".into(),
+                link: "/home/openclaw/.openclaw/workspace".into(),
+                target: "/etc".into(),
+                why: "refusing to follow /home/openclaw/.openclaw/workspace: ...".into(),
+            }
+        );
+        let f = findings(&obs, &params());
+        assert_eq!(
+            ids(&f),
+            vec![
+                ("fs.symlink", "/home/openclaw/.openclaw/workspace"),
+                ("fs.symlink", "/home/openclaw/.openclaw/x\\n"),
+            ]
+        );
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(
+            f[1].evidence[0],
+            "/home/openclaw/.openclaw/x\\n -> /etc/systemd/system (on the way to \
+             /home/openclaw/.openclaw/x\\n/y, which a step writes)"
+        );
     }
 }

@@ -78,6 +78,10 @@ pub struct ScanParams {
     /// `None`: the inventory names none, so unknown keys cannot be told apart.
     pub known_keys: Option<Vec<String>>,
     pub patterns: Vec<(String, String)>,
+    /// Paths the playbook's steps write (files and folders): the way to each is checked for
+    /// symbolic links planted where root must not follow them. Set by the fleet from the
+    /// steps, not from variables.
+    pub managed_paths: Vec<String>,
 }
 
 fn string(vars: &Map<String, Value>, key: &str) -> Option<String> {
@@ -221,6 +225,7 @@ impl ScanParams {
             sudo_users,
             known_keys,
             patterns,
+            managed_paths: Vec::new(),
         })
     }
 
@@ -284,6 +289,14 @@ impl ScanParams {
         }
         if let Some(r) = &self.agent_audit_rules {
             s = call(s, "exists_section audit_rules", &[r]);
+        }
+        if !self.managed_paths.is_empty() {
+            let paths: Vec<&str> = self.managed_paths.iter().map(String::as_str).collect();
+            s = call(
+                s.raw(crate::resource::fsfile::WALK).raw(FS_LINKS),
+                "fs_links",
+                &paths,
+            );
         }
         s
     }
@@ -354,6 +367,26 @@ service_section() {
   pid=$(systemctl show -p MainPID --value -- "$1" 2>/dev/null)
   [ -n "$pid" ] && [ "$pid" != 0 ] && printf 'ProcessUser=%s\n' "$(ps -o user= -p "$pid" 2>/dev/null)"
   true
+}
+"#;
+
+/// `fs_links PATH...`: for each path a step writes, the walk to its folder as the step's own
+/// would go (fsfile's `rw_cd`, read-only), and one `fslink` section for a link it refuses on
+/// the way or at the path: the path, the link, its target and the reason, each in base64.
+const FS_LINKS: &str = r#"
+fs_links() {
+  for fl_p do
+    (
+      fl_d=${fl_p%/*} fl_n=${fl_p##*/}
+      [ -n "$fl_d" ] || fl_d=/
+      rw_cd "$fl_d" 0; fl_rc=$?
+      if [ "$fl_rc" = 0 ] && [ -L "$fl_n" ] && ! rw_planted "$fl_n"; then fl_rc=1; fi
+      if [ "$fl_rc" = 1 ] && [ -n "$rw_link" ]; then
+        fl_b() { printf '%s' "$1" | base64 | tr -d '\n'; }
+        sec fslink "$(fl_b "$fl_p")" "$(fl_b "$rw_link")" "$(fl_b "$rw_to")" "$(fl_b "$rw_err")"
+      fi
+    )
+  done
 }
 "#;
 
@@ -502,6 +535,21 @@ pub struct Observations {
     pub now: Option<u64>,
     pub incident_doc: Option<bool>,
     pub audit_rules_file: Option<bool>,
+    /// Symbolic links planted on the way to a path a step writes.
+    pub planted_links: Vec<PlantedLink>,
+}
+
+/// A symbolic link on the way to (or at) a path a step writes, where root must not follow
+/// one: in a folder another account controls, or owned by another account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlantedLink {
+    /// The path the step writes.
+    pub path: String,
+    /// The link itself.
+    pub link: String,
+    pub target: String,
+    /// Who could have planted it, as the walk says.
+    pub why: String,
 }
 
 /// Reads the scan's output.
@@ -592,6 +640,21 @@ fn take(
                     obs.admin_groups.insert(f[0].into(), members);
                 }
             }
+        }
+        "fslink" => {
+            let decoded = |i: usize| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(arg(i))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            };
+            obs.planted_links.push(PlantedLink {
+                path: decoded(0),
+                link: decoded(1),
+                target: decoded(2),
+                why: decoded(3),
+            });
         }
         "keys" => {
             let (user, file) = (arg(0), rest(1));

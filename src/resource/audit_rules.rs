@@ -85,7 +85,7 @@ use serde::Deserialize;
 
 use super::fsfile::{
     FileKind, FileState, Perms, Write, apply_script, backup_path, base64_block, check_file_path,
-    parse_file, probe_file, redacted, shown,
+    parse_file, probe_file, redacted, refusal, shown,
 };
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
@@ -716,6 +716,10 @@ impl AuditRules {
 }
 
 impl Resource for AuditRules {
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.file)
+    }
+
     fn id(&self) -> String {
         format!("audit_rules {}", shown(&self.file))
     }
@@ -755,6 +759,7 @@ impl Resource for AuditRules {
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+        refusal(probe_output)?;
         let err = |m: String| ProbeError::new(m, &redacted(probe_output));
         let obs = parse(probe_output).map_err(err)?;
         let file = shown(&self.file);

@@ -2,7 +2,8 @@
 //!
 //! - `file`: a regular file's whole content, its owner, group and mode.
 //! - `directory`: a folder, made with its missing parents (like `mkdir -p`; parents get
-//!   mode 0755 and the connecting user as owner), its owner, group and mode.
+//!   mode 0755 and the connecting user as owner, or in a folder another account controls,
+//!   that account), its owner, group and mode.
 //! - `absent`: nothing at a path. A file, symlink or folder there is copied to the backup
 //!   folder, then removed (`rm -rf` for a folder).
 //! - `lines`: whole lines that must be in a text file, and lines that must not be. Missing
@@ -37,7 +38,10 @@
 //! ```
 //!
 //! `file` and `lines` do not follow a symlink at the path (it is reported as `link`);
-//! `directory` does (a symlink to a folder is that folder). The tools used are POSIX sh plus
+//! `directory` does (a symlink to a folder is that folder), but only a link root made in a
+//! folder only root controls: every probe and apply first walks to the path with fsfile's
+//! `rw_cd`, and a link anyone else could have planted, on the way or at the path, is
+//! `kind unsafe` (the step fails and names it), never followed. The tools used are POSIX sh plus
 //! `stat -c`, `base64`, `sha1sum`, `readlink` and `mktemp`, found in GNU coreutils and in
 //! busybox. Large files are compared by SHA-1 because that is the hash crate rampart already
 //! depends on; the comparison is against the operator's own content, so only a second
@@ -48,8 +52,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fsfile::{
-    MAX_CONTENT, Meta, Perms, Write, apply_script, backup_path, backup_script, check_path,
-    content_block, parent, parse_stat, sha1_hex, shown,
+    MAX_CONTENT, Meta, Perms, WALK, Write, apply_script, backup_path, backup_script, check_path,
+    content_block, guarded_probe, guarded_probe_folder, name_of, parent, parse_stat, refusal,
+    sha1_hex, shown,
 };
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
@@ -211,26 +216,31 @@ struct Observed {
 }
 
 /// The probe of `path`. `follow`: a symlink to a folder counts as that folder (`directory`).
-/// `content`: print a regular file's content (or hash, when large).
-fn probe_path(path: &str, follow: bool, content: bool) -> Script {
+/// `content`: print a regular file's content (or hash, when large). `link_unsafe`: a link at
+/// the path that root must not follow is refused (`kind unsafe`), not reported as a link.
+/// Either way the walk to the path refuses links planted on the way (fsfile's `rw_guard`).
+fn probe_path(path: &str, follow: bool, content: bool, link_unsafe: bool) -> Script {
     let (is_link, stat) = if follow {
         ("[ -L \"$p\" ] && [ ! -d \"$p\" ]", "stat -L -c")
     } else {
         ("[ -L \"$p\" ]", "stat -c")
     };
-    let mut s = Script::new()
-        .raw("(\np=")
-        .arg(path)
-        .raw("\nif ")
+    let open = if follow {
+        guarded_probe_folder(path)
+    } else {
+        guarded_probe(path, link_unsafe)
+    };
+    let mut s = open
+        .raw("if ")
         .raw(is_link)
         .raw(
             "; then\n\
-             \x20 printf 'kind link\\ntarget %s\\n' \"$(readlink \"$p\" | base64 | tr -d '\\n')\"\n\
-             else\n\
-             \x20 if [ -d \"$p\" ]; then k=dir; elif [ -f \"$p\" ]; then k=file\n\
-             \x20 elif [ -e \"$p\" ]; then k=other; else k=none; fi\n\
-             \x20 printf 'kind %s\\n' \"$k\"\n\
-             \x20 if [ \"$k\" != none ]; then ",
+         \x20 printf 'kind link\\ntarget %s\\n' \"$(readlink \"$p\" | base64 | tr -d '\\n')\"\n\
+         else\n\
+         \x20 if [ -d \"$p\" ]; then k=dir; elif [ -f \"$p\" ]; then k=file\n\
+         \x20 elif [ -e \"$p\" ]; then k=other; else k=none; fi\n\
+         \x20 printf 'kind %s\\n' \"$k\"\n\
+         \x20 if [ \"$k\" != none ]; then ",
         )
         .raw(stat)
         .raw(" 'stat %U %u %G %g %a %s' \"$p\"; fi\n");
@@ -238,18 +248,19 @@ fn probe_path(path: &str, follow: bool, content: bool) -> Script {
         s = s.raw(
             "  if [ \"$k\" = file ]; then\n\
              \x20   if [ \"$(stat -c %s \"$p\")\" -le 1048576 ]; then\n\
-             \x20     printf 'content\\n'; base64 <\"$p\" && printf 'end\\n'\n\
+             \x20     printf 'content\\n'; rw_as base64 -- \"$p\" && printf 'end\\n'\n\
              \x20   else\n\
-             \x20     printf 'sha1 %s\\n' \"$(sha1sum <\"$p\" | cut -d ' ' -f 1)\"\n\
+             \x20     printf 'sha1 %s\\n' \"$(rw_as sh -c 'sha1sum <\"$1\"' rampart-sha1 \"$p\" | cut -d ' ' -f 1)\"\n\
              \x20   fi\n\
              \x20 fi\n",
         );
     }
-    s.raw("fi\n)\n")
+    s.raw("fi\nfi\n)\n")
 }
 
 /// Parses the probe's output. Pure.
 fn parse(out: &str) -> Result<Observed, ProbeError> {
+    refusal(out)?;
     let err = |m: String| ProbeError::new(m, out);
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut lines = out.lines();
@@ -347,6 +358,10 @@ impl Resource for File {
         &["type", "owner", "group", "mode"]
     }
 
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("file {}", shown(&self.path))
     }
@@ -374,7 +389,7 @@ impl Resource for File {
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, false, true)
+        probe_path(&self.path, false, true, true)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -439,7 +454,9 @@ impl Resource for File {
             Verdict::Create(c) | Verdict::Modify(c) => c,
             Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
         };
-        if has(changes, CONTENT) || has(changes, TYPE) {
+        // A new owner is given by a rewrite (the temporary file gets it before the rename):
+        // root never chowns a name that someone else could swap for a link to another file.
+        if has(changes, CONTENT) || has(changes, TYPE) || has(changes, self.perms.names.owner) {
             apply_script(
                 Write {
                     path: &self.path,
@@ -485,12 +502,16 @@ impl Resource for Directory {
         &["type", "owner", "group", "mode"]
     }
 
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("directory {}", shown(&self.path))
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, true, false)
+        probe_path(&self.path, true, false, true)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -521,40 +542,76 @@ impl Resource for Directory {
         }
     }
 
+    /// The walk to the folder (fsfile's `rw_cd`: no link followed that someone else could
+    /// have planted, missing parents made 0755 and given to whoever controls their folder),
+    /// the folder made (0700) if missing, then the walk into it: owner, group and mode are
+    /// set on `.`, the folder the script stands in, so no swap of its name can redirect them.
+    /// In a folder another account controls, a new folder without a wanted owner goes to that
+    /// account, and any other wanted owner is refused (that account could swap the folder).
     fn apply(&self, verdict: &Verdict, _ctx: &ApplyContext) -> Script {
-        let mut s = Script::new().raw("p=").arg(&self.path).raw("\n");
-        match verdict {
-            Verdict::Create(changes) => {
-                s = s.raw(
-                    "if [ ! -d \"$p\" ]; then\n\
-                     \x20 if [ -e \"$p\" ] || [ -L \"$p\" ]; then\n\
-                     \x20   die \"$p exists and is not a folder\"\n\
-                     \x20 fi\n",
-                );
-                if let Some(q) = parent(&self.path).filter(|q| *q != "/") {
-                    s = s.raw("  q=").arg(q).raw(
-                        "\n  if [ ! -d \"$q\" ]; then (umask 022 && mkdir -p \"$q\") || \
-                         die \"cannot create $q\"; fi\n",
-                    );
-                }
-                // Made 0700, then given its owner and mode: never more open than wanted.
-                s = s.raw(
-                    "  mkdir -m 0700 \"$p\" || [ -d \"$p\" ] || die \"cannot create $p\"\nfi\n",
-                );
-                let perms = Perms {
-                    mode: self.perms.mode.or(Some(0o755)),
-                    ..self.perms.clone()
-                };
-                s = s.then(perms.apply_in_place(changes));
-            }
-            Verdict::Modify(changes) => {
-                s = s
-                    .raw("[ -d \"$p\" ] || die \"$p is no longer a folder; run again\"\n")
-                    .then(self.perms.apply_in_place(changes));
-            }
+        let (changes, create) = match verdict {
+            Verdict::Create(c) => (c, true),
+            Verdict::Modify(c) => (c, false),
             Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+        };
+        let mut s = Script::new()
+            .raw("p=")
+            .arg(&self.path)
+            .raw("\nd=")
+            .arg(parent(&self.path).unwrap_or("/"))
+            .raw("\nn=")
+            .arg(name_of(&self.path))
+            .raw("\n")
+            .raw(WALK)
+            .raw("made=\n");
+        if create {
+            s = s.raw(
+                "rw_cd \"$d\" 1 || die \"cannot create $p: $rw_err\"\n\
+                 if [ -L \"./$n\" ]; then\n\
+                 \x20 rw_planted \"$n\" || die \"cannot create $p: $rw_err\"\n\
+                 elif [ ! -e \"./$n\" ]; then\n\
+                 \x20 mkdir -m 0700 -- \"./$n\" || [ -d \"./$n\" ] || die \"cannot create $p\"\n\
+                 \x20 made=1\n\
+                 fi\n",
+            );
         }
-        apply_script(s)
+        s = s.raw(
+            "rw_cd \"$p\" 0\n\
+             case $? in\n\
+             \x20 0) ;;\n\
+             \x20 1) die \"cannot change $p: $rw_err\" ;;\n\
+             \x20 *) die \"$p exists and is not a folder (or is no longer one); run again\" ;;\n\
+             esac\n",
+        );
+        let owner_rule = match &self.perms.owner {
+            Some(o) => Script::new().raw("  wu=$(id -u ").arg(o).raw(
+                " 2>/dev/null) || wu=\n\
+                 \x20 [ \"$wu\" = \"$pu\" ] || die \"refusing to give $p to ",
+            )
+            .arg(o)
+            .raw(
+                ": the folder that holds it is controlled by $(rw_name \"$pu\"), who can \
+                 rename or swap it at any moment. hint: give it to that account, or keep it in \
+                 a folder only root controls\"\n",
+            ),
+            None => Script::new().raw(
+                "  if [ -n \"$made\" ]; then rw_give \"$pu\" || die \"cannot give $p to uid $pu\"; fi\n",
+            ),
+        };
+        s = s
+            .raw("if [ \"$pu\" != 0 ] && [ \"$rw_me\" = 0 ]; then\n")
+            .then(owner_rule)
+            .raw("fi\n");
+        let perms = if create {
+            // Made 0700, then given its owner and mode: never more open than wanted.
+            Perms {
+                mode: self.perms.mode.or(Some(0o755)),
+                ..self.perms.clone()
+            }
+        } else {
+            self.perms.clone()
+        };
+        apply_script(s.then(perms.apply_in_place(changes, ".")))
     }
 }
 
@@ -588,7 +645,7 @@ impl Resource for Absent {
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, false, false)
+        probe_path(&self.path, false, false, false)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -610,10 +667,22 @@ impl Resource for Absent {
         if !matches!(verdict, Verdict::Remove(_)) {
             return Script::new();
         }
+        // The walk to the folder refuses links planted on the way; then everything works on
+        // `./NAME` in the folder reached: a link there is backed up and removed, not followed.
         let mut s = Script::new()
             .raw("p=")
             .arg(&self.path)
-            .raw("\nif [ -e \"$p\" ] || [ -L \"$p\" ]; then\n");
+            .raw("\nd=")
+            .arg(parent(&self.path).unwrap_or("/"))
+            .raw("\nf=./")
+            .arg(name_of(&self.path))
+            .raw("\n")
+            .raw(WALK)
+            .raw(
+                "rw_cd \"$d\" 0\ncase $? in\n  0) ;;\n  1) die \"cannot remove $p: $rw_err\" ;;\n  \
+                 *) exit 0 ;;\nesac\n\
+                 if [ -e \"$f\" ] || [ -L \"$f\" ]; then\n",
+            );
         if self.backup {
             let dir = ctx.backup_dir();
             if dir.starts_with(&format!("{}/", self.path)) {
@@ -623,7 +692,7 @@ impl Resource for Absent {
                 s = s.then(backup_script(&backup_path(ctx, &self.path), "cp -a", true));
             }
         }
-        apply_script(s.raw("rm -rf \"$p\" || die \"cannot remove $p\"\nfi\n"))
+        apply_script(s.raw("rm -rf -- \"$f\" || die \"cannot remove $p\"\nfi\n"))
     }
 }
 
@@ -720,12 +789,16 @@ impl Resource for Lines {
         self.perms.mode.is_some_and(|m| m & 0o077 == 0)
     }
 
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("lines {}", shown(&self.path))
     }
 
     fn probe(&self) -> Script {
-        probe_path(&self.path, false, true)
+        probe_path(&self.path, false, true, true)
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
@@ -789,8 +862,8 @@ impl Resource for Lines {
         // The edit was made on the probed text: if the file changed since, stop; if it
         // already holds the result (a rerun), there is nothing left to do.
         let check = Script::new()
-            .raw("if [ -e \"$p\" ] || [ -L \"$p\" ]; then\n")
-            .raw("  h=$(sha1sum <\"$p\" | cut -d ' ' -f 1)\n  if [ \"$h\" = ")
+            .raw("if [ -e \"$f\" ] || [ -L \"$f\" ]; then\n")
+            .raw("  h=$(sha1sum <\"$f\" | cut -d ' ' -f 1)\n  if [ \"$h\" = ")
             .arg(&sha1_hex(new.as_bytes()))
             .raw(" ]; then exit 0; fi\n");
         let check = match &content.before {
@@ -820,7 +893,7 @@ impl Resource for Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{converge_one, run_local};
+    use crate::resource::{b64, converge_one, run_local};
     use crate::transport::local::LocalSession;
     use serde_json::json;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1605,6 +1678,193 @@ mod tests {
         );
         let a = build(&ABSENT, json!({"path": s(&file)}));
         assert!(converge(&*a, &ctx).await.0.is_in_line());
+    }
+
+    /// The uid this test process runs as (the owner of its /proc entry).
+    fn my_uid() -> u32 {
+        std::fs::metadata("/proc/self").unwrap().uid()
+    }
+
+    /// A folder owned by `nobody` (65534) in a root folder, standing in for the agent's home.
+    /// Needs root, like rampart on a host; `None` (the test says so and passes) otherwise.
+    fn agent_home(tmp: &Path) -> Option<std::path::PathBuf> {
+        if my_uid() != 0 {
+            eprintln!("not root: the tests of folders another account controls need root");
+            return None;
+        }
+        let home = tmp.join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        // nobody must reach its folder through the test's private temporary folder.
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o711)).unwrap();
+        Some(home)
+    }
+
+    #[tokio::test]
+    async fn links_planted_in_a_folder_root_does_not_control_are_refused_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path());
+        let Some(home) = agent_home(tmp.path()) else {
+            return;
+        };
+        let etc = tmp.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::os::unix::fs::symlink(&etc, home.join("logs")).unwrap();
+        std::os::unix::fs::symlink(&etc, home.join("workspace")).unwrap();
+        std::os::unix::fs::lchown(home.join("logs"), Some(65534), Some(65534)).unwrap();
+
+        let d = build(
+            &DIRECTORY,
+            json!({"path": s(&home.join("logs")), "owner": "nobody", "mode": "0700"}),
+        );
+        let err = converge_one(&LocalSession::default(), &*d, &ctx)
+            .await
+            .unwrap_err();
+        let want = format!(
+            "refusing to follow {}: it is a symbolic link (to {}) in a folder that nobody \
+             (uid 65534) controls",
+            home.join("logs").display(),
+            etc.display()
+        );
+        assert!(err.contains(&want), "{err}");
+        // Even an apply made from a stale verdict (the swap came after the probe) refuses.
+        let stale = Verdict::Modify(vec![Change::new("owner", Some("root".into()), None)]);
+        let out = run_local(d.apply(&stale, &ctx)).await;
+        assert!(!out.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&want),
+            "{}",
+            out.stderr_block()
+        );
+
+        for info in [&FILE, &LINES] {
+            let path = home.join("workspace/SOUL.md");
+            let r = match info.name {
+                "file" => build(info, json!({"path": s(&path), "content": "x\n"})),
+                _ => build(info, json!({"path": s(&path), "present": ["x"]})),
+            };
+            let err = converge_one(&LocalSession::default(), &*r, &ctx)
+                .await
+                .unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "refusing to follow {}",
+                    home.join("workspace").display()
+                )),
+                "{err}"
+            );
+            let stale = Verdict::Create(vec![Change::new("content", None, Some("x\n".into()))]);
+            let out = run_local(r.apply(&stale, &ctx)).await;
+            assert!(!out.success(), "{}", info.name);
+        }
+        let a = build(&ABSENT, json!({"path": s(&home.join("workspace/keep"))}));
+        std::fs::write(etc.join("keep"), "k").unwrap();
+        let stale = Verdict::Remove(vec![Change::new("type", Some("a file".into()), None)]);
+        assert!(!run_local(a.apply(&stale, &ctx)).await.success());
+        assert_eq!(std::fs::read_to_string(etc.join("keep")).unwrap(), "k");
+        assert!(
+            std::fs::read_dir(&etc).unwrap().count() == 1,
+            "nothing written in etc"
+        );
+        assert_eq!(std::fs::metadata(&etc).unwrap().uid(), 0);
+        // The link itself is what `absent` removes: backed up as a link, target untouched.
+        let a = build(&ABSENT, json!({"path": s(&home.join("logs"))}));
+        assert_eq!(converge(&*a, &ctx).await.0.action(), "remove");
+        assert!(etc.exists());
+        assert!(
+            std::fs::symlink_metadata(backup_of(tmp.path(), &home.join("logs")))
+                .unwrap()
+                .is_symlink()
+        );
+    }
+
+    #[tokio::test]
+    async fn in_a_folder_another_account_controls_files_are_written_as_that_account() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path());
+        let Some(home) = agent_home(tmp.path()) else {
+            return;
+        };
+        let path = home.join("ws/SOUL.md");
+        let d = build(
+            &DIRECTORY,
+            json!({"path": s(&home.join("ws")), "mode": "0700"}),
+        );
+        converge(&*d, &ctx).await;
+        assert_eq!(
+            std::fs::metadata(home.join("ws")).unwrap().uid(),
+            65534,
+            "a new folder without an owner goes to whoever controls its folder"
+        );
+        let f = |c: &str| {
+            build(
+                &FILE,
+                json!({"path": s(&path), "content": c, "owner": "nobody", "mode": "0600"}),
+            )
+        };
+        assert_eq!(converge(&*f("one\n"), &ctx).await.0.action(), "create");
+        converge(&*f("two\n"), &ctx).await;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (65534, 0o600));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        let backup = backup_of(tmp.path(), &path);
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), "one\n");
+        assert_eq!(std::fs::metadata(&backup).unwrap().uid(), 65534);
+        let l = build(&LINES, json!({"path": s(&path), "present": ["three"]}));
+        converge(&*l, &ctx).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), 65534);
+
+        // The probe reads a file there as that account: a hard link to a root-only file shows
+        // nothing of its content.
+        let secret = tmp.path().join("shadow");
+        std::fs::write(&secret, "root-only-content\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(&secret, home.join("ws/h")).unwrap();
+        let h = build(
+            &FILE,
+            json!({"path": s(&home.join("ws/h")), "content": "x"}),
+        );
+        let out = run_local(h.probe()).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("kind file\n"), "{text}");
+        assert!(!text.contains(&b64("root-only-content\n")), "{text}");
+        assert!(
+            h.diff(&text).is_err(),
+            "an unreadable file is no state to compare"
+        );
+
+        // root cannot keep a file of its own there, nor give a folder there to someone else.
+        let rootfile = build(
+            &FILE,
+            json!({"path": s(&home.join("ws/root.conf")), "content": "x", "owner": "root"}),
+        );
+        let err = converge_one(&LocalSession::default(), &*rootfile, &ctx)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("root cannot keep a file of someone else's there"),
+            "{err}"
+        );
+        assert!(!home.join("ws/root.conf").exists());
+        let rootdir = build(
+            &DIRECTORY,
+            json!({"path": s(&home.join("ws/sub")), "owner": "root"}),
+        );
+        let err = converge_one(&LocalSession::default(), &*rootdir, &ctx)
+            .await
+            .unwrap_err();
+        assert!(err.contains("refusing to give"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(home.join("ws"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with(".rampart")),
+            "no temporary file left: {names:?}"
+        );
     }
 
     #[tokio::test]

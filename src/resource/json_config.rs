@@ -57,7 +57,7 @@ use serde_json::{Map, Value};
 
 use super::fsfile::{
     FileKind, MAX_CONTENT, PermNames, Perms, Write, apply_script, backup_path, check_file_path,
-    parse_file, probe_file, redacted, sha1_hex, shown,
+    parse_file, probe_file, redacted, refusal, sha1_hex, shown,
 };
 use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
@@ -382,6 +382,10 @@ impl Resource for JsonConfig {
         self.perms.mode.is_some_and(|m| m & 0o077 == 0)
     }
 
+    fn fs_path(&self) -> Option<&str> {
+        Some(&self.path)
+    }
+
     fn id(&self) -> String {
         format!("json_config {}", shown(&self.path))
     }
@@ -391,6 +395,7 @@ impl Resource for JsonConfig {
     }
 
     fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+        refusal(probe_output)?;
         let err = |m: String| ProbeError::new(m, &redacted(probe_output));
         let mut lines = probe_output.lines().peekable();
         let state = parse_file(&mut lines).map_err(err)?;
@@ -481,10 +486,10 @@ impl Resource for JsonConfig {
         // The merge was made on the probed file: if it changed since, stop; if it already
         // holds the result (a rerun), only the wanted owner, group and mode are left.
         let check = Script::new()
-            .raw("if [ -f \"$p\" ]; then\n  h=$(sha1sum <\"$p\" | cut -d ' ' -f 1)\n  if [ \"$h\" = ")
+            .raw("if [ -f \"$f\" ]; then\n  h=$(sha1sum <\"$f\" | cut -d ' ' -f 1)\n  if [ \"$h\" = ")
             .arg(&sha1_hex(new))
             .raw(" ]; then\n")
-            .then(self.perms.apply_all_in_place())
+            .then(self.perms.apply_all_in_place("\"$f\""))
             .raw("    exit 0\n  fi\n");
         let check = match &plan.old_sha1 {
             Some(old) => check

@@ -128,17 +128,26 @@ impl Verdict {
     }
 }
 
-/// The probe printed something the parser does not understand.
+/// The probe printed something the parser does not understand, or (with no output kept) a
+/// refusal the probe itself reported, such as a symbolic link planted on the way to a path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "cannot read the probe's output: {message}\n---- probe output ----\n{output}\n----------------------"
-)]
+#[error("{}", self.shown())]
 pub struct ProbeError {
     pub message: String,
     pub output: String,
 }
 
 impl ProbeError {
+    fn shown(&self) -> String {
+        if self.output.is_empty() {
+            return self.message.clone();
+        }
+        format!(
+            "cannot read the probe's output: {}\n---- probe output ----\n{}\n----------------------",
+            self.message, self.output
+        )
+    }
+
     pub fn new(message: impl Into<String>, output: &str) -> ProbeError {
         ProbeError {
             message: message.into(),
@@ -181,6 +190,12 @@ pub trait Resource: fmt::Debug + Send + Sync {
     /// group and mode): readable even when the step is sensitive.
     fn plain_fields(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// The path this step writes as a file or folder, if any: `drift` checks the way to it
+    /// for symbolic links planted where root must not follow them (`fs.symlink`).
+    fn fs_path(&self) -> Option<&str> {
+        None
     }
 
     /// POSIX sh that puts back the state this run's apply replaced, for a step marked

@@ -4,6 +4,7 @@ mod drift;
 mod engine;
 mod facts;
 mod fail_closed;
+mod hostile_fs;
 mod hostile_host;
 mod hostile_secrets;
 mod report_html;
