@@ -327,20 +327,10 @@ pub(super) fn refusal(out: &str) -> Result<(), super::ProbeError> {
         .decode(b64.trim())
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_else(|_| format!("an unsafe path (unreadable message {b64:?})"));
-    Err(super::ProbeError::new(clean(&text), ""))
-}
-
-/// `text` with control characters (a newline in a planted name) shown escaped.
-fn clean(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    Err(super::ProbeError::new(
+        crate::untrusted::escape_name(&text).into_owned(),
+        "",
+    ))
 }
 
 /// The last part of `path` (`motd` for `/etc/motd`); `.` for `/`.
