@@ -806,14 +806,44 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
         })
         .collect();
     let timeout = run.settings.timeout;
+    let is_risky = |s: &HostStep| s.risky || matches!(&s.work, StepWork::Run(r) if r.risky());
+    let differs = |v: &Option<Verdict>| v.as_ref().is_some_and(|v| !v.is_in_line());
+    // A risky change is confirmed within its own dead-man window, however long the steps
+    // after it take (an agent install takes minutes): the apply goes in two scripts, the
+    // first up to the last risky step that changes, then the confirmation over a new
+    // connection, then the rest on it.
+    let split = p
+        .steps
+        .iter()
+        .zip(&p.verdicts)
+        .rposition(|(s, v)| is_risky(s) && differs(v))
+        .map(|i| i + 1)
+        .filter(|&i| p.verdicts[i..].iter().any(differs) || run_handler.contains(&true));
+    let first_part: Vec<Option<Verdict>> = p
+        .verdicts
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if split.is_some_and(|s| i >= s) {
+                None
+            } else {
+                v.clone()
+            }
+        })
+        .collect();
+    let no_handlers = vec![false; run_handler.len()];
     match engine::apply(
         &session,
         p.become_root,
         engine::ApplyWork {
             steps: &p.steps,
-            verdicts: &p.verdicts,
+            verdicts: &first_part,
             handlers: &p.handlers,
-            run_handler: &run_handler,
+            run_handler: if split.is_some() {
+                &no_handlers
+            } else {
+                &run_handler
+            },
         },
         &ctx,
         timeout,
@@ -823,10 +853,11 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
         Err(e) => {
             // The apply's own connection failed (a firewall change can do that): a risky step
             // that was to change still decides by the confirmation over a new connection.
-            let risky_pending = p.steps.iter().zip(&p.verdicts).any(|(s, v)| {
-                (s.risky || matches!(&s.work, StepWork::Run(r) if r.risky()))
-                    && v.as_ref().is_some_and(|v| !v.is_in_line())
-            });
+            let risky_pending = p
+                .steps
+                .iter()
+                .zip(&first_part)
+                .any(|(s, v)| is_risky(s) && differs(v));
             p.report.fail(HostStatus::Failed, e, None);
             if risky_pending {
                 match confirm(run, &p.host, &ctx).await {
@@ -846,35 +877,7 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
             }
         }
         Ok((done, handlers_done)) => {
-            let mut failed = false;
-            for (i, result) in done.iter().enumerate() {
-                let report = &mut p.report.steps[i];
-                match result {
-                    Some(Ok(())) => report.status = StepStatus::Changed,
-                    Some(Err(e)) => {
-                        failed = true;
-                        report.status = StepStatus::Failed(format!("apply failed: {e}"));
-                    }
-                    None if report.status == StepStatus::Differs => {
-                        report.status = StepStatus::NotRun
-                    }
-                    None => {}
-                }
-            }
-            for (j, result) in handlers_done.iter().enumerate() {
-                if let Some(result) = result {
-                    let status = match result {
-                        Ok(()) => StepStatus::Changed,
-                        Err(e) => {
-                            failed = true;
-                            StepStatus::Failed(format!("handler failed: {e}"))
-                        }
-                    };
-                    p.report
-                        .handlers
-                        .push(engine::step_report(&p.handlers[j], status, None));
-                }
-            }
+            let mut failed = record_applied(&mut p, &done, &handlers_done);
             // A change that can cut us off is confirmed over a NEW connection, which disarms
             // the host's dead-man switch; without it the host restores itself.
             let risky: Vec<usize> = p
@@ -882,7 +885,7 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
                 .iter()
                 .enumerate()
                 .filter(|(i, s)| {
-                    (s.risky || matches!(&s.work, StepWork::Run(r) if r.risky()))
+                    is_risky(s)
                         && matches!(
                             p.report.steps[*i].status,
                             StepStatus::Changed | StepStatus::Failed(_)
@@ -912,6 +915,42 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
                     }
                 }
             }
+            if let (Some(split), false) = (split, failed) {
+                // The rest, over the confirmed connection when there is one (the login may
+                // have changed: root closed, admin now).
+                if let Some((_, become_root)) = &confirmed {
+                    p.become_root = *become_root;
+                }
+                let rest: Vec<Option<Verdict>> = p
+                    .verdicts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| if i < split { None } else { v.clone() })
+                    .collect();
+                let on: &SshSession = confirmed.as_ref().map(|(s, _)| s).unwrap_or(&session);
+                match engine::apply(
+                    on,
+                    p.become_root,
+                    engine::ApplyWork {
+                        steps: &p.steps,
+                        verdicts: &rest,
+                        handlers: &p.handlers,
+                        run_handler: &run_handler,
+                    },
+                    &ctx,
+                    timeout,
+                )
+                .await
+                {
+                    Ok((done, handlers_done)) => {
+                        failed |= record_applied(&mut p, &done, &handlers_done);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        p.report.fail(HostStatus::Failed, e, None);
+                    }
+                }
+            }
             if failed {
                 if p.report.error.is_none() {
                     p.report.status = HostStatus::Failed;
@@ -932,6 +971,40 @@ async fn apply_host(run: &Run, mut p: Probed) -> HostReport {
     finish(p.report, p.started, Some(session))
         .await_close()
         .await
+}
+
+/// Puts one apply script's results into the host's report: each step that ran is changed or
+/// failed, a differing step that did not run is "not run"; handlers that ran are added.
+/// Returns whether anything failed.
+fn record_applied(p: &mut Probed, done: &engine::Applied, handlers_done: &engine::Applied) -> bool {
+    let mut failed = false;
+    for (i, result) in done.iter().enumerate() {
+        let report = &mut p.report.steps[i];
+        match result {
+            Some(Ok(())) => report.status = StepStatus::Changed,
+            Some(Err(e)) => {
+                failed = true;
+                report.status = StepStatus::Failed(format!("apply failed: {e}"));
+            }
+            None if report.status == StepStatus::Differs => report.status = StepStatus::NotRun,
+            None => {}
+        }
+    }
+    for (j, result) in handlers_done.iter().enumerate() {
+        if let Some(result) = result {
+            let status = match result {
+                Ok(()) => StepStatus::Changed,
+                Err(e) => {
+                    failed = true;
+                    StepStatus::Failed(format!("handler failed: {e}"))
+                }
+            };
+            p.report
+                .handlers
+                .push(engine::step_report(&p.handlers[j], status, None));
+        }
+    }
+    failed
 }
 
 /// Opens a NEW connection (the same logins as any connection of the run) and disarms the
