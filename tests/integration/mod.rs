@@ -3,6 +3,7 @@ mod deadman;
 mod drift;
 mod engine;
 mod facts;
+mod openclaw;
 mod report_html;
 mod report_machine;
 mod resources_config;
