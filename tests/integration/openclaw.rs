@@ -296,3 +296,57 @@ fn a_long_step_after_a_risky_one_does_not_roll_it_back() {
         "kept\ndone\n"
     );
 }
+
+/// The unit used to send the gateway's output to `StandardOutput=append:` a file in the
+/// agent's logs folder: systemd opens that path as root, so the agent (the attacker, who owns
+/// the folder) could make it a link and have root append to any file. Now the output goes to
+/// the journal: the agent's link leads nowhere. Played on h37 (made fresh here) with a
+/// stand-in gateway that prints a line at start.
+#[test]
+fn the_agent_cannot_make_root_write_through_a_link_in_its_logs() {
+    testbed(&["fresh", "h37"]);
+    let dir = tempfile::tempdir().unwrap();
+    let standin = "/bin/sh -c 'echo agent-output-marker; exec /usr/bin/python3 -m http.server --bind 127.0.0.1 18789'";
+    let inv = write_inventory(
+        dir.path(),
+        &[(
+            "h37",
+            // A JSON string is a YAML double-quoted scalar.
+            &format!(
+                "address: {}, agent_command: {}",
+                addr("h37"),
+                serde_json::to_string(standin).unwrap()
+            ),
+        )],
+    );
+    let apply = rampart(dir.path())
+        .args(["apply", "--format", "json", "-q", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/agent-gateway.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        apply.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&apply),
+        stderr(&apply)
+    );
+    // The attack: as the agent, links where the old unit wrote, then the gateway restarts.
+    let out = ssh_root(
+        "h37",
+        "for f in gateway.log openclaw.log; do runuser -u openclaw -- ln -sf /etc/rampart-attacked /home/openclaw/.openclaw/logs/$f; done; \
+         systemctl restart openclaw-gateway.service; \
+         for i in $(seq 60); do journalctl -u openclaw-gateway.service -o cat | grep -q agent-output-marker && break; sleep 1; done; \
+         journalctl -u openclaw-gateway.service -o cat | grep -c agent-output-marker; \
+         ls /etc/rampart-attacked 2>&1 || true",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].contains("No such file"),
+        "root wrote through the agent's link: {out}"
+    );
+    assert_ne!(lines[0], "0", "the output is in the journal: {out}");
+}
