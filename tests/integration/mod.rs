@@ -7,6 +7,7 @@ mod fail_closed;
 mod hostile_fs;
 mod hostile_host;
 mod hostile_secrets;
+mod openclaw;
 mod report_html;
 mod report_machine;
 mod resources_config;
