@@ -19,8 +19,9 @@ fn facts_json(args: &[&str]) -> (i32, Value, String) {
 #[test]
 fn facts_from_container_hosts_and_a_vm_host() {
     let inv = inventory();
-    // The hosts no test locks root out of or gives new host keys.
-    let (code, json, err) = facts_json(&["-i", inv.to_str().unwrap(), "--limit", "h1,h2,h3,vm*"]);
+    // The hosts no test locks root out of or gives new host keys (vm2 runs site.yaml, which
+    // closes root's login: whether it has yet depends on the order tests run in).
+    let (code, json, err) = facts_json(&["-i", inv.to_str().unwrap(), "--limit", "h1,h2,h3,vm1"]);
     assert_eq!(code, 0, "{json:#}\n{err}");
     let hosts = json["hosts"].as_array().unwrap();
     assert!(hosts.len() >= 4, "{json:#}");
