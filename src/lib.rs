@@ -20,4 +20,5 @@ pub mod schedule;
 pub mod secrets;
 pub mod template;
 pub mod transport;
+pub mod tunnel;
 pub mod yaml;
