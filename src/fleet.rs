@@ -691,8 +691,9 @@ async fn probe_host(
     let (steps, handlers) = rendered.expect("rendered above");
     let scan = match settings.inspect {
         None => None,
-        Some(_) => match ScanParams::from_vars(&vars) {
-            Ok(params) => {
+        Some(kind) => match ScanParams::from_vars(&vars) {
+            Ok(mut params) => {
+                params.openclaw_audit = kind == crate::inspect::Kind::Audit;
                 let marker = format!("@@{}", engine::nonce());
                 let script = params.script(&marker);
                 Some((params, marker, script))
