@@ -9,8 +9,10 @@
 #   $RUN/hosts/hN.pub                the host's SSH public keys, "type base64" per line
 #   $RUN/hosts/hN.pid, hN.log        systemd-nspawn's pid and output
 #   netns rt-hN (with eth0), veth rt-hN on $BRIDGE
+#   /srv/rampart-agent inside: the agent cache, read-only (agent.sh), once it is built
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/agent.sh"
 
 # Seconds to wait for sshd of every host, counted from the start of `containers_up`.
 CT_BOOT_TIMEOUT=${RAMPART_TESTBED_BOOT_TIMEOUT:-60}
@@ -168,12 +170,19 @@ ct_launch() {
     # execs nspawn in place (it forks only for a group leader).
     # The subshell first moves itself into the host's own cgroups (ct_cgroup_enter), then execs
     # env -> setsid -> nspawn, all in place, so $! is nspawn's pid.
+    # The agent cache (agent.sh), when built, READ-ONLY at $AGENT_MOUNT: what hosts install
+    # Node and OpenClaw from, shared by all of them instead of copied into each.
+    local -a agent_bind=()
+    if agent_cache_ready; then
+        agent_bind=(--bind-ro="$AGENT_CACHE:$AGENT_MOUNT")
+    fi
     (
         ct_cgroup_enter "$name"
         exec env SYSTEMD_NSPAWN_API_VFS_WRITABLE=network setsid systemd-nspawn --quiet \
             --register=no --keep-unit -M "$name" -D "$d/root" \
             --network-namespace-path="/run/netns/rt-$name" \
-            --capability=CAP_NET_ADMIN --bind=/dev/net/tun --console=passive -b
+            --capability=CAP_NET_ADMIN --bind=/dev/net/tun --console=passive \
+            "${agent_bind[@]}" -b
     ) </dev/null >>"$RUN/hosts/$name.log" 2>&1 &
     local pid=$! i
     echo "$pid" >"$RUN/hosts/$name.pid"
