@@ -613,8 +613,11 @@ pub fn parse_openclaw(output: &str) -> Result<OpenclawReport, String> {
         .map(|f| OpenclawFinding {
             check_id: text(&f["checkId"], 100),
             severity: text(&f["severity"], 20),
-            title: text(&f["title"], 200),
-            detail: text(&f["detail"], 300),
+            title: super::scan::clean(&f["title"].as_str().unwrap_or("").replace('\n', "; "), 200),
+            detail: super::scan::clean(
+                &f["detail"].as_str().unwrap_or("").replace('\n', "; "),
+                300,
+            ),
         })
         .collect();
     let gw = &json["deep"]["gateway"];

@@ -295,9 +295,16 @@ pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState
     let loopback = on_port
         .iter()
         .any(|l| l.addr.is_loopback() || l.addr.is_unspecified());
-    if on_port.is_empty() {
+    // The listeners were read at the start of the scan; a gateway that was still starting
+    // then and answered /health after the wait does listen.
+    let answered = obs.agent_http.get("health").is_some_and(|h| h == "200");
+    if on_port.is_empty() && !answered {
         down.push(format!("nothing listens on port {port}"));
         evidence.push(format!("nothing listens on tcp port {port}"));
+    } else if on_port.is_empty() {
+        evidence.push(format!(
+            "tcp port {port}: not listening yet when the scan began"
+        ));
     } else {
         for l in &on_port {
             evidence.push(listener_evidence(l));

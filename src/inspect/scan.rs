@@ -467,9 +467,6 @@ agent_runtime() {
   tok=$(agent_token "$var" "$@")
   sec agent_journal "$unit"
   journalctl -u "$unit" -n 12 --no-pager -o short-iso 2>/dev/null | redact | cut -c1-300
-  sec agent_listener "$port"
-  pid=$(ss -Htlnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9][0-9]*\).*/\1/p' | head -n 1)
-  [ -n "$pid" ] && printf '%s %s\n' "$pid" "$(grep -m1 '^0::' "/proc/$pid/cgroup" 2>/dev/null | cut -d: -f3-)"
   sec agent_http "$port"
   if [ -n "$tok" ]; then echo "token found"; else echo "token none"; fi
   if ! command -v bash >/dev/null 2>&1; then echo "client none"; return 0; fi
@@ -483,6 +480,10 @@ agent_runtime() {
   echo "health $st"
   echo "noauth $(http_status POST /tools/invoke)"
   [ -n "$tok" ] && echo "auth $(http_status POST /tools/invoke "$tok")"
+  # After the wait: who holds the port now.
+  sec agent_listener "$port"
+  pid=$(ss -Htlnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9][0-9]*\).*/\1/p' | head -n 1)
+  [ -n "$pid" ] && printf '%s %s\n' "$pid" "$(grep -m1 '^0::' "/proc/$pid/cgroup" 2>/dev/null | cut -d: -f3-)"
   true
 }
 "#;
