@@ -460,7 +460,7 @@ http_status() {
 young() {
   systemctl show -p ActiveState,ExecMainStartTimestampMonotonic -- "$1" 2>/dev/null |
     awk -F= -v up="$(cut -d' ' -f1 /proc/uptime)" '{ v[$1] = $2 }
-      END { exit !(v["ActiveState"] == "active" && v["ExecMainStartTimestampMonotonic"] > 0 && up - v["ExecMainStartTimestampMonotonic"] / 1e6 < 60) }'
+      END { exit !(v["ActiveState"] == "active" && v["ExecMainStartTimestampMonotonic"] > 0 && up - v["ExecMainStartTimestampMonotonic"] / 1e6 < 150) }'
 }
 agent_runtime() {
   unit=$1; port=$2; var=$3; shift 3
@@ -471,9 +471,10 @@ agent_runtime() {
   if [ -n "$tok" ]; then echo "token found"; else echo "token none"; fi
   if ! command -v bash >/dev/null 2>&1; then echo "client none"; return 0; fi
   echo "client bash"
-  # A gateway started a moment ago may not listen yet: wait for it, within its first minute.
+  # A gateway started a moment ago may not listen yet (OpenClaw takes 30-60 s on a busy
+  # host): wait for it, up to 90 s, within its first 150 s.
   st=$(http_status GET /health); n=0
-  while [ "$st" != 200 ] && [ $n -lt 45 ] && young "$unit"; do
+  while [ "$st" != 200 ] && [ $n -lt 90 ] && young "$unit"; do
     sleep 1; n=$((n + 1)); st=$(http_status GET /health)
   done
   echo "waited $n"

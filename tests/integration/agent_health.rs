@@ -3,7 +3,11 @@
 //! loosened with a unit drop-in by hand; `drift` and `audit` must say so (`agent.down` with
 //! the journal's lines, `agent.unit_dropin`), and `apply` must bring it back.
 //!
-//! Host: h38 (this module's own; made fresh at the start, so the test can rerun).
+//! Against the REAL OpenClaw (2026.9.6), installed by `agent_install: true` from the testbed's
+//! read-only agent cache (/srv/rampart-agent, `testbed agent`).
+//!
+//! Hosts: h38 (drift and audit), h39 (the tunnel); each made fresh at its test's start, so the
+//! tests can rerun.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,6 +25,23 @@ fn agent_token() -> String {
         .unwrap_or_else(|_| "tok-5e0c1d2a9b8f7e6d-secret".into());
     format!("{run}-agent-health-token-32-chars-or-more")
 }
+
+/// The inventory of one host running the real OpenClaw, installed offline from the testbed's
+/// agent cache.
+fn inventory_of(host: &str) -> Value {
+    serde_json::json!({"all": {
+        "vars": {"user": "admin", "bootstrap_user": "root", "identity": test_key(),
+                 "agent_install": true,
+                 "agent_node_dist": "/srv/rampart-agent/node",
+                 "agent_npm_cache": "/srv/rampart-agent/npm-cache",
+                 "agent_token": {"secret": {"env": "RAMPART_TEST_AGENT_TOKEN"}}},
+        "hosts": {host: {"address": addr(host)}}}})
+}
+
+/// The first apply installs Node and OpenClaw (minutes on a busy 2-core machine, in one
+/// remote script) after the firewall and sshd changes, whose dead-man switch must not fire
+/// meanwhile (their confirmation comes only after the whole apply).
+const FIRST_APPLY: &[&str] = &["--deadman-seconds", "900", "--timeout", "900"];
 
 fn site() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/site.yaml")
@@ -69,13 +90,8 @@ impl Run {
     fn new() -> Run {
         let dir = tempfile::tempdir().unwrap();
         let inv = dir.path().join("inventory.yaml");
-        // JSON is YAML: the stand-in's quotes need no YAML escaping this way.
-        let inventory = serde_json::json!({"all": {
-            "vars": {"user": "admin", "bootstrap_user": "root",
-                     "identity": test_key(), "agent_command": GATEWAY_STANDIN,
-                     "agent_token": {"secret": {"env": "RAMPART_TEST_AGENT_TOKEN"}}},
-            "hosts": {HOST: {"address": addr(HOST)}}}});
-        std::fs::write(&inv, serde_json::to_string_pretty(&inventory).unwrap()).unwrap();
+        let text = serde_json::to_string_pretty(&inventory_of(HOST)).unwrap();
+        std::fs::write(&inv, text).unwrap();
         Run {
             dir,
             inv,
@@ -84,12 +100,17 @@ impl Run {
     }
 
     fn rampart(&mut self, cmd: &str) -> Output {
+        self.rampart_with(cmd, &[])
+    }
+
+    fn rampart_with(&mut self, cmd: &str, extra: &[&str]) -> Output {
         let mut args = vec![cmd, "-q", "-i"];
         let inv = self.inv.display().to_string();
         args.push(&inv);
         if cmd != "apply" {
             args.extend(["--format", "json"]);
         }
+        args.extend(extra);
         let out = rampart(self.dir.path())
             .env("RAMPART_TEST_AGENT_TOKEN", agent_token())
             .args(&args)
@@ -160,8 +181,18 @@ fn evidence(v: &Value) -> String {
         .join("\n")
 }
 
+/// Waits (bounded) until the gateway the apply just restarted answers on its loopback port:
+/// the real OpenClaw takes 30-60 s on this busy machine, longer than the scan's own wait
+/// when two gateways start at once.
+fn wait_for_gateway() {
+    sudo(
+        "for i in $(seq 180); do bash -c 'exec 3<>/dev/tcp/127.0.0.1/18789' 2>/dev/null && exit 0; sleep 1; done; exit 0",
+    );
+}
+
 /// In line after an apply: no finding, the agent's checks pass, one round trip.
 fn assert_healthy(run: &mut Run, when: &str) {
+    wait_for_gateway();
     let (code, h) = run.check("drift");
     assert_eq!(code, Some(0), "{when}: {h:#}");
     assert_eq!(h["status"], "in_line", "{when}: {h:#}");
@@ -173,7 +204,14 @@ fn assert_healthy(run: &mut Run, when: &str) {
 fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
     testbed(&["fresh", HOST]);
     let mut run = Run::new();
-    run.apply();
+    let out = run.rampart_with("apply", FIRST_APPLY);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 
     // Healthy: drift in line; audit passes the agent's checks, with what it saw. Meanwhile a
     // spy, the agent's own account, reads every command line on the host as fast as it can:
@@ -185,6 +223,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
          >/dev/null 2>&1 < /dev/null &",
     );
     assert_healthy(&mut run, "after the first apply");
+    wait_for_gateway();
     let (code, h) = run.check("audit");
     sudo("touch /var/tmp/spy.done");
     let seen = sudo("wc -l < /var/tmp/spy; grep -c 'timeout 8 bash' /var/tmp/spy || true");
@@ -217,6 +256,15 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
         "POST http://127.0.0.1:18789/tools/invoke: 401 without the token, 400 with it"
     );
     assert_eq!(check(&h, "agent_sandbox")["status"], "pass");
+    // OpenClaw's own audit ran, as the agent, with the token: no loopback_no_auth.
+    let own = check(&h, "openclaw_audit");
+    assert_ne!(own["status"], "unknown", "{own}");
+    let ev = evidence(own);
+    assert!(
+        ev.starts_with("/usr/local/bin/openclaw security audit --deep: 0 critical"),
+        "{ev}"
+    );
+    assert!(!ev.contains("gateway.loopback_no_auth"), "{ev}");
 
     // Stopped: drift exits 2 with agent.down, the journal's lines as evidence; audit fails.
     sudo("systemctl stop openclaw-gateway.service");
@@ -308,18 +356,18 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
     );
 }
 
-/// One HTTP/1.1 request to `127.0.0.1:port`; the status line's code.
-fn http_status(port: u16, request: &str) -> String {
+/// One HTTP/1.1 request to `127.0.0.1:port`; the status line's code, if any answer came.
+fn try_http_status(port: u16, request: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
     let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"))
-        .to_string()
+    s.read_to_string(&mut answer).ok()?;
+    answer.split_whitespace().nth(1).map(String::from)
+}
+
+fn http_status(port: u16, request: &str) -> String {
+    try_http_status(port, request).unwrap_or_else(|| panic!("no HTTP answer to {request:?}"))
 }
 
 /// `rampart tunnel`: the agent's loopback port, reached from the controller over rampart's
@@ -330,16 +378,13 @@ fn the_tunnel_reaches_the_agent_that_the_network_cannot() {
     testbed(&["fresh", TUNNEL_HOST]);
     let dir = tempfile::tempdir().unwrap();
     let inv = dir.path().join("inventory.yaml");
-    let inventory = serde_json::json!({"all": {
-        "vars": {"user": "admin", "bootstrap_user": "root",
-                 "identity": test_key(), "agent_command": GATEWAY_STANDIN,
-                 "agent_token": {"secret": {"env": "RAMPART_TEST_AGENT_TOKEN"}}},
-        "hosts": {TUNNEL_HOST: {"address": addr(TUNNEL_HOST)}}}});
-    std::fs::write(&inv, serde_json::to_string_pretty(&inventory).unwrap()).unwrap();
+    let text = serde_json::to_string_pretty(&inventory_of(TUNNEL_HOST)).unwrap();
+    std::fs::write(&inv, text).unwrap();
     let apply = rampart(dir.path())
         .env("RAMPART_TEST_AGENT_TOKEN", agent_token())
         .args(["apply", "-q", "-i"])
         .arg(&inv)
+        .args(FIRST_APPLY)
         .arg("--known-hosts")
         .arg(known_hosts())
         .arg(site())
@@ -391,7 +436,14 @@ fn the_tunnel_reaches_the_agent_that_the_network_cannot() {
         .unwrap();
 
     let get = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    assert_eq!(http_status(port, get), "200");
+    // The gateway the apply just (re)started takes a while to listen.
+    let first = (0..120).find_map(|_| {
+        try_http_status(port, get).or_else(|| {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            None
+        })
+    });
+    assert_eq!(first.as_deref(), Some("200"));
     // The very gateway: it refuses a call without the token and takes one with it.
     let post = |auth: &str| {
         format!(
