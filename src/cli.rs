@@ -56,6 +56,11 @@ enum Command {
     /// Print (or install) a systemd timer and service, or a cron line, that runs the nightly
     /// `rampart drift` with Prometheus and JSON reports.
     Schedule(crate::schedule::ScheduleArgs),
+    /// Forward a local port (127.0.0.1 only) to the agent's loopback port on HOST over
+    /// rampart's own SSH connection (host key checked, the inventory's logins and jump host),
+    /// print the local URL, and stay until Ctrl-C or SIGTERM (exit 0). The firewall never
+    /// opens the agent's port: this is the way in.
+    Tunnel(TunnelArgs),
 }
 
 /// Which hosts, and how to reach them.
@@ -246,6 +251,7 @@ pub fn main() -> ExitCode {
                 playbook_command(args, false, Some(crate::inspect::Kind::Audit)).await
             }
             Command::Schedule(args) => crate::schedule::run(args),
+            Command::Tunnel(args) => tunnel_command(args).await,
         }
     });
     match result {
@@ -732,4 +738,60 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
         assert_eq!(json["run_id"], summary.run_id.as_str());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `rampart tunnel`: self-contained (tunnel.rs does the work).
+
+#[derive(Debug, Args)]
+struct TunnelArgs {
+    /// The inventory (Ansible's YAML layout).
+    #[arg(short, long, value_name = "FILE")]
+    inventory: PathBuf,
+    /// The inventory host whose agent to reach.
+    host: String,
+    /// The local port on 127.0.0.1 [default: the agent's port; 0 picks a free one].
+    #[arg(long, value_name = "LOCAL")]
+    port: Option<u16>,
+    /// The agent's port on the host [default: the inventory's agent_port, else 18789 for
+    /// OpenClaw, 18860 for agent_flavor: starter].
+    #[arg(long, value_name = "PORT")]
+    agent_port: Option<u16>,
+    /// The known_hosts file host keys are checked against [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_HOSTS")]
+    known_hosts: Option<PathBuf>,
+    /// Record the key of a host not yet in known_hosts (hashed) instead of refusing it.
+    #[arg(long)]
+    accept_new: bool,
+    /// Seconds to connect, exchange keys and log in.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    connect_timeout: u64,
+}
+
+async fn tunnel_command(args: TunnelArgs) -> anyhow::Result<Outcome> {
+    let TunnelArgs {
+        inventory,
+        host,
+        port,
+        agent_port,
+        known_hosts,
+        accept_new,
+        connect_timeout,
+    } = args;
+    let inv = Inventory::load(&inventory)?;
+    let Some(target) = inv.hosts.iter().find(|h| h.name == host).cloned() else {
+        let known: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+        anyhow::bail!(
+            "{}: no host {host:?} (hosts: {})\nhint: name one host of the inventory",
+            inventory.display(),
+            known.join(", ")
+        );
+    };
+    let remote = crate::tunnel::agent_port(&target, agent_port).map_err(anyhow::Error::msg)?;
+    let options = ConnectOptions::new(
+        known_hosts.unwrap_or_else(default_known_hosts),
+        accept_new,
+        Duration::from_secs(connect_timeout),
+    );
+    crate::tunnel::run(target, options, port.unwrap_or(remote), remote).await
 }

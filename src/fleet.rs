@@ -800,8 +800,9 @@ async fn probe_host(
     let (steps, handlers) = rendered.expect("rendered above");
     let scan = match settings.inspect {
         None => None,
-        Some(_) => match ScanParams::from_vars(&vars) {
+        Some(kind) => match ScanParams::from_vars(&vars) {
             Ok(mut params) => {
+                params.openclaw_audit = kind == crate::inspect::Kind::Audit;
                 params.managed_paths = steps
                     .iter()
                     .filter_map(|s| match &s.work {

@@ -25,5 +25,6 @@ pub mod schedule;
 pub mod secrets;
 pub mod template;
 pub mod transport;
+pub mod tunnel;
 pub mod untrusted;
 pub mod yaml;

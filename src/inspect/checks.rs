@@ -325,6 +325,62 @@ pub fn checks(
         evidence,
     );
 
+    // Is the agent up? (issue 10: an apply that "succeeds" while the gateway never starts.)
+    let state = super::findings::agent_state(obs, params);
+    let (status, evidence) = match &state {
+        None => (Unknown, no_agent()),
+        Some(a) if a.down.is_empty() => (Pass, a.evidence.clone()),
+        Some(a) => {
+            let mut ev = vec![format!("down: {}", a.down.join("; "))];
+            ev.extend(a.evidence.iter().cloned());
+            (Fail, ev)
+        }
+    };
+    b.add(
+        "agent_running",
+        "guide §1",
+        "The agent gateway runs and answers on loopback",
+        status,
+        evidence,
+    );
+    let (status, evidence) = match &state {
+        None => (Unknown, no_agent()),
+        Some(a) => (
+            match a.auth {
+                super::findings::AuthProbe::Enforced { .. } => Pass,
+                super::findings::AuthProbe::Unknown(_) => Unknown,
+                _ => Fail,
+            },
+            vec![a.auth.evidence(a.port)],
+        ),
+    };
+    b.add(
+        "auth_enforced",
+        "guide §2",
+        "The gateway refuses requests without the token and takes the token",
+        status,
+        evidence,
+    );
+    let dropins = of(findings, "agent.unit_dropin");
+    let (status, evidence) = match &params.agent_service {
+        None => (Unknown, no_agent()),
+        Some(unit) if dropins.is_empty() => (
+            Pass,
+            vec![format!(
+                "{unit}: no drop-in loosens its sandbox ({} drop-ins)",
+                obs.dropins.len()
+            )],
+        ),
+        Some(_) => (Fail, dropins),
+    };
+    b.add(
+        "agent_sandbox",
+        "guide §7",
+        "The agent's unit keeps its isolation (no loosening drop-in)",
+        status,
+        evidence,
+    );
+
     // The outside probe (guide §1: "Verify you're not exposed").
     let (status, evidence) = match outside {
         None => (Unknown, vec!["no outside probe was made".to_string()]),
@@ -508,7 +564,222 @@ pub fn checks(
         status,
         evidence,
     );
+    if params.openclaw_audit && agent {
+        openclaw_beside(&mut b.0, obs.openclaw.as_ref());
+    }
     b.0
+}
+
+/// At most this many of OpenClaw's findings are shown per host.
+const OPENCLAW_MAX_FINDINGS: usize = 40;
+
+/// One finding of `openclaw security audit --json`, bounded and cleaned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenclawFinding {
+    pub check_id: String,
+    /// `critical`, `warn` or `info`.
+    pub severity: String,
+    pub title: String,
+    pub detail: String,
+}
+
+/// What `openclaw security audit --deep --json` said: its findings and its live probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenclawReport {
+    pub findings: Vec<OpenclawFinding>,
+    /// More findings than were kept.
+    pub left_off: usize,
+    /// `deep.gateway`: whether its own probe reached the gateway, and its error.
+    pub deep_probe: Option<(bool, Option<String>)>,
+}
+
+/// Reads the audit's output: the first JSON object in it (lines before it, say a warning on
+/// stderr, are skipped). Host output: nothing in it is trusted to be well formed.
+pub fn parse_openclaw(output: &str) -> Result<OpenclawReport, String> {
+    let start = output
+        .find("\n{")
+        .map(|i| i + 1)
+        .or_else(|| output.starts_with('{').then_some(0))
+        .ok_or_else(|| {
+            let first = output.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            format!("no JSON in its output: {}", super::scan::clean(first, 200))
+        })?;
+    let json: serde_json::Value = serde_json::Deserializer::from_str(&output[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .ok_or("no JSON in its output")?
+        .map_err(|e| format!("its JSON does not parse: {e}"))?;
+    let text = |v: &serde_json::Value, max| super::scan::clean(v.as_str().unwrap_or(""), max);
+    let all = json["findings"].as_array().cloned().unwrap_or_default();
+    let findings = all
+        .iter()
+        .take(OPENCLAW_MAX_FINDINGS)
+        .map(|f| OpenclawFinding {
+            check_id: text(&f["checkId"], 100),
+            severity: text(&f["severity"], 20),
+            title: super::scan::clean(&f["title"].as_str().unwrap_or("").replace('\n', "; "), 200),
+            detail: super::scan::clean(
+                &f["detail"].as_str().unwrap_or("").replace('\n', "; "),
+                300,
+            ),
+        })
+        .collect();
+    let gw = &json["deep"]["gateway"];
+    Ok(OpenclawReport {
+        findings,
+        left_off: all.len().saturating_sub(OPENCLAW_MAX_FINDINGS),
+        deep_probe: gw["attempted"].as_bool().filter(|a| *a).map(|_| {
+            (
+                gw["ok"].as_bool().unwrap_or(false),
+                gw["error"].as_str().map(|e| super::scan::clean(e, 200)),
+            )
+        }),
+    })
+}
+
+/// The rampart check an OpenClaw finding speaks to, by its checkId.
+pub fn related_check(check_id: &str) -> Option<&'static str> {
+    let id = check_id;
+    Some(match () {
+        _ if id == "gateway.loopback_no_auth" || id == "gateway.bind_no_auth" => "auth_token",
+        _ if id.starts_with("gateway.bind")
+            || id.starts_with("gateway.tailscale")
+            || id.starts_with("gateway.control_ui.allowed_origins") =>
+        {
+            "loopback_bind"
+        }
+        _ if id == "gateway.probe_failed" => "agent_running",
+        _ if id.starts_with("tools.exec.") || id == "security.exposure.open_channels_with_exec" => {
+            "exec_allowlist"
+        }
+        _ if id.starts_with("fs.") => "secrets_in_env",
+        _ if id.starts_with("skills.") || id.starts_with("plugins.") => "trusted_skills",
+        _ => return None,
+    })
+}
+
+fn serious(severity: &str) -> bool {
+    severity == "critical" || severity == "warn"
+}
+
+/// OpenClaw's own audit beside rampart's checks: its findings in `openclaw_audit` (fails on a
+/// critical one; unknown, never pass, where OpenClaw is not installed), and next to each
+/// rampart check the findings that speak to it, with both verdicts where they differ.
+fn openclaw_beside(checks: &mut Vec<Check>, run: Option<&super::scan::OpenclawRun>) {
+    use super::scan::OpenclawRun;
+    let (status, evidence, report) = match run {
+        None => (
+            Unknown,
+            vec!["unknown: the audit did not run".to_string()],
+            None,
+        ),
+        Some(OpenclawRun::NotInstalled) => (
+            Unknown,
+            vec!["unknown: openclaw not installed".to_string()],
+            None,
+        ),
+        Some(OpenclawRun::NotRun(why)) => (Unknown, vec![format!("unknown: not run: {why}")], None),
+        Some(OpenclawRun::Ran { bin, output }) => match parse_openclaw(output) {
+            Err(why) => (Unknown, vec![format!("unknown: {bin}: {why}")], None),
+            Ok(r) => {
+                let count = |sev: &str| r.findings.iter().filter(|f| f.severity == sev).count();
+                let mut ev = vec![format!(
+                    "{bin} security audit --deep: {} critical, {} warn, {} info",
+                    count("critical"),
+                    count("warn"),
+                    count("info")
+                )];
+                for f in &r.findings {
+                    let beside = related_check(&f.check_id)
+                        .and_then(|id| checks.iter().find(|c| c.id == id))
+                        .map(|c| format!(" [rampart {}: {}]", c.id, c.status.as_str()))
+                        .unwrap_or_default();
+                    ev.push(format!(
+                        "{} ({}): {}{}{beside}",
+                        f.check_id,
+                        f.severity,
+                        f.title,
+                        if f.detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", f.detail)
+                        }
+                    ));
+                }
+                if r.left_off > 0 {
+                    ev.push(format!("... and {} more findings", r.left_off));
+                }
+                let status = if count("critical") > 0 { Fail } else { Pass };
+                (status, ev, Some(r))
+            }
+        },
+    };
+    if let Some(r) = &report {
+        for c in checks.iter_mut() {
+            let related: Vec<&OpenclawFinding> = r
+                .findings
+                .iter()
+                .filter(|f| related_check(&f.check_id) == Some(c.id.as_str()))
+                .collect();
+            for f in &related {
+                let differ = c.status == Pass && serious(&f.severity);
+                c.evidence.push(format!(
+                    "openclaw: {} ({}): {}{}",
+                    f.check_id,
+                    f.severity,
+                    f.title,
+                    if differ {
+                        format!("; verdicts differ: rampart pass, openclaw {}", f.severity)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            let has_area = [
+                "auth_token",
+                "loopback_bind",
+                "exec_allowlist",
+                "secrets_in_env",
+                "trusted_skills",
+            ]
+            .contains(&c.id.as_str());
+            if c.status == Fail && has_area && !related.iter().any(|f| serious(&f.severity)) {
+                c.evidence.push(
+                    "openclaw: no finding here; verdicts differ: rampart fail, openclaw pass"
+                        .to_string(),
+                );
+            }
+            if c.id == "agent_running"
+                && let Some((ok, error)) = &r.deep_probe
+            {
+                let differ = (c.status == Pass) != *ok;
+                c.evidence.push(format!(
+                    "openclaw --deep probe of the gateway: {}{}{}",
+                    if *ok { "ok" } else { "failed" },
+                    error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                    if differ {
+                        format!(
+                            "; verdicts differ: rampart {}, openclaw {}",
+                            c.status.as_str(),
+                            if *ok { "pass" } else { "fail" }
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+    }
+    checks.push(Check {
+        id: "openclaw_audit".into(),
+        source: "openclaw security audit".into(),
+        title: "OpenClaw's own security audit (--deep) finds nothing critical".into(),
+        status,
+        evidence,
+    });
 }
 
 fn unprivileged(obs: &Observations, params: &ScanParams) -> (CheckStatus, Vec<String>) {
@@ -738,12 +1009,8 @@ mod tests {
                 group: "root".into(),
                 path: "/etc/openclaw/agent.env".into(),
             }],
-            service: [
-                ("LoadState".to_string(), "loaded".to_string()),
-                ("User".to_string(), "openclaw".to_string()),
-                ("ProcessUser".to_string(), "openclaw".to_string()),
-            ]
-            .into(),
+            service: crate::inspect::findings::tests::running_service(),
+            agent_http: crate::inspect::findings::tests::healthy_http(),
             gitignore: Some("config.json\n*.env\n.env*\nsecrets/\n*.key\n*.pem\nopenclaw.json\n".into()),
             backup_timer: Some(("enabled".into(), "active".into())),
             backup_latest: Some((now - 3600, 4096, "/var/backups/openclaw/agent-x.tar.gz".into())),
@@ -783,7 +1050,7 @@ mod tests {
     #[test]
     fn a_hardened_host_passes_every_check() {
         let v = verdicts(&hardened(), &closed());
-        assert_eq!(v.len(), 19);
+        assert_eq!(v.len(), 22);
         assert_eq!(not_passing(&v), vec![]);
     }
 
@@ -845,6 +1112,8 @@ mod tests {
             vec![
                 ("unprivileged_user", Unknown),
                 ("monitoring", Unknown),
+                // Not installed: not running either.
+                ("agent_running", Fail),
                 ("ssh_root_login", Unknown),
                 ("ssh_password_login", Unknown),
                 ("firewall", Unknown),
@@ -891,5 +1160,99 @@ mod tests {
             p.ports.iter().map(|(port, c, _)| (*port, *c)).collect();
         assert!(by_port[&open], "{p:?}");
         assert!(!by_port[&closed], "{p:?}");
+    }
+
+    /// `openclaw security audit --deep --json` as 2026.9.6 prints it (trimmed), after a line
+    /// of noise on stderr and with a hostile escape sequence in a title.
+    const OPENCLAW_OUTPUT: &str = r#"(node:812) ExperimentalWarning: SQLite is an experimental feature
+{
+  "ts": 1796000000000,
+  "summary": {"critical": 1, "warn": 2, "info": 0},
+  "findings": [
+    {"checkId": "gateway.loopback_no_auth", "severity": "critical",
+     "title": "Gateway auth missing on loopback\u001b[2J", "detail": "gateway.bind is loopback but no gateway auth secret is configured."},
+    {"checkId": "gateway.trusted_proxies_missing", "severity": "warn",
+     "title": "Reverse proxy headers are not trusted", "detail": "gateway.bind is loopback and gateway.trustedProxies is empty."},
+    {"checkId": "tools.exec.security_full_configured", "severity": "warn",
+     "title": "Exec security=full is configured", "detail": "tools.exec.security is full."}
+  ],
+  "deep": {"gateway": {"attempted": true, "url": "ws://127.0.0.1:18789", "ok": true, "error": null, "close": null}}
+}
+"#;
+
+    fn with_openclaw(run: crate::inspect::scan::OpenclawRun) -> Vec<Check> {
+        let mut p = params();
+        p.openclaw_audit = true;
+        let mut obs = hardened();
+        obs.openclaw = Some(run);
+        let f = findings(&obs, &p);
+        checks(&obs, &p, &Facts::default(), &f, Some(&closed()))
+    }
+
+    fn by_id<'a>(checks: &'a [Check], id: &str) -> &'a Check {
+        checks.iter().find(|c| c.id == id).unwrap()
+    }
+
+    #[test]
+    fn openclaw_s_findings_stand_beside_rampart_s_checks_with_both_verdicts() {
+        let c = with_openclaw(crate::inspect::scan::OpenclawRun::Ran {
+            bin: "/usr/local/bin/openclaw".into(),
+            output: OPENCLAW_OUTPUT.into(),
+        });
+        let oc = by_id(&c, "openclaw_audit");
+        assert_eq!(oc.status, Fail);
+        assert_eq!(
+            oc.evidence[0],
+            "/usr/local/bin/openclaw security audit --deep: 1 critical, 2 warn, 0 info"
+        );
+        assert_eq!(
+            oc.evidence[1],
+            "gateway.loopback_no_auth (critical): Gateway auth missing on loopback\\x1b[2J: \
+             gateway.bind is loopback but no gateway auth secret is configured. [rampart auth_token: pass]"
+        );
+        // Beside rampart's pass: OpenClaw's critical finding, and both verdicts.
+        let auth = by_id(&c, "auth_token");
+        assert_eq!(auth.status, Pass);
+        assert!(
+            auth.evidence
+                .last()
+                .unwrap()
+                .ends_with("verdicts differ: rampart pass, openclaw critical"),
+            "{auth:?}"
+        );
+        assert!(
+            by_id(&c, "exec_allowlist")
+                .evidence
+                .last()
+                .unwrap()
+                .contains("openclaw warn")
+        );
+        let running = by_id(&c, "agent_running");
+        assert_eq!(
+            running.evidence.last().unwrap(),
+            "openclaw --deep probe of the gateway: ok"
+        );
+    }
+
+    #[test]
+    fn without_openclaw_its_audit_is_unknown_never_pass() {
+        let c = with_openclaw(crate::inspect::scan::OpenclawRun::NotInstalled);
+        let oc = by_id(&c, "openclaw_audit");
+        assert_eq!(
+            (oc.status, oc.evidence.clone()),
+            (Unknown, vec!["unknown: openclaw not installed".to_string()])
+        );
+        let c = with_openclaw(crate::inspect::scan::OpenclawRun::Ran {
+            bin: "/usr/local/bin/openclaw".into(),
+            output: "Error: \u{1b}[31mconfig invalid\n".into(),
+        });
+        let oc = by_id(&c, "openclaw_audit");
+        assert_eq!(oc.status, Unknown);
+        assert_eq!(
+            oc.evidence,
+            vec![
+                "unknown: /usr/local/bin/openclaw: no JSON in its output: Error: \\x1b[31mconfig invalid"
+            ]
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::scan::{Listener, Observations, ScanParams};
+use super::scan::{Listener, Observations, ScanParams, clean};
 use super::{Finding, Severity};
 
 fn finding(
@@ -272,8 +272,365 @@ pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
             ],
         ));
     }
+    out.extend(agent_runtime(obs, params));
+    out.extend(unit_dropins(obs, params));
 
     out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// Whether an HTTP answer shows the request got past the gateway's authentication.
+fn accepted(status: &str) -> bool {
+    status.len() == 3
+        && status.chars().all(|c| c.is_ascii_digit())
+        && !["401", "403"].contains(&status)
+}
+
+/// What the live look at the agent saw: is it running, not restarting, listening where it
+/// should, answering `/health`; and does it refuse a request without the token and take one
+/// with it. `None` when the playbook has no agent.
+pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState> {
+    let unit = params.agent_service.clone()?;
+    let port = params.agent_port?;
+    let svc = |k: &str| obs.service.get(k).map(String::as_str).unwrap_or("");
+    let mut down = Vec::new();
+    let mut evidence = Vec::new();
+    let (load, active, sub) = (svc("LoadState"), svc("ActiveState"), svc("SubState"));
+    let restarts: u64 = svc("NRestarts").parse().unwrap_or(0);
+    let age = match (
+        svc("Uptime").parse::<f64>(),
+        svc("ExecMainStartTimestampMonotonic").parse::<f64>(),
+    ) {
+        (Ok(up), Ok(start)) if start > 0.0 => Some((up - start / 1e6).max(0.0)),
+        _ => None,
+    };
+    let mut state = format!("{unit}: {active} ({sub})");
+    if load != "loaded" {
+        state = format!("{unit}: LoadState={load}");
+        down.push("the unit is not installed".to_string());
+    } else if restarts > 0 && (sub == "auto-restart" || active == "failed") {
+        down.push(format!(
+            "it is crash-looping: {active} ({sub}), restarted {restarts} times by systemd"
+        ));
+    } else if active != "active" || sub != "running" {
+        down.push(format!("the unit is {active} ({sub}), not running"));
+    }
+    // systemd does not reset NRestarts on every manual restart: a count alone, with the
+    // gateway up and answering, is history, not a crash loop.
+    if restarts > 0 {
+        state.push_str(&format!(", restarted {restarts} times by systemd"));
+    }
+    if let Some(a) = age
+        && active == "active"
+    {
+        state.push_str(&format!(", main process up {} s", a as u64));
+    }
+    match (svc("ExecMainCode"), svc("ExecMainStatus")) {
+        (_, "" | "0") => {}
+        (code, status) => state.push_str(&format!(
+            ", last exit: {} {status}",
+            match code {
+                "1" => "status",
+                "2" => "killed by signal",
+                "3" => "dumped core, signal",
+                _ => "code",
+            }
+        )),
+    }
+    evidence.push(state);
+
+    let on_port: Vec<&super::scan::Listener> = obs
+        .listeners
+        .iter()
+        .filter(|l| l.proto == "tcp" && l.port == port)
+        .collect();
+    // 0.0.0.0 and :: take loopback too (off loopback they are listener.agent_port's finding).
+    let loopback = on_port
+        .iter()
+        .any(|l| l.addr.is_loopback() || l.addr.is_unspecified());
+    // The listeners were read at the start of the scan; a gateway that was still starting
+    // then and answered /health after the wait does listen.
+    let answered = obs.agent_http.get("health").is_some_and(|h| h == "200");
+    if on_port.is_empty() && !answered {
+        down.push(format!("nothing listens on port {port}"));
+        evidence.push(format!("nothing listens on tcp port {port}"));
+    } else if on_port.is_empty() {
+        evidence.push(format!(
+            "tcp port {port}: not listening yet when the scan began"
+        ));
+    } else {
+        for l in &on_port {
+            evidence.push(listener_evidence(l));
+        }
+        if !loopback {
+            down.push(format!("nothing listens on loopback port {port}"));
+        }
+    }
+    let cgroup = svc("ControlGroup");
+    if let Some((pid, held_by)) = &obs.agent_listener
+        && !cgroup.is_empty()
+        && !held_by.is_empty()
+        && !held_by.starts_with(cgroup)
+    {
+        down.push(format!("port {port} is held by a process outside the unit"));
+        evidence.push(format!(
+            "port {port} is held by pid {pid} in {held_by}, not in {unit} ({cgroup})"
+        ));
+    }
+
+    let http = |k: &str| obs.agent_http.get(k).map(String::as_str);
+    let mut health = None;
+    let mut auth = AuthProbe::Unknown("the live check did not run".to_string());
+    match http("client") {
+        Some("bash") => {
+            let h = http("health").unwrap_or("no answer");
+            if h != "200" {
+                down.push(format!("GET /health: {h}"));
+            }
+            let waited = http("waited").unwrap_or("0");
+            evidence.push(if waited == "0" {
+                format!("GET http://127.0.0.1:{port}/health: {h}")
+            } else {
+                format!(
+                    "GET http://127.0.0.1:{port}/health: {h} (after {waited} s: it was starting)"
+                )
+            });
+            health = Some(h.to_string());
+            let noauth = http("noauth").unwrap_or("no answer").to_string();
+            auth = match (http("token"), http("auth")) {
+                _ if h != "200" => AuthProbe::Unknown(format!(
+                    "the gateway does not answer (GET /health: {h}): its authentication cannot be tried"
+                )),
+                _ if accepted(&noauth) => AuthProbe::Open(noauth),
+                (Some("found"), Some(with)) if accepted(with) => AuthProbe::Enforced {
+                    without: noauth,
+                    with: with.to_string(),
+                },
+                (Some("found"), Some(with)) => AuthProbe::TokenRefused {
+                    without: noauth,
+                    with: with.to_string(),
+                },
+                _ => AuthProbe::Unknown(format!(
+                    "{} is set in none of {}: the token cannot be tried (without it: {noauth})",
+                    params.agent_token_var,
+                    params.secret_files.join(", ")
+                )),
+            };
+        }
+        Some(_) => evidence
+            .push("no bash on the host: GET /health and the token cannot be tried".to_string()),
+        None => {}
+    }
+    if !down.is_empty() && !obs.agent_journal.is_empty() {
+        evidence.push(format!("journalctl -u {unit}, last lines:"));
+        evidence.extend(obs.agent_journal.iter().map(|l| format!("  {l}")));
+    }
+    Some(AgentState {
+        unit,
+        port,
+        down,
+        evidence,
+        health,
+        auth,
+    })
+}
+
+/// The agent as the live look saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentState {
+    pub unit: String,
+    pub port: u16,
+    /// Why it is not up; empty when it is.
+    pub down: Vec<String>,
+    /// What was seen, the journal's last lines when it is down.
+    pub evidence: Vec<String>,
+    /// `GET /health`'s answer, when it was tried.
+    pub health: Option<String>,
+    pub auth: AuthProbe,
+}
+
+/// What the gateway did with a request without the token and one with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthProbe {
+    /// Without: refused (this status); with: accepted (this status).
+    Enforced {
+        without: String,
+        with: String,
+    },
+    /// A request without the token was accepted: this status.
+    Open(String),
+    /// The token rampart's env file holds is refused too.
+    TokenRefused {
+        without: String,
+        with: String,
+    },
+    Unknown(String),
+}
+
+impl AuthProbe {
+    pub fn evidence(&self, port: u16) -> String {
+        let url = format!("POST http://127.0.0.1:{port}/tools/invoke");
+        match self {
+            AuthProbe::Enforced { without, with } => {
+                format!("{url}: {without} without the token, {with} with it")
+            }
+            AuthProbe::Open(status) => {
+                format!("{url} without the token: {status}, accepted")
+            }
+            AuthProbe::TokenRefused { without, with } => format!(
+                "{url}: {without} without the token, {with} with the env file's token: it is refused"
+            ),
+            AuthProbe::Unknown(why) => why.clone(),
+        }
+    }
+}
+
+fn agent_runtime(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
+    let Some(a) = agent_state(obs, params) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if !a.down.is_empty() {
+        let mut evidence = vec![format!("down: {}", a.down.join("; "))];
+        evidence.extend(a.evidence.iter().cloned());
+        out.push(finding(
+            "agent.down",
+            Severity::Critical,
+            a.unit.clone(),
+            "the agent gateway is not running, or does not answer",
+            evidence,
+        ));
+    }
+    match &a.auth {
+        AuthProbe::Open(_) => out.push(finding(
+            "agent.auth",
+            Severity::Critical,
+            format!("http 127.0.0.1:{}", a.port),
+            "the agent's gateway takes requests without the token",
+            vec![a.auth.evidence(a.port)],
+        )),
+        AuthProbe::TokenRefused { .. } => out.push(finding(
+            "agent.token_refused",
+            Severity::High,
+            format!("http 127.0.0.1:{}", a.port),
+            "the agent's gateway refuses the token of its env file",
+            vec![a.auth.evidence(a.port)],
+        )),
+        _ => {}
+    }
+    out
+}
+
+/// Why a drop-in's `key=value` loosens the agent's sandbox, if it does. The managed unit
+/// (templates/agent/gateway.service.j2) sets every one of these to its strict value.
+pub fn weakens(key: &str, value: &str, agent_user: Option<&str>) -> Option<String> {
+    let v = value.trim().to_ascii_lowercase();
+    let off = matches!(v.as_str(), "no" | "false" | "off" | "0" | "");
+    let why = |s: &str| Some(format!("{key}={value}: {s}"));
+    match key {
+        "User" | "Group" if matches!(v.as_str(), "" | "root" | "0") => {
+            why("the agent would run as root")
+        }
+        "User" | "Group" if Some(value.trim()) != agent_user => {
+            why("another account than the agent's")
+        }
+        "SupplementaryGroups" if !v.is_empty() => why("adds groups"),
+        "ProtectSystem" if v != "strict" => why("the system is writable beyond strict"),
+        "ProtectHome" if off => why("home folders are writable"),
+        "ReadWritePaths" if !v.is_empty() => why("adds writable paths"),
+        "CapabilityBoundingSet" | "AmbientCapabilities" if !v.is_empty() => {
+            why("grants capabilities")
+        }
+        "RestrictAddressFamilies" if v.is_empty() || v.starts_with('~') => {
+            why("any address family")
+        }
+        "RestrictAddressFamilies"
+            if v.split_whitespace()
+                .any(|f| !["af_inet", "af_inet6", "af_unix"].contains(&f)) =>
+        {
+            why("more address families")
+        }
+        "SystemCallFilter" | "SystemCallArchitectures" if v.is_empty() => {
+            why("the system call filter is reset")
+        }
+        "UMask" if v != "0077" && v != "077" => why("a looser umask"),
+        "NoNewPrivileges"
+        | "PrivateTmp"
+        | "PrivateDevices"
+        | "RestrictNamespaces"
+        | "RestrictSUIDSGID"
+        | "RestrictRealtime"
+        | "LockPersonality"
+        | "ProtectKernelTunables"
+        | "ProtectKernelModules"
+        | "ProtectKernelLogs"
+        | "ProtectControlGroups"
+        | "ProtectClock"
+        | "ProtectHostname"
+            if off =>
+        {
+            why("turned off")
+        }
+        "ExecStart" | "ExecStartPre" | "ExecStartPost" | "Environment" | "EnvironmentFile"
+        | "UnsetEnvironment" | "PassEnvironment" => Some(format!(
+            "{key}=…: changes what the agent runs or its environment"
+        )),
+        _ => None,
+    }
+}
+
+fn unit_dropins(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
+    let Some(unit) = &params.agent_service else {
+        return Vec::new();
+    };
+    let loaded: Vec<&str> = obs
+        .service
+        .get("DropInPaths")
+        .map(|p| p.split_whitespace().collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for d in &obs.dropins {
+        let weak: Vec<String> = d
+            .settings
+            .iter()
+            .filter_map(|(k, v)| weakens(k, v, params.agent_user.as_deref()))
+            .collect();
+        if weak.is_empty() {
+            continue;
+        }
+        let mut evidence: Vec<String> = weak.iter().map(|w| clean(w, 200)).collect();
+        let keys: BTreeSet<&str> = d
+            .settings
+            .iter()
+            .filter(|(k, v)| weakens(k, v, params.agent_user.as_deref()).is_some())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let effective: Vec<String> = keys
+            .iter()
+            .filter_map(|k| obs.service.get(*k).map(|v| format!("{k}={}", clean(v, 80))))
+            .collect();
+        if !effective.is_empty() {
+            evidence.push(format!(
+                "effective now (systemctl show): {}",
+                effective.join(", ")
+            ));
+        }
+        evidence.push(if loaded.contains(&d.path.as_str()) {
+            format!("{} is loaded by systemd for {unit}", d.path)
+        } else {
+            format!(
+                "{} is not loaded yet: it takes effect at the next daemon-reload",
+                d.path
+            )
+        });
+        out.push(finding(
+            "agent.unit_dropin",
+            Severity::High,
+            d.path.clone(),
+            "a drop-in loosens the agent unit's sandbox",
+            evidence,
+        ));
+    }
     out
 }
 
@@ -438,9 +795,46 @@ fn collect_literals(v: &Value, key: &str, at: &str, out: &mut Vec<String>, skip:
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::inspect::scan::{AuthorizedKey, FileMode, SecretHit};
+    use crate::inspect::scan::{AuthorizedKey, DropIn, FileMode, SecretHit};
+    use std::collections::BTreeMap;
+
+    /// `systemctl show` of a gateway up for an hour (as the scan's service section reads it).
+    pub(crate) fn running_service() -> BTreeMap<String, String> {
+        [
+            ("LoadState", "loaded"),
+            ("ActiveState", "active"),
+            ("SubState", "running"),
+            ("User", "openclaw"),
+            ("ProcessUser", "openclaw"),
+            ("NRestarts", "0"),
+            ("ExecMainStartTimestampMonotonic", "1000000000"),
+            ("Uptime", "4600.5"),
+            ("ExecMainCode", "0"),
+            ("ExecMainStatus", "0"),
+            ("ControlGroup", "/system.slice/openclaw-gateway.service"),
+            ("ProtectSystem", "strict"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The live checks of a healthy gateway that enforces its token.
+    pub(crate) fn healthy_http() -> BTreeMap<String, String> {
+        [
+            ("token", "found"),
+            ("client", "bash"),
+            ("waited", "0"),
+            ("health", "200"),
+            ("noauth", "401"),
+            ("auth", "400"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
 
     fn params() -> ScanParams {
         let vars = serde_json::json!({
@@ -483,7 +877,11 @@ mod tests {
             }],
             ..Observations::default()
         };
-        let f = findings(&obs, &params());
+        // (The observations hold no agent: that it is down is another finding.)
+        let f: Vec<Finding> = findings(&obs, &params())
+            .into_iter()
+            .filter(|f| f.id.starts_with("ssh."))
+            .collect();
         assert_eq!(f[0].id, "ssh.unknown_key");
         assert!(f[0].evidence[0].contains("AAAAAAAAAAAé…"), "{f:?}");
     }
@@ -512,6 +910,8 @@ mod tests {
                     .into(),
             ),
             config_path: Some("/home/openclaw/.openclaw/openclaw.json".into()),
+            service: running_service(),
+            agent_http: healthy_http(),
             skills: [(
                 "/home/openclaw/.openclaw/skills".to_string(),
                 vec!["weather".to_string()],
@@ -580,6 +980,7 @@ mod tests {
         let mut want = vec![
             ("agent.auth", cfg),
             ("agent.bind", cfg),
+            ("agent.down", "openclaw-gateway.service"),
             ("listener.agent_port", "tcp 0.0.0.0:18789"),
             ("listener.unexpected", "tcp 10.0.0.5:8080"),
             ("listener.unexpected", "udp 0.0.0.0:5353"),
@@ -605,6 +1006,185 @@ mod tests {
         assert!(text.contains("python3 (pid 9)"), "{text}");
     }
 
+    fn healthy() -> Observations {
+        Observations {
+            listeners: vec![listener("tcp", "127.0.0.1", 18789)],
+            service: running_service(),
+            agent_http: healthy_http(),
+            agent_journal: vec!["systemd[1]: Started openclaw-gateway.service".into()],
+            ..Observations::default()
+        }
+    }
+
+    fn agent_ids(obs: &Observations) -> Vec<String> {
+        findings(obs, &params())
+            .into_iter()
+            .filter(|f| f.id.starts_with("agent."))
+            .map(|f| f.id)
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_gateway_that_enforces_its_token_is_no_finding() {
+        assert_eq!(agent_ids(&healthy()), Vec::<String>::new());
+        let a = agent_state(&healthy(), &params()).unwrap();
+        assert_eq!(
+            a.auth.evidence(18789),
+            "POST http://127.0.0.1:18789/tools/invoke: 401 without the token, 400 with it"
+        );
+    }
+
+    #[test]
+    fn a_stopped_gateway_is_down_with_the_journal_as_evidence() {
+        let mut obs = healthy();
+        obs.service.insert("ActiveState".into(), "inactive".into());
+        obs.service.insert("SubState".into(), "dead".into());
+        obs.listeners.clear();
+        obs.agent_http.insert("health".into(), "refused".into());
+        let f = findings(&obs, &params());
+        assert_eq!(f[0].id, "agent.down");
+        assert_eq!(
+            f[0].evidence[0],
+            "down: the unit is inactive (dead), not running; nothing listens on port 18789; GET /health: refused"
+        );
+        assert!(
+            f[0].evidence
+                .iter()
+                .any(|e| e.contains("Started openclaw-gateway"))
+        );
+        // Its authentication cannot be tried: unknown, never a pass.
+        assert!(matches!(
+            agent_state(&obs, &params()).unwrap().auth,
+            AuthProbe::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn a_gateway_that_systemd_keeps_restarting_is_crash_looping() {
+        let mut obs = healthy();
+        obs.service.insert("NRestarts".into(), "4".into());
+        obs.service
+            .insert("ActiveState".into(), "activating".into());
+        obs.service.insert("SubState".into(), "auto-restart".into());
+        obs.service.insert("ExecMainCode".into(), "1".into());
+        obs.service.insert("ExecMainStatus".into(), "1".into());
+        obs.listeners.clear();
+        obs.agent_http.insert("health".into(), "refused".into());
+        assert_eq!(agent_ids(&obs), vec!["agent.down"]);
+        let f = findings(&obs, &params());
+        assert!(
+            f[0].evidence[0].starts_with(
+                "down: it is crash-looping: activating (auto-restart), restarted 4 times by systemd"
+            ),
+            "{f:?}"
+        );
+        assert!(f[0].evidence[1].ends_with("last exit: status 1"), "{f:?}");
+        // Restarted before, up and answering now: up (the count stays in the evidence).
+        let mut obs = healthy();
+        obs.service.insert("NRestarts".into(), "4".into());
+        assert_eq!(agent_ids(&obs), Vec::<String>::new());
+        let a = agent_state(&obs, &params()).unwrap();
+        assert!(a.evidence[0].contains("restarted 4 times"), "{a:?}");
+    }
+
+    #[test]
+    fn a_gateway_without_auth_or_refusing_its_token_is_named() {
+        let mut obs = healthy();
+        obs.agent_http.insert("noauth".into(), "200".into());
+        assert_eq!(agent_ids(&obs), vec!["agent.auth"]);
+        let mut obs = healthy();
+        obs.agent_http.insert("auth".into(), "401".into());
+        assert_eq!(agent_ids(&obs), vec!["agent.token_refused"]);
+        // No token in the env files: it cannot be tried, so no claim either way.
+        let mut obs = healthy();
+        obs.agent_http.insert("token".into(), "none".into());
+        obs.agent_http.remove("auth");
+        assert_eq!(agent_ids(&obs), Vec::<String>::new());
+        assert!(matches!(
+            agent_state(&obs, &params()).unwrap().auth,
+            AuthProbe::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn a_port_held_outside_the_unit_is_not_the_agent() {
+        let mut obs = healthy();
+        obs.agent_listener = Some((4242, "/user.slice/user-1001.slice/session-3.scope".into()));
+        let f = findings(&obs, &params());
+        assert_eq!(f[0].id, "agent.down");
+        assert!(
+            f[0].evidence.iter().any(|e| e.contains("held by pid 4242")),
+            "{f:?}"
+        );
+        obs.agent_listener = Some((4242, "/system.slice/openclaw-gateway.service".into()));
+        assert_eq!(agent_ids(&obs), Vec::<String>::new());
+    }
+
+    #[test]
+    fn drop_ins_that_loosen_the_sandbox_are_named_others_are_not() {
+        let mut obs = healthy();
+        let dropin = |path: &str, settings: &[(&str, &str)]| DropIn {
+            path: path.into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        obs.dropins = vec![
+            dropin(
+                "/etc/systemd/system/openclaw-gateway.service.d/override.conf",
+                &[("ProtectSystem", "no"), ("Nice", "5")],
+            ),
+            dropin(
+                "/etc/systemd/system/openclaw-gateway.service.d/limits.conf",
+                &[
+                    ("MemoryMax", "1G"),
+                    ("User", "openclaw"),
+                    ("PrivateTmp", "yes"),
+                ],
+            ),
+            dropin(
+                "/run/systemd/system/openclaw-gateway.service.d/x.conf",
+                &[
+                    ("User", "root"),
+                    ("Environment", "NODE_OPTIONS=--require /tmp/x.js"),
+                ],
+            ),
+        ];
+        obs.service.insert(
+            "DropInPaths".into(),
+            "/etc/systemd/system/openclaw-gateway.service.d/override.conf".into(),
+        );
+        obs.service.insert("ProtectSystem".into(), "no".into());
+        let f: Vec<Finding> = findings(&obs, &params())
+            .into_iter()
+            .filter(|f| f.id == "agent.unit_dropin")
+            .collect();
+        let subjects: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            vec![
+                "/etc/systemd/system/openclaw-gateway.service.d/override.conf",
+                "/run/systemd/system/openclaw-gateway.service.d/x.conf"
+            ]
+        );
+        assert_eq!(
+            f[0].evidence,
+            vec![
+                "ProtectSystem=no: the system is writable beyond strict",
+                "effective now (systemctl show): ProtectSystem=no",
+                "/etc/systemd/system/openclaw-gateway.service.d/override.conf is loaded by systemd for openclaw-gateway.service",
+            ]
+        );
+        // Values of environment settings may be secrets: never shown.
+        let text = format!("{:?}", f[1]);
+        assert!(
+            text.contains("User=root: the agent would run as root"),
+            "{text}"
+        );
+        assert!(!text.contains("NODE_OPTIONS"), "{text}");
+        assert!(text.contains("not loaded yet"), "{text}");
+    }
     #[test]
     fn a_planted_link_is_a_critical_finding_whatever_its_name_holds() {
         use crate::inspect::scan::{PlantedLink, parse};
@@ -631,7 +1211,10 @@ mod tests {
                 why: "refusing to follow /home/openclaw/.openclaw/workspace: ...".into(),
             }
         );
-        let f = findings(&obs, &params());
+        let f: Vec<Finding> = findings(&obs, &params())
+            .into_iter()
+            .filter(|f| f.id == "fs.symlink")
+            .collect();
         assert_eq!(
             ids(&f),
             vec![

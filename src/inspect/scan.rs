@@ -78,6 +78,11 @@ pub struct ScanParams {
     /// `None`: the inventory names none, so unknown keys cannot be told apart.
     pub known_keys: Option<Vec<String>>,
     pub patterns: Vec<(String, String)>,
+    /// The env variable that holds the gateway's token (`agent_token_var`, default
+    /// `AGENT_AUTH_TOKEN`): read on the host from [`Self::secret_files`] for the live auth check.
+    pub agent_token_var: String,
+    /// `audit` only: run OpenClaw's own `openclaw security audit --deep --json` on the host.
+    pub openclaw_audit: bool,
     /// Paths the playbook's steps write (files and folders): the way to each is checked for
     /// symbolic links planted where root must not follow them. Set by the fleet from the
     /// steps, not from variables.
@@ -225,6 +230,9 @@ impl ScanParams {
             sudo_users,
             known_keys,
             patterns,
+            agent_token_var: string(vars, "agent_token_var")
+                .unwrap_or_else(|| "AGENT_AUTH_TOKEN".to_string()),
+            openclaw_audit: false,
             managed_paths: Vec::new(),
         })
     }
@@ -234,6 +242,8 @@ impl ScanParams {
         let mut s = Script::new()
             .raw("PATH=\"$PATH:/usr/sbin:/sbin\"\nM=")
             .arg(marker)
+            .raw("\nSANDBOX_PROPS=")
+            .arg(&SANDBOX_KEYS.join(","))
             .raw(&format!("\nL={FILE_LIMIT}\nN={LIST_LIMIT}"))
             .raw(SCAN_FUNCTIONS);
         let call = |s: Script, f: &str, args: &[&str]| {
@@ -274,6 +284,23 @@ impl ScanParams {
         }
         if let Some(unit) = &self.agent_service {
             s = call(s, "service_section", &[unit]);
+            s = s.raw(DROPIN_SECTION);
+            s = call(s, "dropin_section", &[unit]);
+            if let Some(port) = self.agent_port {
+                let port = port.to_string();
+                let mut args = vec![unit.as_str(), port.as_str(), self.agent_token_var.as_str()];
+                args.extend(self.secret_files.iter().map(String::as_str));
+                s = s.raw(AGENT_RUNTIME);
+                s = call(s, "agent_runtime", &args);
+                if self.openclaw_audit
+                    && let Some(user) = &self.agent_user
+                {
+                    let mut args = vec![unit.as_str(), user.as_str()];
+                    args.extend(self.secret_files.iter().map(String::as_str));
+                    s = s.raw(OPENCLAW_AUDIT);
+                    s = call(s, "openclaw_audit", &args);
+                }
+            }
         }
         if let Some(g) = &self.gitignore {
             s = call(s, "file_section gitignore", &[g]);
@@ -363,10 +390,161 @@ mode_of() { sec mode "$1"; [ -e "$1" ] && stat -c '%a %U %G %n' -- "$1"; true; }
 list_dir() { sec "$1" "$2"; [ -d "$2" ] && ls -1A -- "$2" | head -n "$N"; true; }
 service_section() {
   sec service "$1"
-  systemctl show -p LoadState -p ActiveState -p UnitFileState -p User -p MainPID -- "$1" 2>/dev/null
+  systemctl show -p LoadState,ActiveState,SubState,Result,UnitFileState,User,MainPID,NRestarts \
+    -p ExecMainStartTimestampMonotonic,ExecMainCode,ExecMainStatus,ControlGroup,DropInPaths \
+    -p NeedDaemonReload,FragmentPath -p "$SANDBOX_PROPS" -- "$1" 2>/dev/null
+  printf 'Uptime=%s\n' "$(cut -d' ' -f1 /proc/uptime)"
   pid=$(systemctl show -p MainPID --value -- "$1" 2>/dev/null)
   [ -n "$pid" ] && [ "$pid" != 0 ] && printf 'ProcessUser=%s\n' "$(ps -o user= -p "$pid" 2>/dev/null)"
   true
+}
+"#;
+
+/// Unit directives that make up the agent unit's sandbox and identity (`systemctl show`
+/// names them the same). A drop-in that sets one of them to something weaker is a finding.
+pub const SANDBOX_KEYS: &[&str] = &[
+    "User",
+    "Group",
+    "SupplementaryGroups",
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "ReadWritePaths",
+    "PrivateTmp",
+    "PrivateDevices",
+    "CapabilityBoundingSet",
+    "AmbientCapabilities",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "RestrictSUIDSGID",
+    "RestrictRealtime",
+    "LockPersonality",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+    "UMask",
+];
+
+/// The agent's drop-ins: those systemd loaded (`DropInPaths`, type-wide `service.d/` ones
+/// included) and those waiting in the unit's own folders for a daemon-reload. Only
+/// `Key=value` lines, bounded; root owns these folders.
+const DROPIN_SECTION: &str = r#"
+dropin_section() {
+  { systemctl show -p DropInPaths --value -- "$1" 2>/dev/null | tr ' ' '\n'
+    for f in "/etc/systemd/system/$1.d"/*.conf "/run/systemd/system/$1.d"/*.conf; do
+      [ -e "$f" ] && printf '%s\n' "$f"
+    done
+  } | grep . | sort -u | while IFS= read -r f; do
+    sec dropin "$f"
+    grep -E '^[[:space:]]*[A-Za-z]+[[:space:]]*=' -- "$f" 2>/dev/null | head -n 60 | cut -c1-300
+  done
+  true
+}
+"#;
+
+/// Is the agent alive? Its journal's last lines, who holds its port, and three HTTP requests
+/// to it on loopback: `GET /health`, then `POST /tools/invoke` (an empty, invalid call that
+/// does nothing) without and with the token. The client is bash's `/dev/tcp`: nothing the
+/// agent could have replaced is run as root, and the host needs no curl or node. The token is
+/// read from the root-only env files into a shell variable and written to the socket by the
+/// `printf` builtin: never in argv; the journal's lines are redacted of it on the host.
+const AGENT_RUNTIME: &str = r#"
+agent_token() {
+  n=$1; shift
+  for f in "$@"; do
+    [ -f "$f" ] && awk -v n="$n" '{ l = $0; sub(/^[ \t]*(export[ \t]+)?/, "", l); i = index(l, "=")
+      if (i > 1 && substr(l, 1, i - 1) == n) { v = substr(l, i + 1); found = 1 } }
+      END { if (found) { gsub(/^["\047]|["\047]$/, "", v); print v } }' "$f"
+  done | tail -n 1
+}
+redact() {
+  T="$tok" awk 'BEGIN { t = ENVIRON["T"] }
+    { out = ""; s = $0
+      if (t != "") while ((i = index(s, t)) > 0) { out = out substr(s, 1, i - 1) "<token>"; s = substr(s, i + length(t)) }
+      print out s }'
+}
+HTTP_BASH='CR=$(printf "\r")
+exec 3<>"/dev/tcp/127.0.0.1/$P" || exit 0
+req="$M $U HTTP/1.1$CR
+Host: 127.0.0.1:$P$CR
+Connection: close$CR
+"
+[ -n "$T" ] && req="${req}Authorization: Bearer $T$CR
+"
+if [ "$M" = POST ]; then req="${req}Content-Type: application/json$CR
+Content-Length: 2$CR
+$CR
+{}"; else req="$req$CR
+"; fi
+printf %s "$req" >&3
+IFS= read -r -t 5 line <&3 || { echo no-answer; exit 0; }
+set -- ${line%$CR}
+case "$2" in [1-5][0-9][0-9]) echo "$2" ;; *) echo not-http ;; esac'
+http_status() {
+  r=$(T="${3:-}" P="$port" M="$1" U="$2" timeout 8 bash -c "$HTTP_BASH" 2>/dev/null)
+  [ $? = 124 ] && r=timeout
+  printf '%s\n' "${r:-refused}"
+}
+young() {
+  systemctl show -p ActiveState,ExecMainStartTimestampMonotonic -- "$1" 2>/dev/null |
+    awk -F= -v up="$(cut -d' ' -f1 /proc/uptime)" '{ v[$1] = $2 }
+      END { exit !(v["ActiveState"] == "active" && v["ExecMainStartTimestampMonotonic"] > 0 && up - v["ExecMainStartTimestampMonotonic"] / 1e6 < 150) }'
+}
+agent_runtime() {
+  unit=$1; port=$2; var=$3; shift 3
+  tok=$(agent_token "$var" "$@")
+  sec agent_journal "$unit"
+  journalctl -u "$unit" -n 12 --no-pager -o short-iso 2>/dev/null | redact | cut -c1-300
+  sec agent_http "$port"
+  if [ -n "$tok" ]; then echo "token found"; else echo "token none"; fi
+  if ! command -v bash >/dev/null 2>&1; then echo "client none"; return 0; fi
+  echo "client bash"
+  # A gateway started a moment ago may not listen yet (OpenClaw takes 30-60 s on a busy
+  # host): wait for it, up to 90 s, within its first 150 s.
+  st=$(http_status GET /health); n=0
+  while [ "$st" != 200 ] && [ $n -lt 90 ] && young "$unit"; do
+    sleep 1; n=$((n + 1)); st=$(http_status GET /health)
+  done
+  echo "waited $n"
+  echo "health $st"
+  echo "noauth $(http_status POST /tools/invoke)"
+  [ -n "$tok" ] && echo "auth $(http_status POST /tools/invoke "$tok")"
+  # After the wait: who holds the port now.
+  sec agent_listener "$port"
+  pid=$(ss -Htlnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9][0-9]*\).*/\1/p' | head -n 1)
+  [ -n "$pid" ] && printf '%s %s\n' "$pid" "$(grep -m1 '^0::' "/proc/$pid/cgroup" 2>/dev/null | cut -d: -f3-)"
+  true
+}
+"#;
+
+/// `audit` only: OpenClaw's own `openclaw security audit --deep --json`, run the way the
+/// gateway runs: as the agent's user, with the unit's `Environment=` and its env files read by
+/// systemd (so the token is in its environment, never in argv), in a transient unit that may
+/// reach loopback only (offline) and is stopped after 120 s. Its output is the agent's
+/// (hostile): redacted of the token on the host and bounded.
+const OPENCLAW_AUDIT: &str = r#"
+openclaw_audit() {
+  unit=$1; user=$2; shift 2
+  sec openclaw_audit
+  bin=$(systemctl show -p ExecStart --value -- "$unit" 2>/dev/null | sed -n 's/^{ path=\([^ ;]*\).*/\1/p' | head -n 1)
+  case "${bin##*/}" in openclaw) ;; *) bin=$(command -v openclaw 2>/dev/null || true) ;; esac
+  if [ -z "$bin" ] || [ ! -x "$bin" ]; then echo "status not-installed"; return 0; fi
+  if ! command -v systemd-run >/dev/null 2>&1; then echo "status no-systemd-run"; return 0; fi
+  env=$(systemctl show -p Environment --value -- "$unit" 2>/dev/null)
+  n=$#
+  for f in "$@"; do set -- "$@" -p "EnvironmentFile=-$f"; done
+  shift $n
+  [ -n "$env" ] && set -- "$@" -p "Environment=$env"
+  echo "status ran $bin"
+  timeout 150 systemd-run --quiet --pipe --wait --collect -p User="$user" -p Group="$user" \
+    -p RuntimeMaxSec=120 -p IPAddressDeny=any -p IPAddressAllow=localhost -p NoNewPrivileges=yes \
+    "$@" -- "$bin" security audit --deep --json </dev/null 2>&1 | redact | head -c 262144
+  echo
 }
 "#;
 
@@ -537,6 +715,48 @@ pub struct Observations {
     pub audit_rules_file: Option<bool>,
     /// Symbolic links planted on the way to a path a step writes.
     pub planted_links: Vec<PlantedLink>,
+    /// The agent unit's journal, last lines, control characters stripped.
+    pub agent_journal: Vec<String>,
+    /// Who holds the agent's port on the host: pid and cgroup.
+    pub agent_listener: Option<(u32, String)>,
+    /// The live checks: `token found|none`, `client bash|none`, `waited N`, `health 200`,
+    /// `noauth 401`, `auth 400` (an HTTP status, or `refused`, `timeout`, `no-answer`,
+    /// `not-http`).
+    pub agent_http: BTreeMap<String, String>,
+    pub dropins: Vec<DropIn>,
+    /// OpenClaw's own audit (`audit` only).
+    pub openclaw: Option<OpenclawRun>,
+}
+
+/// A drop-in of the agent's unit, with its `Key=value` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropIn {
+    pub path: String,
+    pub settings: Vec<(String, String)>,
+}
+
+/// How `openclaw security audit` went on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenclawRun {
+    NotInstalled,
+    /// It could not be run (no systemd-run); why.
+    NotRun(String),
+    /// It ran: the binary, and its output (bounded, redacted of the token on the host).
+    Ran {
+        bin: String,
+        output: String,
+    },
+}
+
+/// Host text for people, on one line: control characters shown escaped (see
+/// [`crate::untrusted::escape_name`]), and at most `max` characters of it kept.
+pub fn clean(text: &str, max: usize) -> String {
+    let kept: String = text.chars().take(max).collect();
+    let mut out = crate::untrusted::escape_name(&kept).into_owned();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
 }
 
 /// A symbolic link on the way to (or at) a path a step writes, where root must not follow
@@ -757,6 +977,52 @@ fn take(
                     it.next()?.parse().ok()?,
                     it.next()?.to_string(),
                 ))
+            });
+        }
+        "agent_journal" => {
+            let lines: Vec<&str> = body
+                .iter()
+                .copied()
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            obs.agent_journal = lines[lines.len().saturating_sub(12)..]
+                .iter()
+                .map(|l| clean(l, 300))
+                .collect();
+        }
+        "agent_listener" => {
+            obs.agent_listener = body.iter().find_map(|l| {
+                let (pid, cgroup) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, cgroup.trim().to_string()))
+            });
+        }
+        "agent_http" => {
+            for l in body {
+                if let Some((k, v)) = l.split_once(' ') {
+                    obs.agent_http.insert(k.into(), clean(v.trim(), 40));
+                }
+            }
+        }
+        "dropin" => obs.dropins.push(DropIn {
+            path: rest(0),
+            settings: body
+                .iter()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    Some((k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect(),
+        }),
+        "openclaw_audit" => {
+            let status = body.first().copied().unwrap_or("");
+            obs.openclaw = Some(match status.strip_prefix("status ") {
+                Some("not-installed") => OpenclawRun::NotInstalled,
+                Some(s) if s.starts_with("ran ") => OpenclawRun::Ran {
+                    bin: clean(&s[4..], 200),
+                    output: body[1..].join("\n"),
+                },
+                Some(other) => OpenclawRun::NotRun(clean(other, 100)),
+                None => OpenclawRun::NotRun("the audit printed nothing".into()),
             });
         }
         "truncated" => obs.truncated.push(Truncated {

@@ -177,6 +177,25 @@ fn write_host<W: Write>(
             writeln!(out, "      {e}")?;
         }
     }
+    // OpenClaw's own audit beside rampart's checks: its findings always, and where a passing
+    // check and OpenClaw disagree, both verdicts.
+    for c in host.checks.iter().filter(|c| c.status == CheckStatus::Pass) {
+        let lines: Vec<&String> = if c.id == "openclaw_audit" {
+            c.evidence.iter().collect()
+        } else {
+            c.evidence
+                .iter()
+                .filter(|e| e.contains("verdicts differ"))
+                .collect()
+        };
+        if lines.is_empty() {
+            continue;
+        }
+        writeln!(out, "  pass {} ({}): {}", c.id, c.source, c.title)?;
+        for e in lines {
+            writeln!(out, "      {e}")?;
+        }
+    }
     if let Some(error) = &host.error {
         for (i, line) in error.lines().enumerate() {
             writeln!(out, "  {}{line}", if i == 0 { "error: " } else { "  " })?;
@@ -449,5 +468,59 @@ mod tests {
           stats: 1 round trips, 100 bytes sent, 50 bytes received, 0.100 s
         plan: 2 hosts: 1 to change, 1 unreachable
         ");
+    }
+
+    #[test]
+    fn openclaw_s_audit_and_differing_verdicts_show_even_beside_a_pass() {
+        use crate::inspect::{Check, CheckStatus};
+        let check = |id: &str, evidence: &[&str]| Check {
+            id: id.into(),
+            source: "guide checklist".into(),
+            title: id.into(),
+            status: CheckStatus::Pass,
+            evidence: evidence.iter().map(|e| e.to_string()).collect(),
+        };
+        let mut gw = host("gw-1", HostStatus::InLine, vec![]);
+        gw.checks = vec![
+            check("auth_token", &["config: ${AGENT_AUTH_TOKEN}"]),
+            check(
+                "loopback_bind",
+                &[
+                    "config: gateway.bind is \"loopback\"",
+                    "openclaw: gateway.bind_x (warn): x; verdicts differ: rampart pass, openclaw warn",
+                ],
+            ),
+            check(
+                "openclaw_audit",
+                &["openclaw security audit --deep: 0 critical, 1 warn, 0 info"],
+            ),
+        ];
+        let summary = FleetSummary {
+            schema_version: 1,
+            run_id: "r".into(),
+            started: 0,
+            seconds: 0.0,
+            mode: "audit",
+            hosts: vec![gw],
+            aborted: None,
+        };
+        let mut out = Vec::new();
+        write(
+            &mut out,
+            &summary,
+            Style {
+                stats: false,
+                color: false,
+            },
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("  pass loopback_bind (guide checklist): loopback_bind\n      openclaw: gateway.bind_x (warn): x; verdicts differ: rampart pass, openclaw warn\n"), "{text}");
+        assert!(!text.contains("gateway.bind is"), "{text}");
+        assert!(!text.contains("pass auth_token"), "{text}");
+        assert!(
+            text.contains("      openclaw security audit --deep: 0 critical, 1 warn, 0 info\n"),
+            "{text}"
+        );
     }
 }

@@ -621,6 +621,34 @@ pub fn public_half(path: &Path) -> Option<PublicKey> {
 }
 
 impl SshSession {
+    /// Opens a direct-tcpip channel (what `ssh -L` uses): a TCP connection that the host's
+    /// sshd makes to `host:port` on the host's side, as a byte stream. `from` is the local
+    /// end that asked for it, for sshd's logs.
+    pub async fn forward(
+        &self,
+        host: &str,
+        port: u16,
+        from: std::net::SocketAddr,
+    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + use<>, String>
+    {
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(
+                host.to_string(),
+                u32::from(port),
+                from.ip().to_string(),
+                u32::from(from.port()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(channel.into_stream())
+    }
+
+    /// Whether the connection has ended (the host went away, or closed it).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
     /// Closes the connection politely.
     pub async fn close(self) {
         let _ = self

@@ -207,3 +207,19 @@ pub async fn session_as(
 pub async fn root_session(host: &str) -> rampart::transport::ssh::SshSession {
     session_as(host, "root", &test_key()).await
 }
+
+/// A stand-in for the agent gateway that behaves like OpenClaw where rampart looks: it binds
+/// where its config says (loopback for `"bind": "loopback"`, every address otherwise),
+/// answers `GET /health` without auth, and answers anything else only with the token of its
+/// environment (`AGENT_AUTH_TOKEN`): 401 without it, 400 for an empty `POST /tools/invoke`
+/// with it. Free of `$`, `%` and backslashes, which systemd's ExecStart would expand.
+pub const GATEWAY_STANDIN: &str = "/usr/bin/python3 -c \"import json,os,http.server as h;\
+g=json.load(open('/home/openclaw/.openclaw/openclaw.json'))['gateway'];\
+t=os.environ.get('AGENT_AUTH_TOKEN','');\
+ok=lambda s:bool(t) and s.headers.get('Authorization')=='Bearer '+t;\
+R=lambda s,c:(s.send_response(c),s.send_header('Content-Length','0'),s.end_headers());\
+H=type('H',(h.BaseHTTPRequestHandler,),dict(\
+do_GET=lambda s:R(s,200 if s.path=='/health' else 404 if ok(s) else 401),\
+do_POST=lambda s:R(s,400 if ok(s) else 401),log_message=lambda *a:None));\
+h.ThreadingHTTPServer(('127.0.0.1' if g['bind']=='loopback' else '0.0.0.0',g['port']),H)\
+.serve_forever()\"";

@@ -11,12 +11,9 @@ use super::common::*;
 
 const HOSTS: [&str; 3] = ["h26", "h27", "h28"];
 
-/// A stand-in gateway that, like OpenClaw, binds where its config says: loopback for
-/// `"bind": "loopback"`, every address otherwise.
-const STANDIN: &str = "/usr/bin/python3 -c \"import json,http.server as h;\
-g=json.load(open('/home/openclaw/.openclaw/openclaw.json'))['gateway'];\
-h.ThreadingHTTPServer(('127.0.0.1' if g['bind']=='loopback' else '0.0.0.0',g['port']),\
-h.SimpleHTTPRequestHandler).serve_forever()\"";
+/// The stand-in gateway binds where its config says, answers /health and enforces its token,
+/// as OpenClaw does (common.rs).
+const STANDIN: &str = GATEWAY_STANDIN;
 
 /// A plaintext key dropped into the workspace. Not a rampart secret: the scan must find it
 /// without ever printing it.
@@ -183,8 +180,13 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     let report = json(&audit);
     for h in HOSTS {
         assert_eq!(checks(&report, h, "fail"), Vec::<String>::new(), "{h}");
-        // Containers have no kernel audit: monitoring cannot be confirmed, and says why.
-        assert_eq!(checks(&report, h, "unknown"), vec!["monitoring"], "{h}");
+        // Containers have no kernel audit: monitoring cannot be confirmed, and says why; the
+        // stand-in is no OpenClaw, so its own audit is unknown, never a pass.
+        assert_eq!(
+            checks(&report, h, "unknown"),
+            vec!["monitoring", "openclaw_audit"],
+            "{h}"
+        );
         assert!(checks(&report, h, "pass").contains(&"outside_probe".to_string()));
     }
 

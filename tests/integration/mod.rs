@@ -1,3 +1,4 @@
+mod agent_health;
 mod common;
 mod deadman;
 mod drift;
