@@ -86,11 +86,18 @@ struct HostArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS",
           value_parser = in_range::<u64>(1, 3600))]
     connect_timeout: u64,
-    /// Seconds a remote command may run (1 to 604800, a week).
-    #[arg(long, default_value_t = 120, value_name = "SECS",
-          value_parser = in_range::<u64>(1, 604_800))]
-    timeout: u64,
+    /// Seconds a remote script may run (1 to 604800, a week). Default 300, and 1800 for
+    /// `apply`, whose script may install packages and the agent (minutes on a Pi).
+    #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 604_800))]
+    timeout: Option<u64>,
 }
+
+/// `--timeout`'s default for scripts that only read (facts, plan, drift, audit; an audit waits
+/// for a gateway that is starting and runs OpenClaw's own audit).
+const READ_TIMEOUT: u64 = 300;
+/// `--timeout`'s default for `apply`: its one script holds every change, installs included
+/// (the real OpenClaw's took 1-4 minutes on the testbed; a Pi is slower).
+const APPLY_TIMEOUT: u64 = 1800;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FactsFormat {
@@ -365,7 +372,7 @@ struct HostFacts {
 async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
     let (_, hosts, options) = resolve(&args.hosts)?;
     let options = std::sync::Arc::new(options);
-    let timeout = Duration::from_secs(args.hosts.timeout);
+    let timeout = Duration::from_secs(args.hosts.timeout.unwrap_or(READ_TIMEOUT));
     let results = fleet::for_each_host(&hosts, args.hosts.forks, |host| {
         let options = options.clone();
         async move { host_facts(host, &options, timeout).await }
@@ -629,7 +636,11 @@ async fn playbook_command(
         settings: crate::engine::RunSettings {
             apply,
             run_id: run_id(),
-            timeout: Duration::from_secs(host_args.timeout),
+            timeout: Duration::from_secs(host_args.timeout.unwrap_or(if apply {
+                APPLY_TIMEOUT
+            } else {
+                READ_TIMEOUT
+            })),
             tags,
             skip_tags,
             deadman_seconds,

@@ -37,7 +37,7 @@ fn testbed(args: &[&str]) {
 
 fn run(dir: &Path, inv: &Path, cmd: &str) -> std::process::Output {
     rampart(dir)
-        .args([cmd, "--format", "json", "-q", "--timeout", "900", "-i"])
+        .args([cmd, "--format", "json", "-q", "-i"])
         .arg(inv)
         .arg("--known-hosts")
         .arg(known_hosts())

@@ -20,7 +20,7 @@ const STANDIN: &str =
 
 fn run(dir: &Path, inv: &Path, cmd: &str) -> std::process::Output {
     rampart(dir)
-        .args([cmd, "--format", "json", "-q", "--timeout", "900", "-i"])
+        .args([cmd, "--format", "json", "-q", "-i"])
         .arg(inv)
         .arg("--known-hosts")
         .arg(known_hosts())
@@ -156,7 +156,7 @@ fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
     )
     .unwrap();
     let apply = rampart(dir.path())
-        .args(["apply", "--format", "json", "-q", "--timeout", "900", "-i"])
+        .args(["apply", "--format", "json", "-q", "-i"])
         .arg(&inv)
         .arg("--known-hosts")
         .arg(known_hosts())
