@@ -167,6 +167,22 @@ pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
         ));
     }
 
+    if obs.odd_names > 0 {
+        out.push(finding(
+            "fs.odd_name",
+            Severity::Medium,
+            params.agent_folders.join(" "),
+            "names with a newline in the agent's folders: the scan does not read them",
+            vec![format!(
+                "{} file or folder names hold a newline (they could read as other names, so the \
+                 secret search leaves them out); look at them by hand: \
+                 find {} -name \"*$(printf '\\n')*\"",
+                obs.odd_names,
+                params.agent_folders.join(" ")
+            )],
+        ));
+    }
+
     for hit in &obs.secret_hits {
         let existing = out
             .iter_mut()

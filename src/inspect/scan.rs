@@ -244,7 +244,10 @@ impl ScanParams {
             .arg(marker)
             .raw("\nSANDBOX_PROPS=")
             .arg(&SANDBOX_KEYS.join(","))
-            .raw(&format!("\nL={FILE_LIMIT}\nN={LIST_LIMIT}"))
+            .raw(&format!("\nL={FILE_LIMIT}\nN={LIST_LIMIT}\n"))
+            // The walk that refuses planted links (fsfile's): the agent's folders are read
+            // through it, as whoever controls them.
+            .raw(crate::resource::fsfile::WALK)
             .raw(SCAN_FUNCTIONS);
         let call = |s: Script, f: &str, args: &[&str]| {
             let mut s = s.raw(f);
@@ -259,7 +262,7 @@ impl ScanParams {
             .raw("\n")
             .raw(SCAN_HOST);
         if let Some(c) = &self.agent_config {
-            s = call(s, "file_section config", &[c]);
+            s = call(s, "agent_file_section config", &[c]);
         }
         for f in &self.secret_files {
             s = call(s, "env_lengths", &[f]);
@@ -275,12 +278,13 @@ impl ScanParams {
                 s = call(s, "secret_search", &args);
             }
             s = call(s, "loose_secrets", &find_args);
+            s = call(s, "odd_names", &find_args);
         }
         for f in &self.secret_files {
             s = call(s, "mode_of", &[f]);
         }
         for dir in &self.skill_folders {
-            s = call(s, "list_dir skills", &[dir]);
+            s = call(s, "agent_list_dir skills", &[dir]);
         }
         if let Some(unit) = &self.agent_service {
             s = call(s, "service_section", &[unit]);
@@ -303,7 +307,7 @@ impl ScanParams {
             }
         }
         if let Some(g) = &self.gitignore {
-            s = call(s, "file_section gitignore", &[g]);
+            s = call(s, "agent_file_section gitignore", &[g]);
         }
         if let Some(t) = &self.backup_timer {
             s = call(s, "enabled_section backup_timer", &[t]);
@@ -319,11 +323,7 @@ impl ScanParams {
         }
         if !self.managed_paths.is_empty() {
             let paths: Vec<&str> = self.managed_paths.iter().map(String::as_str).collect();
-            s = call(
-                s.raw(crate::resource::fsfile::WALK).raw(FS_LINKS),
-                "fs_links",
-                &paths,
-            );
+            s = call(s.raw(FS_LINKS), "fs_links", &paths);
         }
         s
     }
@@ -361,30 +361,62 @@ env_lengths() {
     sub(/^[ \t]*(export[ \t]+)?/, ""); n = $0; sub(/=.*/, "", n); v = $0; sub(/^[^=]*=/, "", v)
     gsub(/^["'\'']|["'\'']$/, "", v); print n, length(v) }'
 }
+# The agent's folders are its own: root reads nothing there through a name the agent could
+# have swapped. `in_folder DIR CMD...` walks to DIR (refusing a planted link: nothing is read,
+# and `fs.symlink` reports links on managed paths) and runs CMD there as whoever controls it
+# (the agent in its home, root in /etc). Names with a newline are left out of line-based
+# listings (they could read as two names); `odd_names` counts them.
+in_folder() { ( rw_cd "$1" 0 || exit 0; shift; rw_as "$@" ); }
+NL='
+'
+agent_file_section() {
+  ( rw_cd "${2%/*}" 0 || exit 0
+    n=${2##*/}
+    { [ -f "$n" ] && { [ ! -L "$n" ] || rw_planted "$n"; }; } || exit 0
+    sec "$1" "$2"
+    rw_as head -c "$L" -- "./$n"; echo
+    s=$(rw_as stat -L -c %s -- "./$n" 2>/dev/null) || s=0
+    [ "$s" -gt "$L" ] 2>/dev/null && sec truncated "$1" "$s" "$2"
+    true )
+}
+agent_list_dir() {
+  sec "$1" "$2"
+  [ -d "$2" ] && in_folder "$2" sh -c 'ls -1A | grep -v "^$" | head -n "$1"' rampart-scan "$N"
+  true
+}
 secret_search() {
   kind=$1; pat=$2; shift 2
   for d in "$@"; do
     [ -d "$d" ] || continue
     # Batched: one grep for many files, then line numbers only for the files that match.
-    find "$d" -xdev -type f -size -4096k -exec grep -IEl -e "$pat" -- {} + 2>/dev/null
-  done | while IFS= read -r f; do
+    in_folder "$d" sh -c 'find "$2" -xdev -type f -size -4096k ! -name "*$3*" \
+        -exec grep -IEl -e "$1" -- {} + 2>/dev/null |
+      while IFS= read -r f; do
+        lines=$(grep -IEn -e "$1" -- "$f" 2>/dev/null | cut -d: -f1 | head -n 5 | tr "\n" ",")
+        [ -n "$lines" ] && printf "%s\t%s\n" "${lines%,}" "$f"
+      done' rampart-scan "$pat" "$d" "$NL"
+  done | while IFS='	' read -r lines f; do
     skip=no
     for e in $EXEMPT; do [ "$f" = "$e" ] && skip=yes; done
-    [ $skip = yes ] && continue
-    lines=$(grep -IEn -e "$pat" -- "$f" 2>/dev/null | cut -d: -f1 | head -n 5 | tr '\n' ',')
-    [ -n "$lines" ] && printf '%s\t%s\t%s\n' "$kind" "${lines%,}" "$f"
+    [ $skip = yes ] || printf '%s\t%s\t%s\n' "$kind" "$lines" "$f"
   done | { sec secrets; cat; }
 }
 loose_secrets() {
   sec loose
   for d in "$@"; do
     [ -d "$d" ] || continue
-    find "$d" -xdev -type f \( -name '*.env' -o -name '.env*' -o -name '*.key' -o -name '*.pem' \
-      -o -name '*.p12' -o -name 'credentials*' -o -path '*/secrets/*' \) -perm /044 \
-      -exec stat -c '%a %U %G %n' {} + 2>/dev/null
+    in_folder "$d" find "$d" -xdev -type f ! -name "*$NL*" \( -name '*.env' -o -name '.env*' \
+      -o -name '*.key' -o -name '*.pem' -o -name '*.p12' -o -name 'credentials*' \
+      -o -path '*/secrets/*' \) -perm /044 -exec stat -c '%a %U %G %n' {} + 2>/dev/null
   done | head -n "$N"
   for f in /etc/wireguard/*.key; do [ -f "$f" ] && stat -c '%a %U %G %n' -- "$f"; done
   true
+}
+odd_names() {
+  sec odd_names
+  for d in "$@"; do
+    [ -d "$d" ] && in_folder "$d" find "$d" -xdev -name "*$NL*" -printf x 2>/dev/null
+  done | wc -c
 }
 mode_of() { sec mode "$1"; [ -e "$1" ] && stat -c '%a %U %G %n' -- "$1"; true; }
 list_dir() { sec "$1" "$2"; [ -d "$2" ] && ls -1A -- "$2" | head -n "$N"; true; }
@@ -687,6 +719,8 @@ pub struct Observations {
     pub malformed_keys: Vec<MalformedKey>,
     /// Files longer than the scan reads.
     pub truncated: Vec<Truncated>,
+    /// Names holding a newline in the agent's folders (left out of the listings).
+    pub odd_names: u64,
     pub sshd: BTreeMap<String, String>,
     /// `None`: no nft on the host.
     pub nft: Option<String>,
@@ -939,6 +973,12 @@ fn take(
                     });
                 }
             }
+        }
+        "odd_names" => {
+            obs.odd_names = body
+                .first()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0)
         }
         "loose" => obs
             .loose

@@ -7,8 +7,9 @@
 //! run says so (a refused step, a finding).
 //!
 //! Hosts: h29 (the planted links, then the temp-file race; one test, run in order) and h30
-//! (the quarantine step of playbooks/agent-gateway.yaml). Both tests recreate the agent's
-//! account `openclaw` first, so they can run again on the same hosts.
+//! (the quarantine step of playbooks/agent-gateway.yaml), h41 (the drift scan's reads in the
+//! agent's folders). Each test recreates the agent's account `openclaw` first, so they can run
+//! again on the same hosts.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -341,4 +342,78 @@ fn quarantine_moves_only_the_agents_own_files() {
         "{listing:?}"
     );
     reset_agent(h);
+}
+
+/// The drift scan reads the agent's folders too (its config, .gitignore, skills, secrets): as
+/// root it used to follow the agent's links there, so a config linked to a root-only file, or
+/// a skills folder linked to /root, put what root alone may read into findings
+/// (`agent.bind` from the root file's content, `skill.unpinned` naming root's files). Now
+/// the scan walks to each folder as the steps do and reads as the agent; a name with a
+/// newline is not listed line by line but counted (`fs.odd_name`). Host: h41.
+#[test]
+fn the_scan_reads_the_agents_folders_as_the_agent_and_follows_none_of_its_links() {
+    let host = "h41";
+    reset_agent(host);
+    ssh_root(
+        host,
+        &format!(
+            "set -e
+             install -d -o openclaw -g openclaw -m 700 {STATE} {STATE}/workspace
+             umask 077
+             printf '{{\"gateway\": {{\"bind\": \"lan\", \"auth\": {{\"mode\": \"none\"}}}}}}\\n' >/root/decoy.json
+             : >/root/root-only-name
+             runuser -u openclaw -- ln -s /root/decoy.json {STATE}/openclaw.json
+             runuser -u openclaw -- ln -s /root {STATE}/skills
+             runuser -u openclaw -- sh -c 'printf \"key sk-ant-%s\\n\" AAAAAAAAAAAAAAAAAAAAAAAA >\"{STATE}/workspace/x
+y\"'"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(dir.path(), &[(host, &format!("address: {}", addr(host)))]);
+    let book = dir.path().join("scan.yaml");
+    std::fs::write(
+        &book,
+        "vars: {agent_user: openclaw, agent_flavor: openclaw}\nsteps:\n  - command: {run: 'true', unless: 'true'}\n",
+    )
+    .unwrap();
+    let out = rampart(dir.path())
+        .args(["drift", "--format", "json", "-q", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .arg(&book)
+        .output()
+        .unwrap();
+    let report = json(&out);
+    let findings = report["hosts"][0]["findings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ids: Vec<(String, String)> = findings
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_string(),
+                f["subject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let text = serde_json::to_string(&report).unwrap();
+    assert!(
+        !text.contains("root-only-name") && !text.contains("decoy.json\""),
+        "root's files were listed through the agent's link: {ids:?}"
+    );
+    assert!(
+        !ids.iter().any(|(id, _)| id == "agent.bind"),
+        "the root-only file's content was read through the agent's link: {ids:?}"
+    );
+    assert!(
+        ids.iter().any(|(id, _)| id == "fs.odd_name"),
+        "the newline name is not reported: {ids:?}"
+    );
+    assert!(
+        !ids.iter()
+            .any(|(id, s)| id == "secret.plaintext" && s.contains("workspace/x")),
+        "a newline name was parsed as lines: {ids:?}"
+    );
 }
