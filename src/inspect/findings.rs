@@ -422,6 +422,14 @@ pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState
                     without: noauth,
                     with: with.to_string(),
                 },
+                // No HTTP answer (a busy gateway, a dropped connection) says nothing about the
+                // token: only a 401 or 403 is a refusal.
+                (Some("found"), Some(with)) if !["401", "403"].contains(&with) => {
+                    AuthProbe::Unknown(format!(
+                        "the gateway gave no HTTP answer to a request with the token ({with}): \
+                         whether it takes the token is unknown"
+                    ))
+                }
                 (Some("found"), Some(with)) => AuthProbe::TokenRefused {
                     without: noauth,
                     with: with.to_string(),
@@ -1111,6 +1119,17 @@ pub(crate) mod tests {
         let mut obs = healthy();
         obs.agent_http.insert("auth".into(), "401".into());
         assert_eq!(agent_ids(&obs), vec!["agent.token_refused"]);
+        // A busy gateway that gives no answer in time has not refused the token (seen in CI:
+        // the real OpenClaw under load): unknown, no claim.
+        for silence in ["no-answer", "timeout", "refused", "not-http"] {
+            let mut obs = healthy();
+            obs.agent_http.insert("auth".into(), silence.into());
+            assert_eq!(agent_ids(&obs), Vec::<String>::new(), "{silence}");
+            assert!(matches!(
+                agent_state(&obs, &params()).unwrap().auth,
+                AuthProbe::Unknown(_)
+            ));
+        }
         // No token in the env files: it cannot be tried, so no claim either way.
         let mut obs = healthy();
         obs.agent_http.insert("token".into(), "none".into());

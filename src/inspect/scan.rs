@@ -514,11 +514,11 @@ $CR
 {}"; else req="$req$CR
 "; fi
 printf %s "$req" >&3
-IFS= read -r -t 5 line <&3 || { echo no-answer; exit 0; }
+IFS= read -r -t 20 line <&3 || { echo no-answer; exit 0; }
 set -- ${line%$CR}
 case "$2" in [1-5][0-9][0-9]) echo "$2" ;; *) echo not-http ;; esac'
 http_status() {
-  r=$(T="${3:-}" P="$port" M="$1" U="$2" timeout 8 bash -c "$HTTP_BASH" 2>/dev/null)
+  r=$(T="${3:-}" P="$port" M="$1" U="$2" timeout 25 bash -c "$HTTP_BASH" 2>/dev/null)
   [ $? = 124 ] && r=timeout
   printf '%s\n' "${r:-refused}"
 }

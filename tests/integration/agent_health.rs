@@ -226,7 +226,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
     wait_for_gateway();
     let (code, h) = run.check("audit");
     sudo("touch /var/tmp/spy.done");
-    let seen = sudo("wc -l < /var/tmp/spy; grep -c 'timeout 8 bash' /var/tmp/spy || true");
+    let seen = sudo("wc -l < /var/tmp/spy; grep -c 'timeout 25 bash' /var/tmp/spy || true");
     let counts: Vec<u64> = seen.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert!(
         counts[1] > 0,

@@ -14,7 +14,7 @@ use super::common::*;
 const HOSTS: [&str; 3] = ["h14", "h15", "h16"];
 /// The install sources: the testbed's agent cache, read-only in every container host.
 const AGENT_SOURCES: &str = "agent_install: true\n    agent_node_dist: /srv/rampart-agent/node\n    agent_npm_cache: /srv/rampart-agent/npm-cache";
-/// A stand-in gateway for the VM: answers HTTP on the agent's port, on loopback only.
+/// A plain HTTP server on the agent's port, on loopback only (the starter flavour's stand-in).
 const STANDIN: &str =
     "/usr/bin/python3 -m http.server --bind 127.0.0.1 --directory /usr/share/doc/python3 18789";
 
@@ -148,11 +148,12 @@ fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
     let inv = dir.path().join("inventory.yaml");
     std::fs::write(
         &inv,
-        format!(
-            "all:\n  vars:\n    user: admin\n    bootstrap_user: root\n    identity: {}\n    agent_command: {STANDIN}\n  hosts:\n    vm2: {{address: {}}}\n",
-            test_key().display(),
-            addr("vm2")
-        ),
+        // JSON is YAML: the stand-in's quotes need no YAML escaping this way.
+        serde_json::json!({"all": {
+            "vars": {"user": "admin", "bootstrap_user": "root", "identity": test_key(),
+                     "agent_command": GATEWAY_STANDIN},
+            "hosts": {"vm2": {"address": addr("vm2")}}}})
+        .to_string(),
     )
     .unwrap();
     let apply = rampart(dir.path())
