@@ -774,8 +774,9 @@ struct TunnelArgs {
     /// Record the key of a host not yet in known_hosts (hashed) instead of refusing it.
     #[arg(long)]
     accept_new: bool,
-    /// Seconds to connect, exchange keys and log in.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    /// Seconds to connect, exchange keys and log in (1 to 3600).
+    #[arg(long, default_value_t = 10, value_name = "SECS",
+          value_parser = in_range::<u64>(1, 3600))]
     connect_timeout: u64,
 }
 
