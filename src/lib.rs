@@ -23,6 +23,7 @@ pub mod report;
 pub mod resource;
 pub mod schedule;
 pub mod secrets;
+pub mod summary;
 pub mod template;
 pub mod transport;
 pub mod tunnel;

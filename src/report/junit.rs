@@ -21,9 +21,9 @@ use std::io::{self, Write};
 
 use similar::TextDiff;
 
-use crate::engine::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
-use crate::fleet::FleetSummary;
 use crate::inspect::{Check, CheckStatus, Finding};
+use crate::summary::FleetSummary;
+use crate::summary::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
 
 /// A testcase's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
