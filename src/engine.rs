@@ -2,9 +2,13 @@
 //! remote script (with the facts), diffs locally, applies what differs in ONE more script
 //! (under a remote lock, handlers after), and verifies with a final probe.
 //!
-//! Owns the scripts' framing and the verdict of each step. It never prints and never reads
-//! the terminal: it returns a [`HostReport`]. Running many hosts, and the rule that nothing
-//! is applied anywhere while any host's input is bad, belong to `fleet`.
+//! This file owns the scripts (probe, apply, lock, midway confirmation) and the verdict of
+//! each step; [`host`] runs one host's whole sequence over any session a
+//! [`crate::connector::Connector`] opens. It never prints and never reads the terminal: it
+//! emits [`crate::event::HostEvent`]s and returns a [`HostReport`]. Running many hosts, and
+//! the rule that nothing is applied anywhere while any host's input is bad, belong to `fleet`.
+
+pub mod host;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -4,13 +4,16 @@
 //! `facts` learns what they are; `fleet` runs many hosts at once. See DESIGN.md.
 
 pub mod cli;
+pub mod connector;
 pub mod engine;
+pub mod event;
 pub mod exit;
 pub mod facts;
 pub mod fleet;
 pub mod glob;
 #[cfg(test)]
 mod hostile_output;
+pub mod hostvars;
 pub mod inspect;
 pub mod inventory;
 #[cfg(test)]
