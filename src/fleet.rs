@@ -436,4 +436,104 @@ mod tests {
             "{e}"
         );
     }
+
+    fn run_of(inventory: Inventory, hosts: Vec<Host>, playbook: Playbook, apply: bool) -> Run {
+        let dir = std::env::temp_dir();
+        Run {
+            progress: crate::progress::Progress::new(hosts.len(), true),
+            inventory,
+            hosts,
+            playbook,
+            templates: Templates::new(vec![]),
+            secrets: Secrets::default(),
+            options: ConnectOptions::new(
+                dir.join("no-known-hosts"),
+                false,
+                std::time::Duration::from_secs(1),
+            ),
+            settings: crate::testkit::settings(apply, &crate::testkit::run_id("fleet")),
+            forks: 4,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_hosts_bad_input_means_nothing_is_applied_on_any_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        // `b` has no `dir`: its step cannot render (undefined variables are errors).
+        let (inventory, hosts, book) = crate::testkit::load(
+            dir.path(),
+            &format!("all:\n  hosts:\n    a:\n      dir: '{d}'\n    b: {{}}\n"),
+            "steps:\n  - command: {run: 'touch {{ dir }}/{{ inventory_hostname }}', creates: '{{ dir }}/{{ inventory_hostname }}'}\n",
+        );
+        let connector = Arc::new(crate::testkit::LocalConnector::new(dir.path()));
+        let events = Arc::new(crate::event::Recorded::default());
+        let summary = run_playbook_with(
+            Arc::new(run_of(inventory, hosts, book, true)),
+            connector.clone(),
+            events.clone(),
+        )
+        .await;
+        assert_eq!(
+            summary.aborted.as_deref(),
+            Some("bad input for b: nothing was applied on any host")
+        );
+        let a = &summary.hosts[0];
+        let b = &summary.hosts[1];
+        assert_eq!((a.name.as_str(), b.name.as_str()), ("a", "b"));
+        // `a` was probed (it differs) and left alone.
+        assert_eq!(a.status, HostStatus::Differs, "{a:?}");
+        assert!(!dir.path().join("a").exists());
+        assert!(!events.of("a").contains(&HostEvent::Applying));
+        // `b` failed on its input before any connection.
+        assert_eq!(b.status, HostStatus::Failed);
+        assert_eq!(b.hint.as_deref(), Some(host::INPUT_HINT));
+        assert!(
+            b.error.as_deref().is_some_and(|e| e.contains("dir")),
+            "{b:?}"
+        );
+        assert_eq!(connector.calls("b"), 0);
+        assert_eq!(connector.calls("a"), 1);
+        assert_eq!(summary.outcome(), crate::exit::Outcome::Failed);
+    }
+
+    #[tokio::test]
+    async fn with_good_input_every_host_is_applied_and_plan_applies_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let load = || {
+            crate::testkit::load(
+                dir.path(),
+                &format!("all:\n  vars:\n    dir: '{d}'\n  hosts:\n    a: {{}}\n    b: {{}}\n"),
+                "steps:\n  - command: {run: 'touch {{ dir }}/{{ inventory_hostname }}', creates: '{{ dir }}/{{ inventory_hostname }}'}\n",
+            )
+        };
+        let (inventory, hosts, book) = load();
+        let connector = Arc::new(crate::testkit::LocalConnector::new(dir.path()));
+        let events: Arc<dyn EventSink> = Arc::new(crate::event::NoEvents);
+        let plan = run_of(inventory, hosts, book, false);
+        let summary = run_playbook_with(Arc::new(plan), connector.clone(), events.clone()).await;
+        assert_eq!(summary.mode, "plan");
+        assert!(
+            summary
+                .hosts
+                .iter()
+                .all(|h| h.status == HostStatus::Differs)
+        );
+        assert_eq!(summary.outcome(), crate::exit::Outcome::Differs);
+        assert!(!dir.path().join("a").exists() && !dir.path().join("b").exists());
+        let (inventory, hosts, book) = load();
+        let apply = run_of(inventory, hosts, book, true);
+        let summary = run_playbook_with(Arc::new(apply), connector, events).await;
+        assert!(summary.aborted.is_none());
+        assert!(
+            summary
+                .hosts
+                .iter()
+                .all(|h| h.status == HostStatus::Changed),
+            "{summary:?}"
+        );
+        assert_eq!(summary.outcome(), crate::exit::Outcome::Ok);
+        assert!(dir.path().join("a").exists() && dir.path().join("b").exists());
+    }
 }

@@ -28,6 +28,8 @@ pub mod schedule;
 pub mod secrets;
 pub mod summary;
 pub mod template;
+#[cfg(test)]
+mod testkit;
 pub mod transport;
 pub mod tunnel;
 pub mod untrusted;

@@ -241,3 +241,55 @@ impl FleetSummary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Outcome;
+
+    fn host(name: &str, status: HostStatus) -> HostReport {
+        let mut h = HostReport::new(&crate::testkit::host(name));
+        h.status = status;
+        h
+    }
+
+    fn summary(hosts: Vec<HostReport>) -> FleetSummary {
+        FleetSummary {
+            schema_version: SCHEMA_VERSION,
+            run_id: "r".into(),
+            mode: "apply",
+            started: 0,
+            seconds: 0.0,
+            hosts,
+            aborted: None,
+        }
+    }
+
+    #[test]
+    fn the_outcome_is_the_worst_host_fate() {
+        use HostStatus::*;
+        let of = |statuses: &[HostStatus]| {
+            summary(
+                statuses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| host(&format!("h{i}"), *s))
+                    .collect(),
+            )
+            .outcome()
+        };
+        assert_eq!(of(&[]), Outcome::Ok);
+        assert_eq!(of(&[InLine, Changed]), Outcome::Ok);
+        assert_eq!(of(&[InLine, Differs, Changed]), Outcome::Differs);
+        assert_eq!(of(&[Differs, Failed]), Outcome::Failed);
+        assert_eq!(of(&[InLine, Unreachable]), Outcome::Failed);
+    }
+
+    #[test]
+    fn an_aborted_run_failed_even_where_every_host_is_in_line() {
+        let mut s = summary(vec![host("a", HostStatus::InLine)]);
+        assert_eq!(s.outcome(), Outcome::Ok);
+        s.aborted = Some("bad input for b: nothing was applied on any host".into());
+        assert_eq!(s.outcome(), Outcome::Failed);
+    }
+}

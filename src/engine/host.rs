@@ -866,3 +866,231 @@ fn record_verify(report: &mut HostReport, verdicts: &[Option<Result<Verdict, Str
     }
     failed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::event::Recorded;
+    use crate::testkit::{self, LocalConnector};
+
+    /// Probes and (when `apply`) applies `playbook` on the one host `h1`, a local shell whose
+    /// state is under `dir`.
+    async fn run_host(
+        dir: &Path,
+        connector: &LocalConnector,
+        events: &Recorded,
+        playbook: &str,
+        run_id: &str,
+    ) -> HostReport {
+        let (inventory, hosts, book) = testkit::load(dir, "all:\n  hosts:\n    h1: {}\n", playbook);
+        let settings = testkit::settings(true, run_id);
+        let templates = Templates::new(vec![]);
+        let secrets = Secrets::default();
+        let job = HostJob {
+            inventory: &inventory,
+            playbook: &book,
+            templates: &templates,
+            secrets: &secrets,
+            settings: &settings,
+            connector,
+            events,
+        };
+        let probed = probe_host(&job, hosts[0].clone(), Known::nothing()).await;
+        assert_eq!(
+            probed.report().status,
+            HostStatus::Differs,
+            "{:?}",
+            probed.report()
+        );
+        apply_host(&job, probed).await
+    }
+
+    fn status(report: &HostReport, i: usize) -> &StepStatus {
+        &report.steps[i].status
+    }
+
+    #[tokio::test]
+    async fn only_the_handlers_a_changing_step_notifies_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let book = format!(
+            "steps:\n  - command: {{run: 'touch {d}/a', creates: '{d}/a'}}\n    notify: changed\n  - command: {{run: 'true', creates: '{d}'}}\n    notify: untouched\nhandlers:\n  - name: changed\n    command: {{run: 'echo ran > {d}/changed'}}\n  - name: untouched\n    command: {{run: 'echo ran > {d}/untouched'}}\n"
+        );
+        let connector = LocalConnector::new(dir.path());
+        let events = Recorded::default();
+        let report = run_host(
+            dir.path(),
+            &connector,
+            &events,
+            &book,
+            &testkit::run_id("h"),
+        )
+        .await;
+        assert_eq!(report.status, HostStatus::Changed, "{report:?}");
+        assert_eq!(status(&report, 0), &StepStatus::Changed);
+        assert_eq!(status(&report, 1), &StepStatus::InLine);
+        let handlers: Vec<(&str, &StepStatus)> = report
+            .handlers
+            .iter()
+            .map(|h| (h.name.as_str(), &h.status))
+            .collect();
+        assert_eq!(handlers, [("changed", &StepStatus::Changed)]);
+        assert!(dir.path().join("changed").exists());
+        assert!(!dir.path().join("untouched").exists());
+        // One connection: probe, apply and verify over it; no confirmation (nothing risky).
+        assert_eq!(connector.calls("h1"), 1);
+        assert_eq!(report.stats.round_trips, 3);
+        assert_eq!(
+            events.of("h1"),
+            [
+                HostEvent::Started,
+                HostEvent::Connecting,
+                HostEvent::Probing,
+                HostEvent::Probed {
+                    status: HostStatus::Differs,
+                    applies: true
+                },
+                HostEvent::Applying,
+                HostEvent::StepApplied {
+                    index: 0,
+                    handler: false,
+                    status: StepStatus::Changed
+                },
+                HostEvent::StepApplied {
+                    index: 0,
+                    handler: true,
+                    status: StepStatus::Changed
+                },
+                HostEvent::Verified { in_line: true },
+                HostEvent::Finished {
+                    status: HostStatus::Changed
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_step_that_still_differs_after_its_apply_is_not_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        // The command "succeeds" but never makes what it claims to.
+        let book = format!("steps:\n  - command: {{run: 'true', creates: '{d}/never'}}\n");
+        let connector = LocalConnector::new(dir.path());
+        let events = Recorded::default();
+        let report = run_host(
+            dir.path(),
+            &connector,
+            &events,
+            &book,
+            &testkit::run_id("n"),
+        )
+        .await;
+        assert_eq!(report.status, HostStatus::Failed);
+        assert_eq!(
+            report.error.as_deref(),
+            Some("a step still differs after its apply")
+        );
+        match status(&report, 0) {
+            StepStatus::Failed(text) => assert!(
+                text.starts_with("not idempotent: still differs after apply ("),
+                "{text}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            events
+                .of("h1")
+                .contains(&HostEvent::Verified { in_line: false })
+        );
+    }
+
+    /// A risky file step (its old content `old`), then a plain one.
+    fn risky_book(d: &str) -> String {
+        std::fs::write(format!("{d}/a"), "old\n").unwrap();
+        format!(
+            "steps:\n  - file: {{path: '{d}/a', content: \"new\\n\"}}\n    risky: true\n  - command: {{run: 'touch {d}/b', creates: '{d}/b'}}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_risky_change_is_confirmed_over_a_new_connection_and_verified_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let book = risky_book(&d);
+        let connector = LocalConnector::new(dir.path());
+        let events = Recorded::default();
+        let run_id = testkit::run_id("c");
+        let report = run_host(dir.path(), &connector, &events, &book, &run_id).await;
+        assert_eq!(report.status, HostStatus::Changed, "{report:?}");
+        assert_eq!(status(&report, 0), &StepStatus::Changed);
+        assert_eq!(status(&report, 1), &StepStatus::Changed);
+        assert_eq!(std::fs::read_to_string(format!("{d}/a")).unwrap(), "new\n");
+        // The confirmation removed the run's switches: nothing is left to restore.
+        assert!(!testkit::deadman_dir(dir.path(), "h1", &run_id).exists());
+        // The probe's connection, and the confirming one.
+        assert_eq!(connector.calls("h1"), 2);
+        let seen = events.of("h1");
+        assert!(
+            seen.contains(&HostEvent::Confirmed { step: Some(0) }),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&HostEvent::Verified { in_line: true }),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_confirmation_rolls_back_and_says_whether_access_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let book = risky_book(&d);
+        // The confirming connection (the host's second) is refused; later ones are not.
+        let connector = LocalConnector::refusing(dir.path(), |_, n| n == 1);
+        let events = Recorded::default();
+        let report = run_host(
+            dir.path(),
+            &connector,
+            &events,
+            &book,
+            &testkit::run_id("r"),
+        )
+        .await;
+        assert_eq!(report.status, HostStatus::Failed);
+        assert!(
+            report
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("rolled back: lost access after a risky change")),
+            "{report:?}"
+        );
+        match status(&report, 0) {
+            StepStatus::Failed(text) => {
+                assert!(text.starts_with("rolled back: lost access: "), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The step after the rolled back change never ran.
+        assert_eq!(status(&report, 1), &StepStatus::NotRun);
+        assert!(!dir.path().join("b").exists());
+        assert_eq!(std::fs::read_to_string(format!("{d}/a")).unwrap(), "old\n");
+        assert_eq!(
+            report.note.as_deref(),
+            Some("the host restored the previous state; access is back")
+        );
+        let seen = events.of("h1");
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, HostEvent::ConfirmationLost { .. })),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, HostEvent::RolledBack { .. })),
+            "{seen:?}"
+        );
+        assert!(!seen.iter().any(|e| matches!(e, HostEvent::Verified { .. })));
+    }
+}
