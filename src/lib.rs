@@ -1,7 +1,8 @@
 //! rampart: a declarative hardening provisioner and fleet controller over SSH.
 //!
 //! `cli` parses arguments and prints; `inventory` reads hosts; `transport` reaches them;
-//! `facts` learns what they are; `fleet` runs many hosts at once. See DESIGN.md.
+//! `facts` learns what they are; `engine` runs one host, `fleet` dispatches many; `summary` is
+//! what reports render. See docs/design.md, "Layout".
 
 pub mod cli;
 pub mod connector;
