@@ -162,39 +162,16 @@ async fn probe_into<C: Connector>(
         }
     };
     job.events.event(&p.host.name, HostEvent::Connecting);
-    let connection = match known.connection {
-        Some(c) => c,
-        None => job.connector.connect(&p.host).await,
+    connect(job, p, known.connection).await;
+    let Some(session) = &p.session else {
+        return;
     };
-    let connected = match connection {
-        Ok(c) => c,
-        Err(e) => {
-            let status = if e.kind() == "unreachable" {
-                HostStatus::Unreachable
-            } else {
-                HostStatus::Failed
-            };
-            return p.report.fail(status, e.to_string(), e.hint());
-        }
-    };
-    p.report.login = Some(connected.login.clone());
-    // root needs no sudo: the bootstrap login of a fresh host is usually root.
-    p.become_root = p.become_root && connected.login != "root";
-    p.report.note = connected.note;
-    let session = p.session.insert(connected.session);
     let (steps, handlers) = match rendered {
         Some(r) => r,
         // The steps use facts: one more round trip, for this host only.
-        None => match super::probe(session, p.become_root, &[], job.settings.timeout).await {
-            Ok((facts, _)) => match render(job, &vars, Some(&facts)) {
-                Ok(r) => r,
-                Err(e) => {
-                    return p
-                        .report
-                        .fail(HostStatus::Failed, e.message, Some(INPUT_HINT.into()));
-                }
-            },
-            Err(e) => return p.report.fail(HostStatus::Failed, e, None),
+        None => match render_with_facts(job, session, p.become_root, &vars).await {
+            Ok(r) => r,
+            Err((error, hint)) => return p.report.fail(HostStatus::Failed, error, hint),
         },
     };
     let scan = match scan_for(job.settings, &vars, &steps) {
@@ -226,6 +203,49 @@ async fn probe_into<C: Connector>(
     }
     p.steps = steps;
     p.handlers = handlers;
+}
+
+/// Sets the host's session: the connection the fleet opened, else a new one. On failure the
+/// report says why and there is none.
+async fn connect<C: Connector>(
+    job: &HostJob<'_, C>,
+    p: &mut Probed<C::Session>,
+    given: Option<Result<Connected<C::Session>, ConnectError>>,
+) {
+    let connection = match given {
+        Some(c) => c,
+        None => job.connector.connect(&p.host).await,
+    };
+    let connected = match connection {
+        Ok(c) => c,
+        Err(e) => {
+            let status = if e.kind() == "unreachable" {
+                HostStatus::Unreachable
+            } else {
+                HostStatus::Failed
+            };
+            return p.report.fail(status, e.to_string(), e.hint());
+        }
+    };
+    p.report.login = Some(connected.login.clone());
+    // root needs no sudo: the bootstrap login of a fresh host is usually root.
+    p.become_root = p.become_root && connected.login != "root";
+    p.report.note = connected.note;
+    p.session = Some(connected.session);
+}
+
+/// Renders with the host's facts, probed first; the error and its hint otherwise (bad input
+/// when the facts are there and the render still fails).
+async fn render_with_facts<C: Connector>(
+    job: &HostJob<'_, C>,
+    session: &C::Session,
+    become_root: bool,
+    vars: &Map<String, Value>,
+) -> Result<Rendered, (String, Option<String>)> {
+    let (facts, _) = super::probe(session, become_root, &[], job.settings.timeout)
+        .await
+        .map_err(|e| (e, None))?;
+    render(job, vars, Some(&facts)).map_err(|e| (e.message, Some(INPUT_HINT.into())))
 }
 
 /// The playbook's steps and handlers for this host.
@@ -396,6 +416,14 @@ fn is_risky(step: &HostStep) -> bool {
     step.risky || matches!(&step.work, StepWork::Run(r) if r.risky())
 }
 
+/// Whether a risky step is to change.
+fn risky_change<S>(p: &Probed<S>) -> bool {
+    p.steps
+        .iter()
+        .zip(&p.verdicts)
+        .any(|(s, v)| is_risky(s) && v.as_ref().is_some_and(|v| !v.is_in_line()))
+}
+
 /// A confirming connection and whether it uses sudo, or why there is none.
 type Confirmation<S> = Result<(S, bool), String>;
 
@@ -470,40 +498,14 @@ async fn apply_watched<C: Connector>(
     MidwayOutcome<C::Session>,
 ) {
     let run_handler = notified_handlers(&p.steps, &p.verdicts, &p.handlers);
-    let any_risky = p
-        .steps
-        .iter()
-        .zip(&p.verdicts)
-        .any(|(s, v)| is_risky(s) && v.as_ref().is_some_and(|v| !v.is_in_line()));
-    let (seen, mut watched) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let any_risky = risky_change(p);
+    let (seen, watched) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let nonce = super::nonce();
     let midway = any_risky.then(|| Midway {
         nonce: nonce.clone(),
         seen,
     });
-    let watcher = async {
-        // (step, what the confirmation said) for each risky step, in order.
-        let mut confirmations: Vec<(usize, Confirmation<C::Session>)> = Vec::new();
-        let mut line = Vec::new();
-        while let Some(chunk) = watched.recv().await {
-            for byte in chunk {
-                if byte != b'\n' {
-                    // A marker is short: a longer line is step output, not kept whole.
-                    if line.len() < 256 {
-                        line.push(byte);
-                    }
-                    continue;
-                }
-                let text = String::from_utf8_lossy(&line).into_owned();
-                line.clear();
-                if let Some(i) = super::armed_step(&nonce, &text) {
-                    let result = confirm(job, &p.host, ctx).await;
-                    confirmations.push((i, result));
-                }
-            }
-        }
-        confirmations
-    };
+    let watcher = confirm_at_markers(job, &p.host, ctx, &nonce, watched);
     let applying = super::apply_with(
         session,
         p.become_root,
@@ -518,7 +520,47 @@ async fn apply_watched<C: Connector>(
         midway,
     );
     let (applied, confirmations) = tokio::join!(applying, watcher);
-    // The last good confirmation's connection serves the verify; a lost one decides the host.
+    let outcome = settle(job, &p.host, confirmations).await;
+    (applied, outcome)
+}
+
+/// Reads the apply script's stdout as it comes and confirms at each `armed` marker, while the
+/// script waits. What each confirmation said, per risky step, in order.
+async fn confirm_at_markers<C: Connector>(
+    job: &HostJob<'_, C>,
+    host: &Host,
+    ctx: &ApplyContext,
+    nonce: &str,
+    mut watched: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) -> Vec<(usize, Confirmation<C::Session>)> {
+    let mut confirmations = Vec::new();
+    let mut line = Vec::new();
+    while let Some(chunk) = watched.recv().await {
+        for byte in chunk {
+            if byte != b'\n' {
+                // A marker is short: a longer line is step output, not kept whole.
+                if line.len() < 256 {
+                    line.push(byte);
+                }
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            line.clear();
+            if let Some(i) = super::armed_step(nonce, &text) {
+                let result = confirm(job, host, ctx).await;
+                confirmations.push((i, result));
+            }
+        }
+    }
+    confirmations
+}
+
+/// The last good confirmation's connection serves the verify; a lost one decides the host.
+async fn settle<C: Connector>(
+    job: &HostJob<'_, C>,
+    host: &Host,
+    confirmations: Vec<(usize, Confirmation<C::Session>)>,
+) -> MidwayOutcome<C::Session> {
     let mut outcome = MidwayOutcome {
         fresh: None,
         lost: None,
@@ -528,7 +570,7 @@ async fn apply_watched<C: Connector>(
         match result {
             Ok(fresh) => {
                 job.events
-                    .event(&p.host.name, HostEvent::Confirmed { step: Some(i) });
+                    .event(&host.name, HostEvent::Confirmed { step: Some(i) });
                 if let Some((old, _)) = outcome.fresh.replace(fresh) {
                     job.connector.close(old).await;
                 }
@@ -541,7 +583,7 @@ async fn apply_watched<C: Connector>(
             }
         }
     }
-    (applied, outcome)
+    outcome
 }
 
 /// The apply's own connection failed (a firewall change can do that): a risky step that was
@@ -557,11 +599,7 @@ async fn apply_lost<C: Connector>(
     if let Some((fresh, _)) = midway.fresh {
         job.connector.close(fresh).await;
     }
-    let any_risky = p
-        .steps
-        .iter()
-        .zip(&p.verdicts)
-        .any(|(s, v)| is_risky(s) && v.as_ref().is_some_and(|v| !v.is_in_line()));
+    let any_risky = risky_change(p);
     let lost = match midway.lost {
         Some((_, lost)) => lost,
         None if any_risky => match confirm(job, &p.host, ctx).await {
