@@ -536,4 +536,83 @@ mod tests {
         assert_eq!(summary.outcome(), crate::exit::Outcome::Ok);
         assert!(dir.path().join("a").exists() && dir.path().join("b").exists());
     }
+
+    fn wireguard_host(name: &str, status: HostStatus, step: StepStatus, field: &str) -> HostReport {
+        let mut h = HostReport::new(&crate::testkit::host(name));
+        h.status = status;
+        h.steps.push(crate::summary::StepReport {
+            name: "wg".into(),
+            resource: Some("wireguard wg0".into()),
+            location: "p.yaml:2:5".into(),
+            status: step,
+            action: Some("modify".into()),
+            changes: vec![crate::summary::ChangeReport {
+                field: field.into(),
+                before: None,
+                after: Some("(new key)".into()),
+            }],
+            note: None,
+        });
+        h
+    }
+
+    fn summary_of(hosts: Vec<HostReport>) -> FleetSummary {
+        FleetSummary {
+            schema_version: SCHEMA_VERSION,
+            run_id: "r".into(),
+            mode: "apply",
+            started: 0,
+            seconds: 0.0,
+            hosts,
+            aborted: None,
+        }
+    }
+
+    #[test]
+    fn a_new_wireguard_key_asks_for_a_second_pass_that_keeps_the_first_changes() {
+        let changed = |name| {
+            wireguard_host(
+                name,
+                HostStatus::Changed,
+                StepStatus::Changed,
+                "private key",
+            )
+        };
+        let first = summary_of(vec![
+            changed("hub"),
+            wireguard_host(
+                "spoke",
+                HostStatus::InLine,
+                StepStatus::InLine,
+                "private key",
+            ),
+        ]);
+        assert!(made_wireguard_keys(&first));
+        // A key that did not change, or a peer list that did, asks for nothing more.
+        assert!(!made_wireguard_keys(&summary_of(vec![wireguard_host(
+            "hub",
+            HostStatus::InLine,
+            StepStatus::InLine,
+            "private key"
+        )])));
+        assert!(!made_wireguard_keys(&summary_of(vec![wireguard_host(
+            "hub",
+            HostStatus::Changed,
+            StepStatus::Changed,
+            "peers"
+        )])));
+        // The second pass finds the hub in line (its key was made before) and changes the
+        // spoke (the hub's new key): both changed in this run.
+        let second = summary_of(vec![
+            wireguard_host("hub", HostStatus::InLine, StepStatus::InLine, "peers"),
+            changed("spoke"),
+        ]);
+        let merged = second_pass(first, second);
+        assert_eq!(merged.hosts[0].status, HostStatus::Changed);
+        assert_eq!(merged.hosts[1].status, HostStatus::Changed);
+        assert_eq!(
+            merged.hosts[0].note.as_deref(),
+            Some("second pass: peers' new WireGuard keys")
+        );
+    }
 }
