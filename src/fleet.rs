@@ -283,31 +283,7 @@ async fn run_once<C: Connector + 'static>(
     fleet: Option<Arc<FleetFacts<C::Session>>>,
 ) -> FleetSummary {
     let run = &pass.run;
-    let probe_panicked = |host: &Host, message: String| {
-        let report = panicked(host, &message);
-        pass.events.event(
-            &host.name,
-            HostEvent::Probed {
-                status: report.status,
-                applies: false,
-            },
-        );
-        Probed::lost(host, report)
-    };
-    let probed = for_each_host_or(&run.hosts, run.forks, probe_panicked, |host| {
-        let run = run.clone();
-        let fleet = fleet.clone();
-        let connector = pass.connector.clone();
-        let events = pass.events.clone();
-        async move {
-            let known = match &fleet {
-                Some(f) => f.known(&host.name),
-                None => Known::nothing(),
-            };
-            host::probe_host(&run.job(&*connector, &*events), host, known).await
-        }
-    })
-    .await;
+    let probed = probe_all(pass, fleet).await;
     let summary = |hosts, aborted| FleetSummary {
         schema_version: SCHEMA_VERSION,
         run_id: run.settings.run_id.clone(),
@@ -338,13 +314,57 @@ async fn run_once<C: Connector + 'static>(
         return summary(hosts, aborted);
     }
 
+    let reports = apply_all(pass, probed).await;
+    pass.events.pass_finished();
+    summary(reports, None)
+}
+
+/// Every host probed, at most `forks` at once.
+async fn probe_all<C: Connector + 'static>(
+    pass: &Pass<C>,
+    fleet: Option<Arc<FleetFacts<C::Session>>>,
+) -> Vec<Probed<C::Session>> {
+    let run = &pass.run;
+    let probe_panicked = |host: &Host, message: String| {
+        let report = panicked(host, &message);
+        pass.events.event(
+            &host.name,
+            HostEvent::Probed {
+                status: report.status,
+                applies: false,
+            },
+        );
+        Probed::lost(host, report)
+    };
+    for_each_host_or(&run.hosts, run.forks, probe_panicked, |host| {
+        let run = run.clone();
+        let fleet = fleet.clone();
+        let connector = pass.connector.clone();
+        let events = pass.events.clone();
+        async move {
+            let known = match &fleet {
+                Some(f) => f.known(&host.name),
+                None => Known::nothing(),
+            };
+            host::probe_host(&run.job(&*connector, &*events), host, known).await
+        }
+    })
+    .await
+}
+
+/// Every probed host applied (those that differ), at most `forks` at once.
+async fn apply_all<C: Connector + 'static>(
+    pass: &Pass<C>,
+    probed: Vec<Probed<C::Session>>,
+) -> Vec<HostReport> {
+    let run = &pass.run;
     let slots: Vec<Slot<C::Session>> = probed
         .into_iter()
         .map(|p| Arc::new(tokio::sync::Mutex::new(Some(p))))
         .collect();
     let slots = Arc::new(slots);
     let apply_panicked = |host: &Host, message: String| panicked(host, &message);
-    let reports = for_each_host_or(&run.hosts, run.forks, apply_panicked, |host| {
+    for_each_host_or(&run.hosts, run.forks, apply_panicked, |host| {
         let run = run.clone();
         let slots = slots.clone();
         let connector = pass.connector.clone();
@@ -359,9 +379,7 @@ async fn run_once<C: Connector + 'static>(
             host::apply_host(&run.job(&*connector, &*events), probed).await
         }
     })
-    .await;
-    pass.events.pass_finished();
-    summary(reports, None)
+    .await
 }
 
 #[cfg(test)]
