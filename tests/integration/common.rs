@@ -223,3 +223,11 @@ do_GET=lambda s:R(s,200 if s.path=='/health' else 404 if ok(s) else 401),\
 do_POST=lambda s:R(s,400 if ok(s) else 401),log_message=lambda *a:None));\
 h.ThreadingHTTPServer(('127.0.0.1' if g['bind']=='loopback' else '0.0.0.0',g['port']),H)\
 .serve_forever()\"";
+
+pub use rampart::exit::Outcome;
+
+/// The exit status the binary ends with for `outcome`, as `ExitStatus::code` reports it:
+/// tests compare against this, never against a bare number.
+pub fn exit_code(outcome: Outcome) -> Option<i32> {
+    Some(outcome.code().into())
+}
