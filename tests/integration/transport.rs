@@ -148,8 +148,10 @@ fn a_changed_host_key_is_refused_naming_both_fingerprints() {
         .output()
         .unwrap();
     assert!(
-        stdout(&text)
-            .contains("hint: if 10.203.0.104 was rebuilt, remove the old key with `ssh-keygen -R"),
+        stdout(&text).contains(&format!(
+            "hint: if {} was rebuilt, remove the old key with `ssh-keygen -R",
+            addr("h4")
+        )),
         "{}",
         stdout(&text)
     );
