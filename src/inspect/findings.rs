@@ -8,22 +8,6 @@ use serde_json::Value;
 use super::scan::{Listener, Observations, ScanParams, clean};
 use super::{Finding, Severity};
 
-fn finding(
-    id: &str,
-    severity: Severity,
-    subject: String,
-    title: &str,
-    evidence: Vec<String>,
-) -> Finding {
-    Finding {
-        id: id.into(),
-        severity,
-        subject,
-        title: title.into(),
-        evidence,
-    }
-}
-
 /// Listeners on an address other than loopback.
 pub fn public_listeners(obs: &Observations) -> impl Iterator<Item = &Listener> {
     obs.listeners.iter().filter(|l| !l.addr.is_loopback())
@@ -37,262 +21,414 @@ fn listener_evidence(l: &Listener) -> String {
     }
 }
 
-/// Every finding on one host, most severe first.
-pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
-    let mut out = Vec::new();
+/// One finding's subject and evidence; the table gives its id, severity and title.
+pub type Hit = (String, Vec<String>);
 
-    for l in public_listeners(obs) {
-        let allowed = match l.proto {
-            "tcp" => &params.allowed_tcp,
-            _ => &params.allowed_udp,
-        };
-        if params.agent_port == Some(l.port) && l.proto == "tcp" {
-            out.push(finding(
-                "listener.agent_port",
-                Severity::Critical,
-                format!("{} {}", l.proto, l.endpoint()),
-                "the agent gateway's port listens on an address other than loopback",
-                vec![listener_evidence(l)],
-            ));
-        } else if !allowed.contains(&l.port) {
-            out.push(finding(
-                "listener.unexpected",
-                Severity::High,
-                format!("{} {}", l.proto, l.endpoint()),
-                "a port the inventory does not allow listens on an address other than loopback",
-                vec![
-                    listener_evidence(l),
-                    format!(
-                        "allowed {}: {} (listen_allow_{} adds more)",
-                        l.proto,
-                        join_ports(allowed),
-                        l.proto
-                    ),
-                ],
-            ));
+/// What every finding function looks at: the scan and the host's parameters, with the
+/// agent's config and live state read once for all of them.
+pub struct Seen<'a> {
+    pub obs: &'a Observations,
+    pub params: &'a ScanParams,
+    /// The agent's config as the scan read it (`None`: missing or not JSON).
+    pub config: Option<AgentConfig>,
+    /// The live look at the agent (`None`: the playbook has no agent).
+    pub agent: Option<AgentState>,
+}
+
+impl<'a> Seen<'a> {
+    pub fn new(obs: &'a Observations, params: &'a ScanParams) -> Self {
+        Seen {
+            obs,
+            params,
+            config: AgentConfig::read(obs),
+            agent: agent_state(obs, params),
         }
     }
+}
 
-    for (name, uid, home, shell) in &obs.users {
-        if *uid == 0 && name != "root" {
-            out.push(finding(
-                "user.uid0",
-                Severity::Critical,
+/// One kind of finding: its stable id, how bad it is, its sentence for people, and the
+/// function that finds each instance (subject and evidence).
+pub struct FindingDef {
+    pub id: &'static str,
+    pub severity: Severity,
+    pub title: &'static str,
+    pub find: fn(&Seen) -> Vec<Hit>,
+}
+
+const fn def(
+    id: &'static str,
+    severity: Severity,
+    title: &'static str,
+    find: fn(&Seen) -> Vec<Hit>,
+) -> FindingDef {
+    FindingDef {
+        id,
+        severity,
+        title,
+        find,
+    }
+}
+
+use Severity::{Critical, High, Medium};
+
+/// Every kind of unmanaged drift. A new one is one function below and one line here. Two
+/// entries share `agent.auth`: the config sets no authentication, or the live gateway takes
+/// requests without the token.
+#[rustfmt::skip]
+pub const FINDINGS: &[FindingDef] = &[
+    def("listener.agent_port", Critical, "the agent gateway's port listens on an address other than loopback", agent_port_listeners),
+    def("listener.unexpected", High, "a port the inventory does not allow listens on an address other than loopback", unexpected_listeners),
+    def("user.uid0", Critical, "an account other than root has uid 0", uid0_users),
+    def("sudo.member", High, "an account the inventory does not name may use sudo", sudo_members),
+    def("ssh.unknown_key", High, "an authorized SSH key the inventory does not know", unknown_keys),
+    def("ssh.malformed_key", Medium, "an authorized_keys line sshd cannot use (junk or damaged key data)", malformed_keys),
+    def("scan.file_too_large", Medium, "a file is larger than the scan reads: only its beginning was looked at", truncated_files),
+    def("fs.odd_name", Medium, "names with a newline in the agent's folders: the scan does not read them", odd_names),
+    def("secret.plaintext", Critical, "a secret-looking string in a file, outside the env file", plaintext_secrets),
+    def("secret.readable", High, "a secrets file is readable by its group or by everyone", readable_secrets),
+    def("skill.unpinned", Medium, "a skill the inventory does not pin", unpinned_skills),
+    def("agent.bind", Critical, "the agent's config binds the gateway off loopback", config_bind),
+    def("agent.auth", Critical, "the agent's gateway has no authentication", config_auth),
+    def("secret.in_config", High, "the agent's config holds a secret itself, not a ${VAR} reference", config_secrets),
+    def("fs.symlink", Critical, "a symbolic link planted where rampart writes as root: steps through it are refused", planted_links),
+    def("agent.down", Critical, "the agent gateway is not running, or does not answer", agent_down),
+    def("agent.auth", Critical, "the agent's gateway takes requests without the token", agent_open),
+    def("agent.token_refused", High, "the agent's gateway refuses the token of its env file", token_refused),
+    def("agent.unit_dropin", High, "a drop-in loosens the agent unit's sandbox", unit_dropins),
+];
+
+/// Every finding on one host, most severe first.
+pub fn findings(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
+    let seen = Seen::new(obs, params);
+    let mut out: Vec<Finding> = FINDINGS
+        .iter()
+        .flat_map(|d| {
+            (d.find)(&seen)
+                .into_iter()
+                .map(|(subject, evidence)| Finding {
+                    id: d.id.into(),
+                    severity: d.severity,
+                    subject,
+                    title: d.title.into(),
+                    evidence,
+                })
+        })
+        .collect();
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// A listener on the agent's port (tcp) off loopback.
+fn agent_port_listeners(s: &Seen) -> Vec<Hit> {
+    public_listeners(s.obs)
+        .filter(|l| s.params.agent_port == Some(l.port) && l.proto == "tcp")
+        .map(|l| {
+            (
+                format!("{} {}", l.proto, l.endpoint()),
+                vec![listener_evidence(l)],
+            )
+        })
+        .collect()
+}
+
+/// A listener off loopback on a port the inventory does not allow (the agent's port is
+/// `listener.agent_port`'s).
+fn unexpected_listeners(s: &Seen) -> Vec<Hit> {
+    let p = s.params;
+    public_listeners(s.obs)
+        .filter(|l| !(p.agent_port == Some(l.port) && l.proto == "tcp"))
+        .filter_map(|l| {
+            let allowed = match l.proto {
+                "tcp" => &p.allowed_tcp,
+                _ => &p.allowed_udp,
+            };
+            (!allowed.contains(&l.port)).then(|| {
+                (
+                    format!("{} {}", l.proto, l.endpoint()),
+                    vec![
+                        listener_evidence(l),
+                        format!(
+                            "allowed {}: {} (listen_allow_{} adds more)",
+                            l.proto,
+                            join_ports(allowed),
+                            l.proto
+                        ),
+                    ],
+                )
+            })
+        })
+        .collect()
+}
+
+/// An account other than root with uid 0.
+fn uid0_users(s: &Seen) -> Vec<Hit> {
+    s.obs
+        .users
+        .iter()
+        .filter(|(name, uid, _, _)| *uid == 0 && name != "root")
+        .map(|(name, _, home, shell)| {
+            (
                 format!("user {name}"),
-                "an account other than root has uid 0",
                 vec![format!(
                     "/etc/passwd: {name} uid 0, home {home}, shell {shell}"
                 )],
-            ));
-        }
-    }
+            )
+        })
+        .collect()
+}
 
-    for (group, members) in &obs.admin_groups {
+/// A member of sudo/wheel/admin that the inventory does not name (root aside).
+fn sudo_members(s: &Seen) -> Vec<Hit> {
+    let expected = if s.params.sudo_users.is_empty() {
+        "nobody".to_string()
+    } else {
+        s.params.sudo_users.join(", ")
+    };
+    let mut out = Vec::new();
+    for (group, members) in &s.obs.admin_groups {
         for m in members {
-            if !params.sudo_users.contains(m) && m != "root" {
-                out.push(finding(
-                    "sudo.member",
-                    Severity::High,
+            if !s.params.sudo_users.contains(m) && m != "root" {
+                out.push((
                     format!("{group}: {m}"),
-                    "an account the inventory does not name may use sudo",
                     vec![format!(
-                        "/etc/group: {m} is in {group}; expected: {} (sudo_allow adds more)",
-                        if params.sudo_users.is_empty() {
-                            "nobody".to_string()
-                        } else {
-                            params.sudo_users.join(", ")
-                        }
+                        "/etc/group: {m} is in {group}; expected: {expected} (sudo_allow adds more)"
                     )],
                 ));
             }
         }
     }
+    out
+}
 
-    if let Some(known) = &params.known_keys {
-        let blobs: BTreeSet<String> = known
-            .iter()
-            .filter_map(|k| super::scan::authorized_key(k))
-            .map(|k| k.blob)
-            .collect();
-        for k in &obs.keys {
-            if !blobs.contains(&k.blob) {
-                out.push(finding(
-                    "ssh.unknown_key",
-                    Severity::High,
-                    format!("{}:{}", k.file, k.line),
-                    "an authorized SSH key the inventory does not know",
-                    vec![format!(
-                        "{} may log in as {} with {} {}{}",
-                        k.file,
-                        k.user,
-                        k.key_type,
-                        short_blob(&k.blob),
-                        if k.comment.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", k.comment)
-                        }
-                    )],
-                ));
-            }
-        }
+/// An authorized key whose data none of the inventory's keys has (only when it names keys).
+fn unknown_keys(s: &Seen) -> Vec<Hit> {
+    let Some(known) = &s.params.known_keys else {
+        return Vec::new();
+    };
+    let blobs: BTreeSet<String> = known
+        .iter()
+        .filter_map(|k| super::scan::authorized_key(k))
+        .map(|k| k.blob)
+        .collect();
+    s.obs
+        .keys
+        .iter()
+        .filter(|k| !blobs.contains(&k.blob))
+        .map(|k| {
+            (
+                format!("{}:{}", k.file, k.line),
+                vec![format!(
+                    "{} may log in as {} with {} {}{}",
+                    k.file,
+                    k.user,
+                    k.key_type,
+                    short_blob(&k.blob),
+                    if k.comment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", k.comment)
+                    }
+                )],
+            )
+        })
+        .collect()
+}
+
+/// An authorized_keys line that is not a key.
+fn malformed_keys(s: &Seen) -> Vec<Hit> {
+    s.obs
+        .malformed_keys
+        .iter()
+        .map(|k| {
+            (
+                format!("{}:{}", k.file, k.line),
+                vec![format!(
+                    "{}:{} ({}): {}; the line starts {:?}",
+                    k.file, k.line, k.user, k.problem, k.start
+                )],
+            )
+        })
+        .collect()
+}
+
+/// A file the scan read only the beginning of.
+fn truncated_files(s: &Seen) -> Vec<Hit> {
+    s.obs
+        .truncated
+        .iter()
+        .map(|t| {
+            (
+                t.path.clone(),
+                vec![format!(
+                    "{} is {} bytes; the scan reads {} bytes of it (for {})",
+                    t.path,
+                    t.size,
+                    super::scan::FILE_LIMIT,
+                    t.section
+                )],
+            )
+        })
+        .collect()
+}
+
+/// Names with a newline in the agent's folders (left out of the secret search).
+fn odd_names(s: &Seen) -> Vec<Hit> {
+    if s.obs.odd_names == 0 {
+        return Vec::new();
     }
+    let folders = s.params.agent_folders.join(" ");
+    vec![(
+        folders.clone(),
+        vec![format!(
+            "{} file or folder names hold a newline (they could read as other names, so the \
+             secret search leaves them out); look at them by hand: \
+             find {folders} -name \"*$(printf '\\n')*\"",
+            s.obs.odd_names,
+        )],
+    )]
+}
 
-    for k in &obs.malformed_keys {
-        out.push(finding(
-            "ssh.malformed_key",
-            Severity::Medium,
-            format!("{}:{}", k.file, k.line),
-            "an authorized_keys line sshd cannot use (junk or damaged key data)",
-            vec![format!(
-                "{}:{} ({}): {}; the line starts {:?}",
-                k.file, k.line, k.user, k.problem, k.start
-            )],
-        ));
-    }
-
-    for t in &obs.truncated {
-        out.push(finding(
-            "scan.file_too_large",
-            Severity::Medium,
-            t.path.clone(),
-            "a file is larger than the scan reads: only its beginning was looked at",
-            vec![format!(
-                "{} is {} bytes; the scan reads {} bytes of it (for {})",
-                t.path,
-                t.size,
-                super::scan::FILE_LIMIT,
-                t.section
-            )],
-        ));
-    }
-
-    if obs.odd_names > 0 {
-        out.push(finding(
-            "fs.odd_name",
-            Severity::Medium,
-            params.agent_folders.join(" "),
-            "names with a newline in the agent's folders: the scan does not read them",
-            vec![format!(
-                "{} file or folder names hold a newline (they could read as other names, so the \
-                 secret search leaves them out); look at them by hand: \
-                 find {} -name \"*$(printf '\\n')*\"",
-                obs.odd_names,
-                params.agent_folders.join(" ")
-            )],
-        ));
-    }
-
-    for hit in &obs.secret_hits {
-        let existing = out
-            .iter_mut()
-            .find(|f| f.id == "secret.plaintext" && f.subject == hit.path);
+/// A secret-looking string outside the env files: one finding per file, a line per hit.
+fn plaintext_secrets(s: &Seen) -> Vec<Hit> {
+    let mut out: Vec<Hit> = Vec::new();
+    for hit in &s.obs.secret_hits {
         let line = format!("line {}: {}", hit.lines, hit.kind);
-        match existing {
-            Some(f) => f.evidence.push(line),
-            None => out.push(finding(
-                "secret.plaintext",
-                Severity::Critical,
-                hit.path.clone(),
-                "a secret-looking string in a file, outside the env file",
-                vec![line],
-            )),
+        match out.iter_mut().find(|(path, _)| *path == hit.path) {
+            Some((_, evidence)) => evidence.push(line),
+            None => out.push((hit.path.clone(), vec![line])),
         }
     }
+    out
+}
 
+/// A secrets file its group or everyone may read (each path once).
+fn readable_secrets(s: &Seen) -> Vec<Hit> {
     let mut seen = BTreeSet::new();
-    for m in obs.loose.iter().chain(&obs.modes) {
-        if m.mode & 0o044 != 0 && seen.insert(m.path.clone()) {
-            out.push(finding(
-                "secret.readable",
-                Severity::High,
-                m.path.clone(),
-                "a secrets file is readable by its group or by everyone",
-                vec![m.shown()],
-            ));
-        }
-    }
+    s.obs
+        .loose
+        .iter()
+        .chain(&s.obs.modes)
+        .filter(|m| m.mode & 0o044 != 0 && seen.insert(m.path.clone()))
+        .map(|m| (m.path.clone(), vec![m.shown()]))
+        .collect()
+}
 
-    for (folder, entries) in &obs.skills {
+/// An installed skill the inventory does not pin.
+fn unpinned_skills(s: &Seen) -> Vec<Hit> {
+    let pinned = if s.params.pinned_skills.is_empty() {
+        "none".to_string()
+    } else {
+        s.params.pinned_skills.join(", ")
+    };
+    let mut out = Vec::new();
+    for (folder, entries) in &s.obs.skills {
         for e in entries {
-            if !params.pinned_skills.contains(e) {
-                out.push(finding(
-                    "skill.unpinned",
-                    Severity::Medium,
+            if !s.params.pinned_skills.contains(e) {
+                out.push((
                     format!("{folder}/{e}"),
-                    "a skill the inventory does not pin",
-                    vec![format!(
-                        "{folder}/{e}; pinned: {}",
-                        if params.pinned_skills.is_empty() {
-                            "none".to_string()
-                        } else {
-                            params.pinned_skills.join(", ")
-                        }
-                    )],
+                    vec![format!("{folder}/{e}; pinned: {pinned}")],
                 ));
             }
         }
     }
+    out
+}
 
-    if let Some(cfg) = AgentConfig::read(obs) {
-        if cfg.loopback == Some(false) {
-            out.push(finding(
-                "agent.bind",
-                Severity::Critical,
-                cfg.path.clone(),
-                "the agent's config binds the gateway off loopback",
-                vec![format!("{}: {}", cfg.path, cfg.bind)],
-            ));
-        }
-        if let Auth::Missing(why) = &cfg.auth {
-            out.push(finding(
-                "agent.auth",
-                Severity::Critical,
-                cfg.path.clone(),
-                "the agent's gateway has no authentication",
-                vec![format!("{}: {why}", cfg.path)],
-            ));
-        }
-        for field in &cfg.literal_secrets {
-            out.push(finding(
-                "secret.in_config",
-                Severity::High,
-                format!("{} {field}", cfg.path),
-                "the agent's config holds a secret itself, not a ${VAR} reference",
-                vec![format!("{}: {field} is a literal value", cfg.path)],
-            ));
-        }
+/// The config binds the gateway off loopback.
+fn config_bind(s: &Seen) -> Vec<Hit> {
+    match &s.config {
+        Some(cfg) if cfg.loopback == Some(false) => vec![(
+            cfg.path.clone(),
+            vec![format!("{}: {}", cfg.path, cfg.bind)],
+        )],
+        _ => Vec::new(),
     }
+}
 
-    for l in &obs.planted_links {
-        let subject = crate::untrusted::escape_name(&l.link).into_owned();
-        if out
-            .iter()
-            .any(|f| f.id == "fs.symlink" && f.subject == subject)
-        {
+/// The config sets no authentication for the gateway.
+fn config_auth(s: &Seen) -> Vec<Hit> {
+    match &s.config {
+        Some(cfg) => match &cfg.auth {
+            Auth::Missing(why) => vec![(cfg.path.clone(), vec![format!("{}: {why}", cfg.path)])],
+            _ => Vec::new(),
+        },
+        None => Vec::new(),
+    }
+}
+
+/// A secret written into the config, not a `${VAR}` reference (never its value).
+fn config_secrets(s: &Seen) -> Vec<Hit> {
+    let Some(cfg) = &s.config else {
+        return Vec::new();
+    };
+    cfg.literal_secrets
+        .iter()
+        .map(|field| {
+            (
+                format!("{} {field}", cfg.path),
+                vec![format!("{}: {field} is a literal value", cfg.path)],
+            )
+        })
+        .collect()
+}
+
+/// A symbolic link on the way to a path a step writes as root (each link once).
+fn planted_links(s: &Seen) -> Vec<Hit> {
+    use crate::untrusted::escape_name;
+    let mut out: Vec<Hit> = Vec::new();
+    for l in &s.obs.planted_links {
+        let subject = escape_name(&l.link).into_owned();
+        if out.iter().any(|(seen, _)| *seen == subject) {
             continue;
         }
-        out.push(finding(
-            "fs.symlink",
-            Severity::Critical,
+        out.push((
             subject,
-            "a symbolic link planted where rampart writes as root: steps through it are refused",
             vec![
                 format!(
                     "{} -> {} (on the way to {}, which a step writes)",
-                    crate::untrusted::escape_name(&l.link),
-                    crate::untrusted::escape_name(&l.target),
-                    crate::untrusted::escape_name(&l.path)
+                    escape_name(&l.link),
+                    escape_name(&l.target),
+                    escape_name(&l.path)
                 ),
-                crate::untrusted::escape_name(&l.why).into_owned(),
+                escape_name(&l.why).into_owned(),
             ],
         ));
     }
-    out.extend(agent_runtime(obs, params));
-    out.extend(unit_dropins(obs, params));
-
-    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
     out
+}
+
+/// The live look found the gateway not running, not listening or not answering.
+fn agent_down(s: &Seen) -> Vec<Hit> {
+    match &s.agent {
+        Some(a) if !a.down.is_empty() => {
+            let mut evidence = vec![format!("down: {}", a.down.join("; "))];
+            evidence.extend(a.evidence.iter().cloned());
+            vec![(a.unit.clone(), evidence)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The live gateway took a request without the token.
+fn agent_open(s: &Seen) -> Vec<Hit> {
+    match &s.agent {
+        Some(a) if matches!(a.auth, AuthProbe::Open(_)) => vec![(
+            format!("http 127.0.0.1:{}", a.port),
+            vec![a.auth.evidence(a.port)],
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// The live gateway refused the token of its env file.
+fn token_refused(s: &Seen) -> Vec<Hit> {
+    match &s.agent {
+        Some(a) if matches!(a.auth, AuthProbe::TokenRefused { .. }) => vec![(
+            format!("http 127.0.0.1:{}", a.port),
+            vec![a.auth.evidence(a.port)],
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// Whether an HTTP answer shows the request got past the gateway's authentication.
@@ -509,42 +645,6 @@ impl AuthProbe {
     }
 }
 
-fn agent_runtime(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
-    let Some(a) = agent_state(obs, params) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if !a.down.is_empty() {
-        let mut evidence = vec![format!("down: {}", a.down.join("; "))];
-        evidence.extend(a.evidence.iter().cloned());
-        out.push(finding(
-            "agent.down",
-            Severity::Critical,
-            a.unit.clone(),
-            "the agent gateway is not running, or does not answer",
-            evidence,
-        ));
-    }
-    match &a.auth {
-        AuthProbe::Open(_) => out.push(finding(
-            "agent.auth",
-            Severity::Critical,
-            format!("http 127.0.0.1:{}", a.port),
-            "the agent's gateway takes requests without the token",
-            vec![a.auth.evidence(a.port)],
-        )),
-        AuthProbe::TokenRefused { .. } => out.push(finding(
-            "agent.token_refused",
-            Severity::High,
-            format!("http 127.0.0.1:{}", a.port),
-            "the agent's gateway refuses the token of its env file",
-            vec![a.auth.evidence(a.port)],
-        )),
-        _ => {}
-    }
-    out
-}
-
 /// Why a drop-in's `key=value` loosens the agent's sandbox, if it does. The managed unit
 /// (templates/agent/gateway.service.j2) sets every one of these to its strict value.
 pub fn weakens(key: &str, value: &str, agent_user: Option<&str>) -> Option<String> {
@@ -603,7 +703,9 @@ pub fn weakens(key: &str, value: &str, agent_user: Option<&str>) -> Option<Strin
     }
 }
 
-fn unit_dropins(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
+/// A drop-in of the agent's unit that loosens its sandbox.
+fn unit_dropins(s: &Seen) -> Vec<Hit> {
+    let (obs, params) = (s.obs, s.params);
     let Some(unit) = &params.agent_service else {
         return Vec::new();
     };
@@ -647,13 +749,7 @@ fn unit_dropins(obs: &Observations, params: &ScanParams) -> Vec<Finding> {
                 d.path
             )
         });
-        out.push(finding(
-            "agent.unit_dropin",
-            Severity::High,
-            d.path.clone(),
-            "a drop-in loosens the agent unit's sandbox",
-            evidence,
-        ));
+        out.push((d.path.clone(), evidence));
     }
     out
 }
