@@ -1008,7 +1008,12 @@ pub(crate) mod tests {
 
     #[test]
     fn a_hardened_host_has_no_findings() {
-        let obs = Observations {
+        assert_eq!(findings(&clean(), &params()), vec![]);
+    }
+
+    /// What the scan sees on a host without drift (the agent up and answering).
+    fn clean() -> Observations {
+        Observations {
             listeners: vec![
                 listener("tcp", "0.0.0.0", 22),
                 listener("tcp", "::", 22),
@@ -1044,8 +1049,7 @@ pub(crate) mod tests {
                 path: "/etc/openclaw/agent.env".into(),
             }],
             ..Observations::default()
-        };
-        assert_eq!(findings(&obs, &params()), vec![]);
+        }
     }
 
     #[test]
@@ -1358,6 +1362,626 @@ pub(crate) mod tests {
             f[1].evidence[0],
             "/home/openclaw/.openclaw/x\\n -> /etc/systemd/system (on the way to \
              /home/openclaw/.openclaw/x\\n/y, which a step writes)"
+        );
+    }
+
+    /// One case of one kind of finding: the clean host changed by `given`, and every
+    /// finding of that id, as (subject, first line of evidence), exactly.
+    struct Case {
+        id: &'static str,
+        given: fn(&mut Observations, &mut ScanParams),
+        want: &'static [(&'static str, &'static str)],
+    }
+
+    fn case(
+        id: &'static str,
+        given: fn(&mut Observations, &mut ScanParams),
+        want: &'static [(&'static str, &'static str)],
+    ) -> Case {
+        Case { id, given, want }
+    }
+
+    fn key(user: &str, line: usize, blob: &str, comment: &str) -> AuthorizedKey {
+        AuthorizedKey {
+            user: user.into(),
+            file: format!("/home/{user}/.ssh/authorized_keys"),
+            line,
+            key_type: "ssh-ed25519".into(),
+            blob: blob.into(),
+            comment: comment.into(),
+        }
+    }
+
+    fn mode(mode: u32, path: &str) -> FileMode {
+        FileMode {
+            mode,
+            owner: "root".into(),
+            group: "root".into(),
+            path: path.into(),
+        }
+    }
+
+    fn cfg(o: &mut Observations, json: &str) {
+        o.config = Some(json.into());
+    }
+
+    /// Every finding function's cases, each as data: one that finds, and near misses that
+    /// must not.
+    fn cases() -> Vec<Case> {
+        vec![
+            // listener.agent_port
+            case(
+                "listener.agent_port",
+                |o, _| o.listeners[3] = listener("tcp", "0.0.0.0", 18789),
+                &[(
+                    "tcp 0.0.0.0:18789",
+                    "tcp LISTEN 0.0.0.0:18789 by python3 (pid 9)",
+                )],
+            ),
+            case(
+                "listener.agent_port",
+                |o, _| o.listeners.push(listener("tcp", "fe80::1", 18789)),
+                &[(
+                    "tcp [fe80::1]:18789",
+                    "tcp LISTEN [fe80::1]:18789 by python3 (pid 9)",
+                )],
+            ),
+            // The same port over udp is not the gateway (it is unexpected instead).
+            case(
+                "listener.agent_port",
+                |o, _| o.listeners.push(listener("udp", "0.0.0.0", 18789)),
+                &[],
+            ),
+            case(
+                "listener.agent_port",
+                |o, _| o.listeners.push(listener("tcp", "::1", 18789)),
+                &[],
+            ),
+            // listener.unexpected
+            case(
+                "listener.unexpected",
+                |o, _| o.listeners.push(listener("tcp", "10.0.0.5", 8080)),
+                &[(
+                    "tcp 10.0.0.5:8080",
+                    "tcp LISTEN 10.0.0.5:8080 by python3 (pid 9)",
+                )],
+            ),
+            case(
+                "listener.unexpected",
+                |o, _| o.listeners.push(listener("udp", "0.0.0.0", 18789)),
+                &[(
+                    "udp 0.0.0.0:18789",
+                    "udp UNCONN 0.0.0.0:18789 by python3 (pid 9)",
+                )],
+            ),
+            case(
+                "listener.unexpected",
+                |o, p| {
+                    o.listeners.push(listener("tcp", "0.0.0.0", 8080));
+                    p.allowed_tcp.push(8080);
+                },
+                &[],
+            ),
+            case(
+                "listener.unexpected",
+                |o, _| o.listeners.push(listener("tcp", "127.0.0.53", 53)),
+                &[],
+            ),
+            case(
+                "listener.unexpected",
+                |o, _| o.listeners[3] = listener("tcp", "0.0.0.0", 18789),
+                &[],
+            ),
+            // user.uid0
+            case(
+                "user.uid0",
+                |o, _| {
+                    o.users
+                        .push(("toor".into(), 0, "/root".into(), "/bin/sh".into()))
+                },
+                &[(
+                    "user toor",
+                    "/etc/passwd: toor uid 0, home /root, shell /bin/sh",
+                )],
+            ),
+            case(
+                "user.uid0",
+                |o, _| {
+                    o.users
+                        .push(("daemon".into(), 1, "/".into(), "/bin/false".into()))
+                },
+                &[],
+            ),
+            // sudo.member
+            case(
+                "sudo.member",
+                |o, _| {
+                    o.admin_groups
+                        .insert("wheel".into(), vec!["eve".into(), "root".into()]);
+                },
+                &[(
+                    "wheel: eve",
+                    "/etc/group: eve is in wheel; expected: admin (sudo_allow adds more)",
+                )],
+            ),
+            case(
+                "sudo.member",
+                |o, p| {
+                    p.sudo_users.clear();
+                    o.admin_groups.insert("sudo".into(), vec!["admin".into()]);
+                },
+                &[(
+                    "sudo: admin",
+                    "/etc/group: admin is in sudo; expected: nobody (sudo_allow adds more)",
+                )],
+            ),
+            case(
+                "sudo.member",
+                |o, _| {
+                    o.admin_groups.insert("admin".into(), vec!["root".into()]);
+                },
+                &[],
+            ),
+            // ssh.unknown_key
+            case(
+                "ssh.unknown_key",
+                |o, _| {
+                    o.keys
+                        .push(key("root", 2, "AAAAB3NzaC1yc2EAAAADAQABAAABAQDevil", "eve"))
+                },
+                &[(
+                    "/home/root/.ssh/authorized_keys:2",
+                    "/home/root/.ssh/authorized_keys may log in as root with ssh-ed25519 AAAAB3NzaC1y…BAQDevil (eve)",
+                )],
+            ),
+            case(
+                "ssh.unknown_key",
+                |o, _| o.keys.push(key("root", 1, "AAAAshort", "")),
+                &[(
+                    "/home/root/.ssh/authorized_keys:1",
+                    "/home/root/.ssh/authorized_keys may log in as root with ssh-ed25519 AAAAshort",
+                )],
+            ),
+            // A known key in another account's file, and an inventory that names no keys.
+            case(
+                "ssh.unknown_key",
+                |o, _| o.keys.push(key("root", 1, "AAAAgood", "")),
+                &[],
+            ),
+            case(
+                "ssh.unknown_key",
+                |o, p| {
+                    o.keys.push(key("root", 1, "AAAAother", ""));
+                    p.known_keys = None;
+                },
+                &[],
+            ),
+            // ssh.malformed_key
+            case(
+                "ssh.malformed_key",
+                |o, _| {
+                    o.malformed_keys.push(crate::inspect::scan::MalformedKey {
+                        user: "root".into(),
+                        file: "/root/.ssh/authorized_keys".into(),
+                        line: 3,
+                        problem: "the key data is not base64".into(),
+                        start: "ssh-ed25519 !!".into(),
+                    })
+                },
+                &[(
+                    "/root/.ssh/authorized_keys:3",
+                    "/root/.ssh/authorized_keys:3 (root): the key data is not base64; the line starts \"ssh-ed25519 !!\"",
+                )],
+            ),
+            // scan.file_too_large
+            case(
+                "scan.file_too_large",
+                |o, _| {
+                    o.truncated.push(crate::inspect::scan::Truncated {
+                        section: "config".into(),
+                        size: 5_000_000,
+                        path: "/home/openclaw/.openclaw/openclaw.json".into(),
+                    })
+                },
+                &[(
+                    "/home/openclaw/.openclaw/openclaw.json",
+                    "/home/openclaw/.openclaw/openclaw.json is 5000000 bytes; the scan reads 1048576 bytes of it (for config)",
+                )],
+            ),
+            // fs.odd_name
+            case(
+                "fs.odd_name",
+                |o, _| o.odd_names = 2,
+                &[(
+                    "/home/openclaw /etc/openclaw",
+                    "2 file or folder names hold a newline (they could read as other names, so the secret search \
+                 leaves them out); look at them by hand: find /home/openclaw /etc/openclaw -name \"*$(printf '\\n')*\"",
+                )],
+            ),
+            // secret.plaintext: one finding per file, a line of evidence per hit.
+            case(
+                "secret.plaintext",
+                |o, _| {
+                    for (path, lines) in [("/a", "1"), ("/b", "7"), ("/a", "2,3")] {
+                        o.secret_hits.push(SecretHit {
+                            kind: "OpenAI API key".into(),
+                            lines: lines.into(),
+                            path: path.into(),
+                        });
+                    }
+                },
+                &[
+                    ("/a", "line 1: OpenAI API key"),
+                    ("/b", "line 7: OpenAI API key"),
+                ],
+            ),
+            // secret.readable: by group or others, each path once.
+            case(
+                "secret.readable",
+                |o, _| {
+                    o.loose.push(mode(0o640, "/etc/openclaw/agent.env"));
+                    o.modes[0] = mode(0o644, "/etc/openclaw/agent.env");
+                    o.modes.push(mode(0o604, "/etc/openclaw/token.env"));
+                    o.modes.push(mode(0o700, "/etc/openclaw/x.env"));
+                },
+                &[
+                    (
+                        "/etc/openclaw/agent.env",
+                        "/etc/openclaw/agent.env mode 0640 root:root",
+                    ),
+                    (
+                        "/etc/openclaw/token.env",
+                        "/etc/openclaw/token.env mode 0604 root:root",
+                    ),
+                ],
+            ),
+            case(
+                "secret.readable",
+                |o, _| o.modes[0] = mode(0o611, "/etc/openclaw/agent.env"),
+                &[],
+            ),
+            // skill.unpinned
+            case(
+                "skill.unpinned",
+                |o, _| {
+                    o.skills
+                        .insert("/s".into(), vec!["weather".into(), "wallet".into()]);
+                },
+                &[("/s/wallet", "/s/wallet; pinned: weather")],
+            ),
+            case(
+                "skill.unpinned",
+                |o, p| {
+                    p.pinned_skills.clear();
+                    o.skills.insert("/s".into(), vec!["x".into()]);
+                },
+                &[
+                    (
+                        "/home/openclaw/.openclaw/skills/weather",
+                        "/home/openclaw/.openclaw/skills/weather; pinned: none",
+                    ),
+                    ("/s/x", "/s/x; pinned: none"),
+                ],
+            ),
+            // agent.bind
+            case(
+                "agent.bind",
+                |o, _| cfg(o, r#"{"gateway": {"bind": "lan", "authToken": "${T}"}}"#),
+                &[(
+                    "/home/openclaw/.openclaw/openclaw.json",
+                    "/home/openclaw/.openclaw/openclaw.json: gateway.bind is \"lan\"",
+                )],
+            ),
+            case(
+                "agent.bind",
+                |o, _| {
+                    cfg(
+                        o,
+                        r#"{"gateway": {"host": "0.0.0.0", "authToken": "${T}"}}"#,
+                    )
+                },
+                &[(
+                    "/home/openclaw/.openclaw/openclaw.json",
+                    "/home/openclaw/.openclaw/openclaw.json: gateway.host is \"0.0.0.0\"",
+                )],
+            ),
+            case(
+                "agent.bind",
+                |o, _| {
+                    cfg(
+                        o,
+                        r#"{"gateway": {"bind": "custom", "customBindHost": "::1", "authToken": "${T}"}}"#,
+                    )
+                },
+                &[],
+            ),
+            case(
+                "agent.bind",
+                |o, _| cfg(o, r#"{"gateway": {"authToken": "${T}"}}"#),
+                &[],
+            ),
+            // agent.auth: from the config, and from the live gateway.
+            case(
+                "agent.auth",
+                |o, _| {
+                    cfg(
+                        o,
+                        r#"{"gateway": {"bind": "loopback", "auth": {"mode": "none"}}}"#,
+                    )
+                },
+                &[(
+                    "/home/openclaw/.openclaw/openclaw.json",
+                    "/home/openclaw/.openclaw/openclaw.json: gateway.auth.mode is \"none\"",
+                )],
+            ),
+            case(
+                "agent.auth",
+                |o, _| {
+                    cfg(
+                        o,
+                        r#"{"gateway": {"bind": "loopback", "auth": {"mode": "token", "token": ""}}}"#,
+                    )
+                },
+                &[(
+                    "/home/openclaw/.openclaw/openclaw.json",
+                    "/home/openclaw/.openclaw/openclaw.json: no token",
+                )],
+            ),
+            case(
+                "agent.auth",
+                |o, _| {
+                    o.agent_http.insert("noauth".into(), "204".into());
+                },
+                &[(
+                    "http 127.0.0.1:18789",
+                    "POST http://127.0.0.1:18789/tools/invoke without the token: 204, accepted",
+                )],
+            ),
+            case(
+                "agent.auth",
+                |o, _| {
+                    o.agent_http.insert("noauth".into(), "403".into());
+                },
+                &[],
+            ),
+            // Not an HTTP status: not an acceptance.
+            case(
+                "agent.auth",
+                |o, _| {
+                    o.agent_http.insert("noauth".into(), "timeout".into());
+                },
+                &[],
+            ),
+            // secret.in_config: never the value.
+            case(
+                "secret.in_config",
+                |o, _| {
+                    cfg(
+                        o,
+                        r#"{"gateway": {"bind": "loopback", "authToken": "${T}"}, "models": [{"apiKey": "sk-x"}, {"apiKey": "${K}"}], "password": "p"}"#,
+                    )
+                },
+                &[
+                    (
+                        "/home/openclaw/.openclaw/openclaw.json models[0].apiKey",
+                        "/home/openclaw/.openclaw/openclaw.json: models[0].apiKey is a literal value",
+                    ),
+                    (
+                        "/home/openclaw/.openclaw/openclaw.json password",
+                        "/home/openclaw/.openclaw/openclaw.json: password is a literal value",
+                    ),
+                ],
+            ),
+            case(
+                "secret.in_config",
+                |o, _| {
+                    cfg(
+                        o,
+                        r#"{"gateway": {"bind": "loopback", "auth": {"mode": "token", "token": "literal"}}}"#,
+                    )
+                },
+                &[(
+                    "/home/openclaw/.openclaw/openclaw.json gateway.auth.token",
+                    "/home/openclaw/.openclaw/openclaw.json: gateway.auth.token is a literal value",
+                )],
+            ),
+            // fs.symlink: each link once, its names escaped.
+            case(
+                "fs.symlink",
+                |o, _| {
+                    for (path, link) in [("/w/a", "/w"), ("/w/b", "/w"), ("/x\n/y", "/x\n")] {
+                        o.planted_links.push(crate::inspect::scan::PlantedLink {
+                            path: path.into(),
+                            link: link.into(),
+                            target: "/etc".into(),
+                            why: "refusing to follow".into(),
+                        });
+                    }
+                },
+                &[
+                    ("/w", "/w -> /etc (on the way to /w/a, which a step writes)"),
+                    (
+                        "/x\\n",
+                        "/x\\n -> /etc (on the way to /x\\n/y, which a step writes)",
+                    ),
+                ],
+            ),
+            // agent.down
+            case(
+                "agent.down",
+                |o, _| {
+                    o.service.insert("ActiveState".into(), "failed".into());
+                    o.service.insert("SubState".into(), "failed".into());
+                },
+                &[(
+                    "openclaw-gateway.service",
+                    "down: the unit is failed (failed), not running",
+                )],
+            ),
+            case(
+                "agent.down",
+                |o, _| {
+                    o.service.insert("LoadState".into(), "not-found".into());
+                },
+                &[(
+                    "openclaw-gateway.service",
+                    "down: the unit is not installed",
+                )],
+            ),
+            case(
+                "agent.down",
+                |o, _| {
+                    o.agent_http.insert("health".into(), "503".into());
+                },
+                &[("openclaw-gateway.service", "down: GET /health: 503")],
+            ),
+            case(
+                "agent.down",
+                |o, _| {
+                    o.listeners.remove(3);
+                    o.agent_http.insert("health".into(), "refused".into());
+                },
+                &[(
+                    "openclaw-gateway.service",
+                    "down: nothing listens on port 18789; GET /health: refused",
+                )],
+            ),
+            // Restarted before, up now: not down.
+            case(
+                "agent.down",
+                |o, _| {
+                    o.service.insert("NRestarts".into(), "9".into());
+                },
+                &[],
+            ),
+            case(
+                "agent.down",
+                |o, p| {
+                    o.service.clear();
+                    p.agent_service = None;
+                },
+                &[],
+            ),
+            // agent.token_refused
+            case(
+                "agent.token_refused",
+                |o, _| {
+                    o.agent_http.insert("auth".into(), "401".into());
+                },
+                &[(
+                    "http 127.0.0.1:18789",
+                    "POST http://127.0.0.1:18789/tools/invoke: 401 without the token, 401 with the env file's token: it is refused",
+                )],
+            ),
+            case(
+                "agent.token_refused",
+                |o, _| {
+                    o.agent_http.insert("auth".into(), "no-answer".into());
+                },
+                &[],
+            ),
+            // agent.unit_dropin
+            case(
+                "agent.unit_dropin",
+                |o, _| {
+                    o.dropins = vec![DropIn {
+                        path: "/etc/systemd/system/openclaw-gateway.service.d/x.conf".into(),
+                        settings: vec![
+                            ("Nice".into(), "5".into()),
+                            ("NoNewPrivileges".into(), "false".into()),
+                        ],
+                    }]
+                },
+                &[(
+                    "/etc/systemd/system/openclaw-gateway.service.d/x.conf",
+                    "NoNewPrivileges=false: turned off",
+                )],
+            ),
+            case(
+                "agent.unit_dropin",
+                |o, _| {
+                    o.dropins = vec![DropIn {
+                        path: "/etc/systemd/system/openclaw-gateway.service.d/ok.conf".into(),
+                        settings: vec![
+                            ("User".into(), "openclaw".into()),
+                            ("ProtectSystem".into(), "strict".into()),
+                        ],
+                    }]
+                },
+                &[],
+            ),
+        ]
+    }
+
+    #[test]
+    fn each_finding_function_finds_its_drift_case_by_case() {
+        let mut failures = Vec::new();
+        for (n, c) in cases().iter().enumerate() {
+            assert!(
+                FINDINGS.iter().any(|d| d.id == c.id),
+                "case {n}: no finding {}",
+                c.id
+            );
+            let (mut obs, mut p) = (clean(), params());
+            (c.given)(&mut obs, &mut p);
+            let all = findings(&obs, &p);
+            let got: Vec<(&str, &str)> = all
+                .iter()
+                .filter(|f| f.id == c.id)
+                .map(|f| (f.subject.as_str(), f.evidence[0].as_str()))
+                .collect();
+            if got != c.want {
+                failures.push(format!(
+                    "case {n} ({}): want {:?}\n    got {got:?}",
+                    c.id, c.want
+                ));
+            }
+            // Every finding carries evidence and its table entry's severity and title.
+            for f in &all {
+                assert!(!f.evidence.is_empty(), "case {n}: {f:?}");
+                assert!(
+                    FINDINGS
+                        .iter()
+                        .any(|d| d.id == f.id && d.severity == f.severity && d.title == f.title),
+                    "case {n}: {f:?} is not as its table entry says"
+                );
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn every_kind_of_finding_has_a_case_that_finds_it() {
+        let cases = cases();
+        for d in FINDINGS {
+            assert!(
+                cases.iter().any(|c| c.id == d.id && !c.want.is_empty()),
+                "{}: no case finds it",
+                d.id
+            );
+        }
+    }
+
+    #[test]
+    fn findings_come_most_severe_first_then_by_id() {
+        let mut obs = clean();
+        obs.odd_names = 1;
+        obs.users
+            .push(("toor".into(), 0, "/root".into(), "/bin/sh".into()));
+        obs.listeners.push(listener("tcp", "0.0.0.0", 8080));
+        obs.admin_groups.insert("wheel".into(), vec!["eve".into()]);
+        let order: Vec<(Severity, String)> = findings(&obs, &params())
+            .into_iter()
+            .map(|f| (f.severity, f.id))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (Severity::Critical, "user.uid0".to_string()),
+                (Severity::High, "listener.unexpected".to_string()),
+                (Severity::High, "sudo.member".to_string()),
+                (Severity::Medium, "fs.odd_name".to_string()),
+            ]
         );
     }
 }
