@@ -444,9 +444,42 @@ fn accepted(status: &str) -> bool {
 pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState> {
     let unit = params.agent_service.clone()?;
     let port = params.agent_port?;
-    let svc = |k: &str| obs.service.get(k).map(String::as_str).unwrap_or("");
-    let mut down = Vec::new();
-    let mut evidence = Vec::new();
+    let mut look = Look::default();
+    let state = unit_state(obs, &unit, &mut look);
+    look.evidence.push(state);
+    listening(obs, &unit, port, &mut look);
+    let (health, auth) = live_http(obs, params, port, &mut look);
+    if !look.down.is_empty() && !obs.agent_journal.is_empty() {
+        look.evidence
+            .push(format!("journalctl -u {unit}, last lines:"));
+        look.evidence
+            .extend(obs.agent_journal.iter().map(|l| format!("  {l}")));
+    }
+    Some(AgentState {
+        unit,
+        port,
+        down: look.down,
+        evidence: look.evidence,
+        health,
+        auth,
+    })
+}
+
+/// Why the agent is down, and what was seen, as the live look goes along.
+#[derive(Default)]
+struct Look {
+    down: Vec<String>,
+    evidence: Vec<String>,
+}
+
+/// A `systemctl show` property of the agent's unit; empty when not shown.
+fn svc<'a>(obs: &'a Observations, key: &str) -> &'a str {
+    obs.service.get(key).map(String::as_str).unwrap_or("")
+}
+
+/// The unit: installed, running, not crash-looping; its state line for the evidence.
+fn unit_state(obs: &Observations, unit: &str, look: &mut Look) -> String {
+    let svc = |k: &str| svc(obs, k);
     let (load, active, sub) = (svc("LoadState"), svc("ActiveState"), svc("SubState"));
     let restarts: u64 = svc("NRestarts").parse().unwrap_or(0);
     let age = match (
@@ -459,13 +492,14 @@ pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState
     let mut state = format!("{unit}: {active} ({sub})");
     if load != "loaded" {
         state = format!("{unit}: LoadState={load}");
-        down.push("the unit is not installed".to_string());
+        look.down.push("the unit is not installed".to_string());
     } else if restarts > 0 && (sub == "auto-restart" || active == "failed") {
-        down.push(format!(
+        look.down.push(format!(
             "it is crash-looping: {active} ({sub}), restarted {restarts} times by systemd"
         ));
     } else if active != "active" || sub != "running" {
-        down.push(format!("the unit is {active} ({sub}), not running"));
+        look.down
+            .push(format!("the unit is {active} ({sub}), not running"));
     }
     // systemd does not reset NRestarts on every manual restart: a count alone, with the
     // gateway up and answering, is history, not a crash loop.
@@ -489,8 +523,11 @@ pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState
             }
         )),
     }
-    evidence.push(state);
+    state
+}
 
+/// The agent's port: listened on, on loopback, by a process of the unit.
+fn listening(obs: &Observations, unit: &str, port: u16, look: &mut Look) {
     let on_port: Vec<&super::scan::Listener> = obs
         .listeners
         .iter()
@@ -504,32 +541,44 @@ pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState
     // then and answered /health after the wait does listen.
     let answered = obs.agent_http.get("health").is_some_and(|h| h == "200");
     if on_port.is_empty() && !answered {
-        down.push(format!("nothing listens on port {port}"));
-        evidence.push(format!("nothing listens on tcp port {port}"));
+        look.down.push(format!("nothing listens on port {port}"));
+        look.evidence
+            .push(format!("nothing listens on tcp port {port}"));
     } else if on_port.is_empty() {
-        evidence.push(format!(
+        look.evidence.push(format!(
             "tcp port {port}: not listening yet when the scan began"
         ));
     } else {
         for l in &on_port {
-            evidence.push(listener_evidence(l));
+            look.evidence.push(listener_evidence(l));
         }
         if !loopback {
-            down.push(format!("nothing listens on loopback port {port}"));
+            look.down
+                .push(format!("nothing listens on loopback port {port}"));
         }
     }
-    let cgroup = svc("ControlGroup");
+    let cgroup = svc(obs, "ControlGroup");
     if let Some((pid, held_by)) = &obs.agent_listener
         && !cgroup.is_empty()
         && !held_by.is_empty()
         && !held_by.starts_with(cgroup)
     {
-        down.push(format!("port {port} is held by a process outside the unit"));
-        evidence.push(format!(
+        look.down
+            .push(format!("port {port} is held by a process outside the unit"));
+        look.evidence.push(format!(
             "port {port} is held by pid {pid} in {held_by}, not in {unit} ({cgroup})"
         ));
     }
+}
 
+/// `GET /health` and the two requests to `/tools/invoke` (without the token, with it), as
+/// the scan's bash made them: the answer to /health and what the gateway did with the token.
+fn live_http(
+    obs: &Observations,
+    params: &ScanParams,
+    port: u16,
+    look: &mut Look,
+) -> (Option<String>, AuthProbe) {
     let http = |k: &str| obs.agent_http.get(k).map(String::as_str);
     let mut health = None;
     let mut auth = AuthProbe::Unknown("the live check did not run".to_string());
@@ -537,10 +586,10 @@ pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState
         Some("bash") => {
             let h = http("health").unwrap_or("no answer");
             if h != "200" {
-                down.push(format!("GET /health: {h}"));
+                look.down.push(format!("GET /health: {h}"));
             }
             let waited = http("waited").unwrap_or("0");
-            evidence.push(if waited == "0" {
+            look.evidence.push(if waited == "0" {
                 format!("GET http://127.0.0.1:{port}/health: {h}")
             } else {
                 format!(
@@ -577,22 +626,12 @@ pub fn agent_state(obs: &Observations, params: &ScanParams) -> Option<AgentState
                 )),
             };
         }
-        Some(_) => evidence
+        Some(_) => look
+            .evidence
             .push("no bash on the host: GET /health and the token cannot be tried".to_string()),
         None => {}
     }
-    if !down.is_empty() && !obs.agent_journal.is_empty() {
-        evidence.push(format!("journalctl -u {unit}, last lines:"));
-        evidence.extend(obs.agent_journal.iter().map(|l| format!("  {l}")));
-    }
-    Some(AgentState {
-        unit,
-        port,
-        down,
-        evidence,
-        health,
-        auth,
-    })
+    (health, auth)
 }
 
 /// The agent as the live look saw it.
