@@ -767,8 +767,27 @@ fn serious(severity: &str) -> bool {
 /// critical one; unknown, never pass, where OpenClaw is not installed), and next to each
 /// rampart check the findings that speak to it, with both verdicts where they differ.
 fn openclaw_beside(checks: &mut Vec<Check>, run: Option<&super::scan::OpenclawRun>) {
+    let (status, evidence, report) = openclaw_verdict(checks, run);
+    if let Some(r) = &report {
+        beside(checks, r);
+    }
+    checks.push(Check {
+        id: "openclaw_audit".into(),
+        source: "openclaw security audit".into(),
+        title: "OpenClaw's own security audit (--deep) finds nothing critical".into(),
+        status,
+        evidence,
+    });
+}
+
+/// `openclaw_audit`'s verdict and evidence (each OpenClaw finding with the verdict of the
+/// rampart check it speaks to), and the report when the audit's output could be read.
+fn openclaw_verdict(
+    checks: &[Check],
+    run: Option<&super::scan::OpenclawRun>,
+) -> (CheckStatus, Vec<String>, Option<OpenclawReport>) {
     use super::scan::OpenclawRun;
-    let (status, evidence, report) = match run {
+    match run {
         None => (
             Unknown,
             vec!["unknown: the audit did not run".to_string()],
@@ -814,73 +833,69 @@ fn openclaw_beside(checks: &mut Vec<Check>, run: Option<&super::scan::OpenclawRu
                 (status, ev, Some(r))
             }
         },
-    };
-    if let Some(r) = &report {
-        for c in checks.iter_mut() {
-            let related: Vec<&OpenclawFinding> = r
-                .findings
-                .iter()
-                .filter(|f| related_check(&f.check_id) == Some(c.id.as_str()))
-                .collect();
-            for f in &related {
-                let differ = c.status == Pass && serious(&f.severity);
-                c.evidence.push(format!(
-                    "openclaw: {} ({}): {}{}",
-                    f.check_id,
-                    f.severity,
-                    f.title,
-                    if differ {
-                        format!("; verdicts differ: rampart pass, openclaw {}", f.severity)
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-            let has_area = [
-                "auth_token",
-                "loopback_bind",
-                "exec_allowlist",
-                "secrets_in_env",
-                "trusted_skills",
-            ]
-            .contains(&c.id.as_str());
-            if c.status == Fail && has_area && !related.iter().any(|f| serious(&f.severity)) {
-                c.evidence.push(
-                    "openclaw: no finding here; verdicts differ: rampart fail, openclaw pass"
-                        .to_string(),
-                );
-            }
-            if c.id == "agent_running"
-                && let Some((ok, error)) = &r.deep_probe
-            {
-                let differ = (c.status == Pass) != *ok;
-                c.evidence.push(format!(
-                    "openclaw --deep probe of the gateway: {}{}{}",
-                    if *ok { "ok" } else { "failed" },
-                    error
-                        .as_ref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default(),
-                    if differ {
-                        format!(
-                            "; verdicts differ: rampart {}, openclaw {}",
-                            c.status.as_str(),
-                            if *ok { "pass" } else { "fail" }
-                        )
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
+    }
+}
+
+/// Next to each rampart check, the OpenClaw findings that speak to it, and both verdicts
+/// where they differ.
+fn beside(checks: &mut [Check], r: &OpenclawReport) {
+    for c in checks.iter_mut() {
+        let related: Vec<&OpenclawFinding> = r
+            .findings
+            .iter()
+            .filter(|f| related_check(&f.check_id) == Some(c.id.as_str()))
+            .collect();
+        for f in &related {
+            let differ = c.status == Pass && serious(&f.severity);
+            c.evidence.push(format!(
+                "openclaw: {} ({}): {}{}",
+                f.check_id,
+                f.severity,
+                f.title,
+                if differ {
+                    format!("; verdicts differ: rampart pass, openclaw {}", f.severity)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        let has_area = [
+            "auth_token",
+            "loopback_bind",
+            "exec_allowlist",
+            "secrets_in_env",
+            "trusted_skills",
+        ]
+        .contains(&c.id.as_str());
+        if c.status == Fail && has_area && !related.iter().any(|f| serious(&f.severity)) {
+            c.evidence.push(
+                "openclaw: no finding here; verdicts differ: rampart fail, openclaw pass"
+                    .to_string(),
+            );
+        }
+        if c.id == "agent_running"
+            && let Some((ok, error)) = &r.deep_probe
+        {
+            let differ = (c.status == Pass) != *ok;
+            c.evidence.push(format!(
+                "openclaw --deep probe of the gateway: {}{}{}",
+                if *ok { "ok" } else { "failed" },
+                error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                if differ {
+                    format!(
+                        "; verdicts differ: rampart {}, openclaw {}",
+                        c.status.as_str(),
+                        if *ok { "pass" } else { "fail" }
+                    )
+                } else {
+                    String::new()
+                }
+            ));
         }
     }
-    checks.push(Check {
-        id: "openclaw_audit".into(),
-        source: "openclaw security audit".into(),
-        title: "OpenClaw's own security audit (--deep) finds nothing critical".into(),
-        status,
-        evidence,
-    });
 }
 
 /// Connects from the controller to each forbidden port of `address`, all at once; a port
