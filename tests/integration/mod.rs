@@ -8,6 +8,7 @@ mod fail_closed;
 mod hostile_fs;
 mod hostile_host;
 mod hostile_secrets;
+mod incident;
 mod openclaw;
 mod report_html;
 mod report_machine;
