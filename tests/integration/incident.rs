@@ -147,6 +147,8 @@ echo {} >>/home/admin/.ssh/authorized_keys
 echo {} | base64 -d >/etc/ld.so.preload
 echo {} | base64 -d >/home/openclaw/.openclaw/workspace/notes.md
 chown openclaw:openclaw /home/openclaw/.openclaw/workspace/notes.md
+ln -s /etc/shadow /home/openclaw/.openclaw/workspace/leak.md
+chown -h openclaw:openclaw /home/openclaw/.openclaw/workspace/leak.md
 setsid python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"0.0.0.0\", 4444)); s.listen(); time.sleep(100000)' </dev/null >/dev/null 2>&1 &
 for i in $(seq 50); do ss -tlnH | grep -q ':4444 ' && break; sleep 0.2; done
 ss -tlnH | grep -q ':4444 '",
@@ -334,6 +336,22 @@ ss -tlnH | grep -q ':4444 '",
             .any(|l| l == format!("{keys_hash}  /home/admin/.ssh/authorized_keys")),
         "integrity hashes the admin's authorized_keys (as admin)"
     );
+    // The agent's link to /etc/shadow shows root nothing: not archived, and no member holds
+    // shadow's lines.
+    let shadow =
+        sudo("cut -d: -f1,2 /etc/shadow | grep -v ':[*!]*$' | head -n 3; head -n 1 /etc/shadow");
+    assert!(
+        !members
+            .iter()
+            .any(|mm| mm["name"].as_str().unwrap().ends_with("leak.md"))
+    );
+    for mem in members {
+        let data = std::fs::read(x.join(mem["name"].as_str().unwrap())).unwrap();
+        let text = String::from_utf8_lossy(&data);
+        for line in shadow.lines().filter(|l| l.len() > 8) {
+            assert!(!text.contains(line), "{} holds shadow's line", mem["name"]);
+        }
+    }
     // rampart's own secrets never leave the host.
     assert!(
         !members
