@@ -168,6 +168,69 @@ ss -tlnH | grep -q ':4444 '",
         reaches_other(),
         "{HOST} must reach {OTHER} before the quarantine"
     );
+
+    // A quarantine whose confirmation cannot log in (PAM refuses exactly the second login: the
+    // quarantine's own gets in, its confirmation does not) fails, and the host lifts the
+    // firewall table by itself; the agent stays stopped.
+    sudo(
+        "printf '%s\\n' '#!/bin/sh' 'n=$(cat /run/rampart-test-logins 2>/dev/null || echo 0); n=$((n + 1)); echo $n >/run/rampart-test-logins; [ $n != 2 ]' >/usr/local/sbin/rampart-test-once
+chmod 755 /usr/local/sbin/rampart-test-once; rm -f /run/rampart-test-logins
+echo 'account required pam_exec.so quiet /usr/local/sbin/rampart-test-once' >>/etc/pam.d/sshd",
+    );
+    let locked = rampart_cmd(
+        dir.path(),
+        &inv,
+        &[
+            "quarantine",
+            HOST,
+            "--deadman-seconds",
+            "5",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(
+        locked.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&locked),
+        stderr(&locked)
+    );
+    let j: Value = serde_json::from_slice(&locked.stdout).unwrap();
+    assert!(
+        j["hosts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("dead-man switch"),
+        "{j}"
+    );
+    sudo(
+        "sed -i '/rampart-test-once/d' /etc/pam.d/sshd; rm -f /usr/local/sbin/rampart-test-once /run/rampart-test-logins",
+    );
+    // A bounded wait for the host's own restore (its timer fires after 5 s).
+    let mut gone = false;
+    for _ in 0..60 {
+        if sudo(
+            "nft list table inet rampart_quarantine >/dev/null 2>&1 && echo present || echo gone",
+        )
+        .trim()
+            == "gone"
+        {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    assert!(gone, "the dead-man switch removed the quarantine table");
+    assert!(
+        reaches_other(),
+        "{HOST} reaches {OTHER} again after the switch fired"
+    );
+    assert_ne!(
+        sudo("systemctl is-active openclaw-gateway.service || true").trim(),
+        "active",
+        "the agent stays stopped"
+    );
     let q = rampart_cmd(dir.path(), &inv, &["quarantine", HOST, "--format", "json"]);
     assert_eq!(q.status.code(), Some(0), "{}{}", stdout(&q), stderr(&q));
     let j: Value = serde_json::from_slice(&q.stdout).unwrap();
@@ -358,6 +421,56 @@ ss -tlnH | grep -q ':4444 '",
             .iter()
             .any(|mm| mm["name"].as_str().unwrap().ends_with(".env")),
         "no env file in the archive"
+    );
+
+    // Bounded: members past --member-size (1 KiB) are cut on the host and marked; a host that
+    // sends more than --max-size (1 MiB) gets an archive of what came, marked incomplete, and
+    // exit 1.
+    let small = |name: &str, extra: &[&str]| -> (Option<i32>, Value) {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "collect",
+            HOST,
+            "-o",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let c = rampart_cmd(dir.path(), &inv, &args);
+        let j: Value = serde_json::from_slice(&c.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&c), stderr(&c)));
+        let m = serde_json::from_slice(
+            &std::fs::read(j["hosts"][0]["manifest"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        (c.status.code(), m)
+    };
+    let (code, m) = small("cut", &["--member-size", "1"]);
+    assert_eq!(code, Some(0));
+    let ps = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "commands/processes.txt")
+        .unwrap();
+    assert_eq!(ps["truncated"], true, "{ps}");
+    assert_eq!(ps["size"], 1024);
+    let (code, m) = small("capped", &["--max-size", "1"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(m["complete"], false);
+    assert!(
+        m["problems"].to_string().contains("more than 1 MiB"),
+        "{}",
+        m["problems"]
+    );
+    assert!(
+        m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "commands/processes.txt"),
+        "what came before the cap is kept"
     );
 
     // Release: the agent runs again and the host reaches out again.
