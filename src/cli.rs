@@ -144,8 +144,8 @@ struct HostArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS",
           value_parser = in_range::<u64>(1, 3600))]
     connect_timeout: u64,
-    /// Seconds a remote script may run (1 to 604800, a week). Default 300, and 1800 for
-    /// `apply`, whose script may install packages and the agent (minutes on a Pi).
+    /// Seconds a remote script may run (1 to 604800, a week). Default 300, 600 for `collect`,
+    /// and 1800 for `apply`, whose script may install packages and the agent (minutes on a Pi).
     #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 604_800))]
     timeout: Option<u64>,
 }
