@@ -261,6 +261,7 @@ pub fn script(root_nonce: &str, owner_nonce: &str, agent_user: &str, limits: &Li
         ),
         ("users.txt", "users"),
         ("agent-unit.txt", "systemctl cat --no-pager \"$UNIT\""),
+        ("sshd-effective.txt", "sshd -T"),
         (
             "crontab-listing.txt",
             "listing /etc/crontab /etc/cron.d /etc/cron.hourly /etc/cron.daily /etc/cron.weekly /etc/cron.monthly /var/spool/cron /etc/ld.so.preload /etc/sudoers.d /etc/systemd/system /etc/${AU}",
