@@ -105,8 +105,9 @@ struct CollectArgs {
     #[arg(short, long, value_name = "DIR")]
     output: PathBuf,
     /// The most MiB one host may send (1 to 65536); past it the archive keeps what came and
-    /// is marked incomplete.
-    #[arg(long, default_value_t = 1024, value_name = "MIB", value_parser = in_range::<u64>(1, 65_536))]
+    /// is marked incomplete. The controller holds up to twice this per host in memory while
+    /// it arrives (lower --forks for many hosts with a high cap).
+    #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = in_range::<u64>(1, 65_536))]
     max_size: u64,
     /// The most KiB of one file or command output (1 to 1048576); longer ones are cut and
     /// marked.
