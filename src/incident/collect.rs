@@ -142,7 +142,8 @@ cmd() {
   { tmo "$@" </dev/null 2>&1 || printf '\n[rampart: %s exited with status %s]\n' "$1" "$?"; } | head -c "$((C + 1))" | base64
 }
 # rootfiles PATH...: regular files under root-controlled PATHs (links are listed, not followed).
-ONE='A=$1 C=$2 P=$3; shift 3; for f; do printf "\n%s member %s\n" "$A" "$(printf "files%s%s" "$P" "${f#.}" | base64 -w0)"; head -c "$((C + 1))" -- "$f" </dev/null | base64; done'
+# A file swapped for a FIFO after `find` saw it would block `head`: each read gets 30 s.
+ONE='A=$1 C=$2 P=$3; shift 3; t=; command -v timeout >/dev/null 2>&1 && t="timeout 30"; for f; do printf "\n%s member %s\n" "$A" "$(printf "files%s%s" "$P" "${f#.}" | base64 -w0)"; $t head -c "$((C + 1))" -- "$f" </dev/null | base64; done'
 rootfiles() {
   for p in "$@"; do
     [ -e "$p" ] || continue

@@ -107,7 +107,7 @@ fn functions_over(root: &[&str], setuid_from: &str, home: &[&str]) -> String {
     case $h in /?*) ;; *) continue ;; esac
     [ -d "$h" ] || continue
     ( rw_cd "$h" 0 || exit 0
-      rw_as sh -c 'B=$1; shift; for f; do [ -f "$f" ] && [ ! -L "$f" ] && printf "%s  %s/%s\n" "$(sha256sum < "$f" | cut -c1-64)" "$B" "$f"; done' rampart-integrity "$h" {home} </dev/null )
+      rw_as sh -c 't=; command -v timeout >/dev/null 2>&1 && t="timeout 30"; B=$1; shift; for f; do [ -f "$f" ] && [ ! -L "$f" ] && printf "%s  %s/%s\n" "$($t sha256sum -- "$f" </dev/null | cut -c1-64)" "$B" "$f"; done' rampart-integrity "$h" {home} </dev/null )
   done
 }}
 "#,

@@ -5,13 +5,17 @@
 //! The compromise is played as root on h55: an attacker's systemd timer and its service, a
 //! cron entry, a line in the admin's authorized_keys, /etc/ld.so.preload, a plaintext API key
 //! in the agent's workspace, and a listener (as root: quarantine leaves root's processes
-//! alone, so `collect` still sees it). Then, in the order the README gives:
+//! alone, so `collect` still sees it); the agent also plants a link to /etc/shadow and a FIFO
+//! where its .profile was. Then, in the order the README gives:
+//! - `quarantine` whose confirmation login is refused (a PAM hook): exit 1, and the host's
+//!   dead-man switch removes the table by itself; the agent stays stopped;
 //! - `quarantine`: the agent is stopped, h55 cannot reach h56 (it could before), the
-//!   controller still logs in;
+//!   controller still logs in; again: nothing to do;
 //! - `collect` (while quarantined): the manifest lists every planted item with the hash of
 //!   what is on the host, the archive holds exactly what the manifest says, both are 0600,
 //!   and no file under the trees collect reads changed (mtime, ctime and size of every file,
-//!   before and after; the same snapshot does see a touched file);
+//!   before and after; the same snapshot does see a touched file); with small caps, members
+//!   are cut and marked, and past --max-size the archive is kept, incomplete, exit 1;
 //! - `release`: the agent runs again and h55 reaches h56 again.
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -149,6 +153,7 @@ echo {} | base64 -d >/home/openclaw/.openclaw/workspace/notes.md
 chown openclaw:openclaw /home/openclaw/.openclaw/workspace/notes.md
 ln -s /etc/shadow /home/openclaw/.openclaw/workspace/leak.md
 chown -h openclaw:openclaw /home/openclaw/.openclaw/workspace/leak.md
+rm -f /home/openclaw/.profile && mkfifo /home/openclaw/.profile && chown openclaw:openclaw /home/openclaw/.profile
 setsid python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"0.0.0.0\", 4444)); s.listen(); time.sleep(100000)' </dev/null >/dev/null 2>&1 &
 for i in $(seq 50); do ss -tlnH | grep -q ':4444 ' && break; sleep 0.2; done
 ss -tlnH | grep -q ':4444 '",
@@ -398,6 +403,12 @@ echo 'account required pam_exec.so quiet /usr/local/sbin/rampart-test-once' >>/e
             .lines()
             .any(|l| l == format!("{keys_hash}  /home/admin/.ssh/authorized_keys")),
         "integrity hashes the admin's authorized_keys (as admin)"
+    );
+    // The agent's FIFO where a file was expected is skipped, not waited on.
+    assert!(
+        !members
+            .iter()
+            .any(|mm| mm["name"] == "files/home/openclaw/.profile")
     );
     // The agent's link to /etc/shadow shows root nothing: not archived, and no member holds
     // shadow's lines.
