@@ -82,16 +82,8 @@ pub const CHANGED_TREES: &[&str] = &[
 ];
 
 /// Root-controlled files and folders whose regular files go into the archive whole.
+/// (Besides the cron places, [`super::integrity::CRON_PLACES`].)
 const ROOT_FILES: &[&str] = &[
-    "/etc/crontab",
-    "/etc/cron.d",
-    "/etc/cron.hourly",
-    "/etc/cron.daily",
-    "/etc/cron.weekly",
-    "/etc/cron.monthly",
-    "/etc/cron.yearly",
-    "/etc/anacrontab",
-    "/var/spool/cron",
     "/etc/systemd/system",
     "/etc/systemd/user",
     "/usr/local/lib/systemd",
@@ -283,7 +275,7 @@ pub fn script(root_nonce: &str, owner_nonce: &str, agent_user: &str, limits: &Li
         s = s.raw("cmd ").arg(name).raw(" ").raw(command).raw("\n");
     }
     s = s.raw("rootfiles");
-    for p in ROOT_FILES {
+    for p in super::integrity::CRON_PLACES.iter().chain(ROOT_FILES) {
         s = s.raw(" ").arg(p);
     }
     s = s.raw(
@@ -500,24 +492,7 @@ pub fn utc(t: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{}Z", crate::report::junit::iso8601_utc(secs))
 }
 
 /// One host's outcome.

@@ -33,15 +33,6 @@ pub const ROOT_PLACES: &[&str] = &[
     "/usr/lib/systemd/system",
     "/usr/local/lib/systemd",
     "/run/systemd/system",
-    "/etc/crontab",
-    "/etc/cron.d",
-    "/etc/cron.hourly",
-    "/etc/cron.daily",
-    "/etc/cron.weekly",
-    "/etc/cron.monthly",
-    "/etc/cron.yearly",
-    "/etc/anacrontab",
-    "/var/spool/cron",
     "/etc/ld.so.preload",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
@@ -59,6 +50,19 @@ pub const ROOT_PLACES: &[&str] = &[
     "/etc/sudoers",
     "/etc/sudoers.d",
     "/etc/ssh",
+];
+
+/// Where cron jobs live (root-controlled); hashed here, archived whole by `collect`.
+pub const CRON_PLACES: &[&str] = &[
+    "/etc/crontab",
+    "/etc/cron.d",
+    "/etc/cron.hourly",
+    "/etc/cron.daily",
+    "/etc/cron.weekly",
+    "/etc/cron.monthly",
+    "/etc/cron.yearly",
+    "/etc/anacrontab",
+    "/var/spool/cron",
 ];
 
 /// Files in every home, hashed as the home's owner.
@@ -79,7 +83,8 @@ pub const HOME_FILES: &[&str] = &[
 /// POSIX sh defining `integrity` (prints the listing). Needs fsfile's `WALK` defined before it.
 /// Reads only.
 pub fn functions() -> String {
-    functions_over(ROOT_PLACES, "/", HOME_FILES)
+    let root: Vec<&str> = ROOT_PLACES.iter().chain(CRON_PLACES).copied().collect();
+    functions_over(&root, "/", HOME_FILES)
 }
 
 /// [`functions`] over other places (unit tests keep them small): `root` hashed as root,

@@ -55,10 +55,25 @@ die() { printf 'rampart: %s\n' "$*" >&2; exit 1; }
 command -v nft >/dev/null 2>&1 || die "nft is not installed: quarantine needs nftables (apt-get install nftables)"
 "#;
 
+/// [`PRELUDE`] and the variables both scripts use: AU, UNIT, S, T, BOOT.
+fn prelude(agent_user: &str) -> Script {
+    Script::new()
+        .raw(PRELUDE)
+        .raw("AU=")
+        .arg(agent_user)
+        .raw("\nUNIT=")
+        .arg(&format!("{agent_user}-gateway.service"))
+        .raw("\nS=")
+        .arg(STATE_DIR)
+        .raw("\nT=")
+        .arg(TABLE)
+        .raw("\nBOOT=")
+        .arg(BOOT_UNIT)
+}
+
 /// The quarantine script; `$1` is `SSH_CONNECTION` (or `SSH_CLIENT`) as the login saw it.
 /// Prints `armed` when it armed the dead-man switch, then one line per thing done.
 fn quarantine_script(agent_user: &str, ctx: &ApplyContext) -> Script {
-    let unit = format!("{agent_user}-gateway.service");
     let restore = Script::new()
         .raw("nft delete table inet ")
         .raw(TABLE)
@@ -71,18 +86,7 @@ fn quarantine_script(agent_user: &str, ctx: &ApplyContext) -> Script {
         .raw("/ruleset.nft ")
         .raw(STATE_DIR)
         .raw("/address\nsystemctl daemon-reload 2>/dev/null\n");
-    Script::new()
-        .raw(PRELUDE)
-        .raw("AU=")
-        .arg(agent_user)
-        .raw("\nUNIT=")
-        .arg(&unit)
-        .raw("\nS=")
-        .arg(STATE_DIR)
-        .raw("\nT=")
-        .arg(TABLE)
-        .raw("\nBOOT=")
-        .arg(BOOT_UNIT)
+    prelude(agent_user)
         .raw(
             r#"
 set -f
@@ -153,17 +157,7 @@ echo "firewall: only SSH between $C and port $P passes, in and out (table inet $
 
 /// The release script.
 fn release_script(agent_user: &str) -> Script {
-    let unit = format!("{agent_user}-gateway.service");
-    Script::new()
-        .raw(PRELUDE)
-        .raw("UNIT=")
-        .arg(&unit)
-        .raw("\nS=")
-        .arg(STATE_DIR)
-        .raw("\nT=")
-        .arg(TABLE)
-        .raw("\nBOOT=")
-        .arg(BOOT_UNIT)
+    prelude(agent_user)
         .raw(
             r#"
 if nft list table inet "$T" >/dev/null 2>&1; then
