@@ -182,6 +182,18 @@ changed() {
       -printf '%TY-%Tm-%Td %TT %CY-%Cm-%Cd %CT %M %u %g %s %p -> %l\n' 2>/dev/null
   done
 }
+# since_apply TREE...: what changed after the newest run folder of rampart's backups was
+# written (the last apply that changed something).
+since_apply() {
+  ref=$(ls -1td /var/lib/rampart/backups/*/ 2>/dev/null | head -n 1)
+  [ -n "$ref" ] || { echo "no run folder in /var/lib/rampart/backups: no apply to compare with"; return 0; }
+  echo "# changed (mtime or ctime) after ${ref%/} was last written ($(stat -c %y "$ref"))"
+  for t in "$@"; do
+    [ -e "$t" ] || continue
+    find "$t" -xdev \( -newer "$ref" -o -cnewer "$ref" \) \
+      -printf '%TY-%Tm-%Td %TT %CY-%Cm-%Cd %CT %M %u %g %s %p -> %l\n' 2>/dev/null
+  done
+}
 auditlog() {
   command -v ausearch >/dev/null 2>&1 || { echo "ausearch not installed"; return 0; }
   for k in $(cat /etc/audit/rules.d/*.rules 2>/dev/null | grep -o -- '-k [A-Za-z0-9_-]*' | cut -d' ' -f2 | sort -u); do
@@ -263,6 +275,17 @@ pub fn script(root_nonce: &str, owner_nonce: &str, agent_user: &str, limits: &Li
             "changed-files.txt",
             &format!(
                 "changed {}",
+                CHANGED_TREES
+                    .iter()
+                    .map(|t| crate::remote::quote(t).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        ),
+        (
+            "changed-since-apply.txt",
+            &format!(
+                "since_apply {}",
                 CHANGED_TREES
                     .iter()
                     .map(|t| crate::remote::quote(t).unwrap_or_default())

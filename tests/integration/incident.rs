@@ -387,6 +387,18 @@ echo 'account required pam_exec.so quiet /usr/local/sbin/rampart-test-once' >>/e
         read("commands/sockets.txt")
     );
     assert!(read("commands/systemd-timers.txt").contains("rampart-evil.timer"));
+    let since = read("commands/changed-since-apply.txt");
+    for planted in [
+        "/etc/cron.d/rampart-evil",
+        "/etc/ld.so.preload",
+        "/etc/systemd/system/rampart-evil.timer",
+    ] {
+        assert!(
+            since.contains(&format!(" {planted} -> ")),
+            "{planted} changed since the apply:\n{}",
+            &since[..since.len().min(3000)]
+        );
+    }
     let integrity = read("commands/integrity.sha256");
     for (path, content) in [
         ("/etc/systemd/system/rampart-evil.timer", TIMER),
