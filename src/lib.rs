@@ -15,6 +15,7 @@ pub mod glob;
 #[cfg(test)]
 mod hostile_output;
 pub mod hostvars;
+pub mod incident;
 pub mod inspect;
 pub mod inventory;
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod host_pipeline;
 mod hostile_fs;
 mod hostile_host;
 mod hostile_secrets;
+mod incident;
 mod openclaw;
 mod report_html;
 mod report_machine;
