@@ -506,7 +506,8 @@ impl Typed for File {
     fn converge(&self, work: Work<'_, FsField>, ctx: &ApplyContext) -> Script {
         let verdict = match work {
             Work::Converge(v) => v,
-            // As a notified handler: nothing (a file step has no action of its own).
+            // As a notified handler: the walk to the file and the check that it is still a
+            // regular file; nothing changes (a file step has no action of its own).
             Work::Notified => &Verdict::Modify(Vec::new()),
         };
         let changes = match verdict {

@@ -530,7 +530,8 @@ impl Typed for JsonConfig {
         let changes = match work {
             Work::Converge(Verdict::Create(c) | Verdict::Modify(c)) => c,
             Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) => return Script::new(),
-            // As a notified handler: the plan of an empty verdict (none was made).
+            // As a notified handler: no diff planned a document, so the apply fails and
+            // says so (json_config is no handler).
             Work::Notified => &Vec::new(),
         };
         let Some(plan) = self.plan_for(changes) else {

@@ -6,22 +6,39 @@
 //! against the desired state, and an idempotent **apply** script. Types never run anything
 //! themselves: the engine batches their probes into one round trip and their applies into one
 //! more, and re-probes to verify.
+//!
+//! ## The legs of a type
+//!
+//! Each type implements [`Resource`] (its identity, probe, and what the engine asks of it:
+//! risky, sensitive, plain fields, the path it writes, restore) and [`Typed`]:
+//!
+//! - `parse(&str) -> Observed`: the probe's output read into the type's own `Observed`
+//!   state; output cut short or garbled is an error, never an empty state;
+//! - `compare(&Observed) -> Verdict<Field>`: pure, the desired state (`self`) against what
+//!   was found, each change naming one of the type's fields (an enum per type, made with
+//!   [`fields!`](crate::fields) when the set is fixed);
+//! - `converge(Work<Field>, ctx) -> Script`: the apply, picking its work by typed fields
+//!   (`work.has(&Field::Content)`), and saying what it does as a notified handler
+//!   ([`Work::Notified`]).
+//!
+//! The engine sees only [`Resource`] and [`Converge`] (`diff`, `apply`, `notify`), which every
+//! [`Typed`] type gets for free: verdicts reach it with field names as text.
+//!
+//! What several types share lives in [`kit`] (probe output reader, `die`, config files
+//! written whole), [`fsfile`] (paths, owner/group/mode, atomic writes that follow no link)
+//! and [`risky`] (what nftables and sshd share). Shell text only through [`Script`].
+//!
+//! ## Adding a type
+//!
+//! Write `src/resource/NAME.rs` with its `TypeInfo` constant(s) (name, parameters, build), its
+//! `Resource` and `Typed` impls and its field enum, then add ONE line to the registry below
+//! (`NAME: [ITS_TYPEINFO],`). Add its fixture cases under `tests/fixtures/<type>/`
+//! (tests/fixtures.rs says how to record them): the fixture harness fails for a registered
+//! type without one.
 
-pub mod audit_rules;
-pub mod command;
-pub mod file;
 pub mod fsfile;
-pub mod json_config;
 pub mod kit;
-pub mod nftables;
-pub mod package;
 pub mod risky;
-pub mod service;
-pub mod sshd;
-pub mod sysctl;
-pub mod unit;
-pub mod user;
-pub mod wireguard;
 
 use std::fmt;
 
@@ -413,10 +430,9 @@ pub fn deadman_arm(ctx: &ApplyContext, key: &str, restore: Script) -> Script {
         .arg(&armed)
         .raw("\nif [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then\n  systemd-run --quiet --collect --unit=")
         .arg(&unit)
-        .raw(&format!(
-            " --timer-property=AccuracySec=1s --on-active={} /bin/sh ",
-            ctx.deadman_seconds
-        ))
+        .raw(" --timer-property=AccuracySec=1s --on-active=")
+        .raw(&ctx.deadman_seconds.to_string())
+        .raw(" /bin/sh ")
         .arg(&script)
         .raw("\nelse\n  (setsid sh -c 'sleep \"$1\"; sh \"$2\"' rampart-deadman ")
         .raw(&ctx.deadman_seconds.to_string())
@@ -453,25 +469,31 @@ impl fmt::Debug for TypeInfo {
     }
 }
 
-/// Every resource type, in the order the docs list them.
-pub const TYPES: &[TypeInfo] = &[
-    file::FILE,
-    file::DIRECTORY,
-    file::ABSENT,
-    file::LINES,
-    user::USER,
-    user::GROUP,
-    command::COMMAND,
-    package::PACKAGE,
-    service::SERVICE,
-    unit::UNIT,
-    sysctl::SYSCTL,
-    sshd::SSHD,
-    nftables::NFTABLES,
-    audit_rules::AUDIT_RULES,
-    json_config::JSON_CONFIG,
-    wireguard::WIREGUARD,
-];
+/// Declares each type's module and lists its `TypeInfo`s in [`TYPES`].
+macro_rules! registry {
+    ($($module:ident: [$($info:ident),+ $(,)?]),+ $(,)?) => {
+        $(pub mod $module;)+
+
+        /// Every resource type, in the order the docs list them.
+        pub const TYPES: &[TypeInfo] = &[$($($module::$info),+),+];
+    };
+}
+
+// The registry: one line per type's module (see "Adding a type" in the module doc).
+registry! {
+    file: [FILE, DIRECTORY, ABSENT, LINES],
+    user: [USER, GROUP],
+    command: [COMMAND],
+    package: [PACKAGE],
+    service: [SERVICE],
+    unit: [UNIT],
+    sysctl: [SYSCTL],
+    sshd: [SSHD],
+    nftables: [NFTABLES],
+    audit_rules: [AUDIT_RULES],
+    json_config: [JSON_CONFIG],
+    wireguard: [WIREGUARD],
+}
 
 pub fn lookup(name: &str) -> Option<&'static TypeInfo> {
     TYPES.iter().find(|t| t.name == name)
@@ -562,6 +584,84 @@ async fn run_local_ok(script: Script) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Every field a verdict names comes back as the same typed field in the apply.
+    #[test]
+    fn field_names_round_trip() {
+        fn back<F: Field>(fields: &[F]) {
+            for f in fields {
+                assert_eq!(F::of(&f.name()).as_ref(), Some(f), "{}", f.name());
+            }
+        }
+        use file::FsField;
+        back(&[
+            FsField::Content,
+            FsField::Type,
+            FsField::Owner,
+            FsField::Group,
+            FsField::Mode,
+        ]);
+        use sysctl::SysctlField;
+        back(&[
+            SysctlField::Content,
+            SysctlField::Type,
+            SysctlField::Live("net.ipv4.ip_forward".into()),
+        ]);
+        assert_eq!(
+            SysctlField::Live("kernel.kptr_restrict".into()).name(),
+            "kernel.kptr_restrict (live)"
+        );
+        use sshd::SshdField;
+        back(&[
+            SshdField::Content,
+            SshdField::Effective("passwordauthentication".into()),
+        ]);
+        use fsfile::PermField;
+        use json_config::JsonField;
+        back(&[
+            JsonField::Key("gateway.auth.token".into()),
+            JsonField::Key("a[0].b".into()),
+            JsonField::File(PermField::Mode),
+            JsonField::File(PermField::Owner),
+        ]);
+        assert_eq!(JsonField::File(PermField::Mode).name(), "file mode");
+        back(&[package::PackageName("openssh-server".into())]);
+        use wireguard::WgField;
+        back(&[
+            WgField::Key,
+            WgField::ConfMode,
+            WgField::Dropin,
+            WgField::State,
+        ]);
+        assert_eq!(WgField::of("no such field"), None);
+    }
+
+    /// A verdict with field names the type does not have never reaches its apply as fields
+    /// (and a notified handler is its own kind of work, not a verdict).
+    #[test]
+    fn work_says_what_changes_and_whether_notified() {
+        let v: Verdict<wireguard::WgField> = Verdict::Modify(vec![Change::of(
+            wireguard::WgField::Enabled,
+            Some("disabled".into()),
+            Some("enabled".into()),
+        )]);
+        let w = Work::Converge(&v);
+        assert!(w.has(&wireguard::WgField::Enabled));
+        assert!(!w.has(&wireguard::WgField::State));
+        assert!(!w.is_notified());
+        let n: Work<'_, wireguard::WgField> = Work::Notified;
+        assert!(n.is_notified() && n.changes().is_empty());
+        let named = v.clone().map(|f| Some(f.name()));
+        assert_eq!(
+            named,
+            Verdict::Modify(vec![Change::new(
+                "enabled",
+                Some("disabled".into()),
+                Some("enabled".into())
+            )])
+        );
+        assert_eq!(named.map(|n| wireguard::WgField::of(&n)), v);
+    }
 
     #[tokio::test]
     async fn an_unconfirmed_deadman_restores_and_a_confirmed_one_does_not() {

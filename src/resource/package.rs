@@ -646,6 +646,27 @@ mod tests {
         assert!(!text.contains("purge"), "{text}");
     }
 
+    /// Notified as a handler, a package step acts on all its names, by its state: a handler
+    /// with `state: absent` removes (the empty verdict it used to get meant "install").
+    #[test]
+    fn a_notified_handler_acts_by_its_state() {
+        let ctx = ApplyContext::new("t");
+        let add = package(json!({"names": ["hello", "less"]}));
+        let text = add.notify(&ctx).render().unwrap();
+        assert!(text.contains("set -- 'hello' 'less'\n"), "{text}");
+        assert!(text.contains("apt-get install -y"), "{text}");
+        let del = package(json!({"names": ["telnet"], "state": "absent"}));
+        let text = del.notify(&ctx).render().unwrap();
+        assert!(text.contains("set -- 'telnet'\n"), "{text}");
+        assert!(text.contains("apt-get remove -y"), "{text}");
+        assert!(!text.contains("apt-get install"), "{text}");
+        // The engine's way of saying "notified" is the same thing.
+        assert_eq!(
+            del.apply(&Verdict::Modify(Vec::new()), &ctx).render().unwrap(),
+            text
+        );
+    }
+
     #[test]
     fn the_probe_runs_under_sh_and_parses() {
         // This machine is Debian: dpkg-query answers for real.

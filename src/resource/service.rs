@@ -30,8 +30,8 @@
 //!
 //! ## Handlers
 //!
-//! The engine applies a notified handler with an empty [`Verdict::Modify`], without a probe.
-//! Given that verdict, the apply converges every given field idempotently (`systemctl enable`,
+//! A notified handler is applied without a probe, as [`Work::Notified`] (what the engine's
+//! empty [`Verdict::Modify`] means). Notified, the apply converges every given field idempotently (`systemctl enable`,
 //! `start`, … are no-ops when already so), then `restarted: true` runs `systemctl restart`
 //! (which starts a stopped unit) and `reloaded: true` runs `systemctl reload` when the unit is
 //! active (a stopped unit has nothing to reload: it is left stopped, and the apply says so).
