@@ -13,7 +13,7 @@
 
 use base64::Engine as _;
 
-use super::fsfile::{RENAME_TEMP, TEMP_TRAP, parent, write_temp};
+use super::fsfile::{RENAME_TEMP, TEMP_TRAP, octal, parent, write_temp};
 use super::{Change, ParamError, ProbeError};
 use crate::remote::Script;
 
@@ -262,9 +262,10 @@ pub(super) fn config_changes<F: From<FileField>>(
 }
 
 /// Shell text (inside a subshell that defines `die`) writing `content` to `path` atomically,
-/// mode 0644, owned by root when run as root, after copying what is there to `backup`
-/// (unless this run already holds a copy). Makes a missing folder (0755).
-pub(super) fn write_config(path: &str, content: &[u8], backup: &str) -> Script {
+/// with `mode` (0644 for unit files and sysctl.d, 0600 for a WireGuard config), owned by root
+/// when run as root, after copying what is there to `backup` (unless this run already holds a
+/// copy). Makes a missing folder (0755).
+pub(super) fn write_config(path: &str, content: &[u8], backup: &str, mode: u32) -> Script {
     Script::new()
         .raw("p=")
         .arg(path)
@@ -284,8 +285,11 @@ pub(super) fn write_config(path: &str, content: &[u8], backup: &str) -> Script {
              fi\n",
         )
         .then(write_temp(content))
+        .raw("chmod ")
+        // Four octal digits: a shell word as it is.
+        .raw(&octal(mode))
         .raw(
-            "chmod 0644 \"$t\" || die \"cannot set the mode of $t\"\n\
+            " \"$t\" || die \"cannot set the mode of $t\"\n\
              if [ \"$(id -u)\" = 0 ]; then chown 0:0 \"$t\" || die \"cannot give $t to root\"; fi\n",
         )
         .raw(RENAME_TEMP)

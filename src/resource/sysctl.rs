@@ -496,7 +496,7 @@ fn converge(d: &Sysctl, work: Work<'_, SysctlField>, ctx: &ApplyContext) -> Scri
     let mut s = Script::new();
     if has(&SysctlField::Content) || has(&SysctlField::Type) {
         let backup = backup_path(ctx, &d.file);
-        s = s.then(write_config(&d.file, d.content().as_bytes(), &backup));
+        s = s.then(write_config(&d.file, d.content().as_bytes(), &backup, 0o644));
     }
     let mut set = Script::new().raw("set --");
     let mut any = false;

@@ -262,7 +262,7 @@ impl Typed for Unit {
         let mut s = Script::new().raw("n=").arg(&self.name).raw("\n");
         if writes {
             let backup = backup_path(ctx, &self.path);
-            s = s.then(write_config(&self.path, self.content.as_bytes(), &backup));
+            s = s.then(write_config(&self.path, self.content.as_bytes(), &backup, 0o644));
         }
         if reload {
             s = s.raw("systemctl daemon-reload || die \"systemctl daemon-reload failed\"\n");
@@ -490,7 +490,7 @@ mod tests {
         let p = path.to_str().unwrap();
         let backup = format!("{}/backups{p}", tmp.path().display());
         let run = |content: &str| {
-            run_local_ok(apply_script(write_config(p, content.as_bytes(), &backup)))
+            run_local_ok(apply_script(write_config(p, content.as_bytes(), &backup, 0o644)))
         };
         run("one\n").await;
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");

@@ -39,8 +39,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::fsfile::backup_path;
 use super::kit::{
     ConfigFile, DIE, FILE_KEYS, Fields, FileField, config_changes, config_probe, parse_config,
+    write_config,
 };
 use super::service::{
     RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd,
@@ -604,32 +606,13 @@ impl Typed for WireGuard {
                  chmod 0600 \"$k\" || die \"cannot set the mode of $k\"\n",
             );
         if writes_conf || has(WgField::ConfMode) {
-            let backup = format!("{}{}", ctx.backup_dir(), self.conf_path());
-            let bdir = backup.rsplit_once('/').map_or("/", |(d, _)| d).to_string();
-            s = s
-                .raw("p=")
-                .arg(&self.conf_path())
-                .raw("\nb=")
-                .arg(&backup)
-                .raw("\nbd=")
-                .arg(&bdir)
-                .raw(
-                    "\nt=\ntrap '[ -z \"$t\" ] || rm -f \"$t\"' EXIT\n\
-                     if [ -d \"$p\" ]; then die \"$p is a folder: not replacing it\"; fi\n\
-                     if { [ -e \"$p\" ] || [ -L \"$p\" ]; } && [ ! -e \"$b\" ] && [ ! -L \"$b\" ]; then\n\
-                     \x20 { mkdir -p \"$bd\" && cp -pP \"$p\" \"$b\"; } || die \"cannot back up $p to $b\"\n\
-                     fi\n\
-                     t=$(mktemp /etc/wireguard/.rampart.XXXXXX) || die \"cannot create a temporary file in /etc/wireguard\"\n\
-                     base64 -d >\"$t\" ",
-                )
-                .payload(self.config().as_bytes())
-                .raw(
-                    "[ $? -eq 0 ] || die \"cannot write the temporary file $t\"\n\
-                     chmod 0600 \"$t\" || die \"cannot set the mode of $t\"\n\
-                     chown 0:0 \"$t\" || die \"cannot give $t to root\"\n\
-                     mv -f \"$t\" \"$p\" || die \"cannot rename $t to $p\"\n\
-                     t=\n",
-                );
+            let backup = backup_path(ctx, &self.conf_path());
+            s = s.then(write_config(
+                &self.conf_path(),
+                self.config().as_bytes(),
+                &backup,
+                0o600,
+            ));
         }
         if dropin {
             let path = self.dropin_path();
