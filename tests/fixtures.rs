@@ -160,7 +160,14 @@ fn on_host(host: &str, script: &str) -> String {
             "UserKnownHostsFile={}",
             testbed.join("known_hosts").display()
         ))
-        .args(["-i", "/var/cache/rampart-testbed/id_ed25519"])
+        .arg("-i")
+        .arg(
+            PathBuf::from(
+                std::env::var("RAMPART_TESTBED_CACHE")
+                    .unwrap_or_else(|_| "/var/cache/rampart-testbed".into()),
+            )
+            .join("id_ed25519"),
+        )
         .arg(format!("root@{addr}"))
         .arg(rampart::remote::exec_command(false))
         .stdin(Stdio::piped())
