@@ -5,13 +5,18 @@
 //! - [`DIE`]: the `die` shell function apply scripts fail through;
 //! - config files written whole (unit, sysctl, wireguard): their probe ([`config_probe`]),
 //!   parse ([`parse_config`]), diff ([`config_changes`]) and atomic write ([`write_config`]:
-//!   a temporary file in the same folder, mode 0644 and owner root set before the rename; what
+//!   a temporary file in the same folder, the mode given (0644; 0600 for WireGuard) and owner root set before the rename; what
 //!   it replaces is first copied to the run's backup folder, the first copy of a run winning,
 //!   as file.rs does; the temporary file and the rename are [`fsfile`](super::fsfile)'s).
+//! - systemd units (service, unit, wireguard): [`RunState`], the probe of a unit's state
+//!   ([`SYSTEMD_PROBE`], [`parse_systemd`]), the diff of `enabled` and `state`
+//!   ([`systemd_changes`]) and the `systemctl` actions ([`systemctl`], [`enable_script`]);
+//!   service.rs's module doc says what counts as enabled, started, masked.
 //!
 //! Shell text only through [`Script`].
 
 use base64::Engine as _;
+use serde::Deserialize;
 
 use super::fsfile::{RENAME_TEMP, TEMP_TRAP, octal, parent, write_temp};
 use super::{Change, ParamError, ProbeError};
@@ -293,4 +298,267 @@ pub(super) fn write_config(path: &str, content: &[u8], backup: &str, mode: u32) 
              if [ \"$(id -u)\" = 0 ]; then chown 0:0 \"$t\" || die \"cannot give $t to root\"; fi\n",
         )
         .raw(RENAME_TEMP)
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd units: state probe, parse, diff, and the systemctl actions. Shared by service.rs,
+// unit.rs and wireguard.rs.
+
+/// `started` or `stopped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Started,
+    Stopped,
+}
+
+/// The keys [`systemd_probe`] prints.
+pub(super) const SYSTEMD_KEYS: &[&str] = &["systemd", "load", "enabled", "active", "reload"];
+
+/// Shell text printing the state of the unit named in `$n` as `key=value` lines (see the
+/// module doc). Side-effect free.
+pub(super) const SYSTEMD_PROBE: &str = r#"if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  printf 'systemd=yes\n'
+  printf 'load=%s\n' "$(systemctl show -p LoadState --value -- "$n" 2>/dev/null)"
+  printf 'enabled=%s\n' "$(systemctl is-enabled -- "$n" 2>/dev/null | head -n 1)"
+  printf 'active=%s\n' "$(systemctl is-active -- "$n" 2>/dev/null | head -n 1)"
+  printf 'reload=%s\n' "$(systemctl show -p NeedDaemonReload --value -- "$n" 2>/dev/null)"
+else
+  printf 'systemd=no\n'
+fi
+"#;
+
+/// How `systemctl is-enabled` classes a unit (see the module doc's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Enablement {
+    /// `enabled`, `alias`.
+    On,
+    /// `enabled-runtime`: until the next boot only.
+    Runtime,
+    /// `disabled`, `linked`, `linked-runtime`.
+    Off,
+    /// `static`, `indirect`, `generated`, `transient`: no `[Install]` to switch.
+    Fixed,
+    /// `masked`, `masked-runtime`.
+    Masked,
+    /// Not found, or a word rampart does not know.
+    Unknown,
+}
+
+impl Enablement {
+    fn of(word: &str) -> Enablement {
+        match word {
+            "enabled" | "alias" => Enablement::On,
+            "enabled-runtime" => Enablement::Runtime,
+            "disabled" | "linked" | "linked-runtime" => Enablement::Off,
+            "static" | "indirect" | "generated" | "transient" => Enablement::Fixed,
+            "masked" | "masked-runtime" => Enablement::Masked,
+            _ => Enablement::Unknown,
+        }
+    }
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    /// `LoadState`: `loaded`, `not-found`, `masked`, `error`, `bad-setting`, …
+    pub load: String,
+    /// The word of `systemctl is-enabled` (empty when it printed none).
+    pub enabled: String,
+    /// The word of `systemctl is-active`.
+    pub active: String,
+    /// `NeedDaemonReload=yes`: the unit's files changed since systemd read them.
+    pub needs_reload: bool,
+}
+
+impl UnitState {
+    pub(super) fn enablement(&self) -> Enablement {
+        Enablement::of(&self.enabled)
+    }
+
+    pub(super) fn masked(&self) -> bool {
+        self.load == "masked" || self.enablement() == Enablement::Masked
+    }
+
+    pub(super) fn found(&self) -> bool {
+        self.load != "not-found" && !self.load.is_empty()
+    }
+
+    pub(super) fn started(&self) -> bool {
+        matches!(
+            self.active.as_str(),
+            "active" | "reloading" | "activating" | "refreshing"
+        )
+    }
+
+    pub(super) fn stopped(&self) -> bool {
+        matches!(self.active.as_str(), "inactive" | "failed")
+    }
+}
+
+/// Reads the systemd keys; `None` when the host runs no systemd.
+pub(super) fn parse_systemd(f: &Fields) -> Result<Option<UnitState>, ProbeError> {
+    if !f.yes_no("systemd")? {
+        return Ok(None);
+    }
+    Ok(Some(UnitState {
+        load: f.need("load")?.to_string(),
+        enabled: f.need("enabled")?.to_string(),
+        active: f.need("active")?.to_string(),
+        needs_reload: match f.need("reload")? {
+            "yes" => true,
+            // Empty for a unit systemd does not know.
+            "no" | "" => false,
+            v => return Err(f.error(format!("`reload` is neither yes nor no: {v:?}"))),
+        },
+    }))
+}
+
+crate::fields! {
+    /// The fields of a unit's systemd state, shared with unit.rs and wireguard.rs.
+    pub enum SystemdField {
+        Enabled = "enabled",
+        State = "state",
+    }
+}
+
+fn shown(word: &str) -> Option<String> {
+    (!word.is_empty()).then(|| word.to_string())
+}
+
+/// The `enabled` and `state` changes for unit `name` in state `s`, or an error that explains a
+/// wish systemd cannot grant (masked, static, unknown unit). `will_exist`: a unit step is
+/// about to write the unit's file, so a unit systemd does not know yet is no error.
+pub(super) fn systemd_changes<F: From<SystemdField>>(
+    name: &str,
+    s: &UnitState,
+    enabled: Option<bool>,
+    state: Option<RunState>,
+    will_exist: bool,
+    f: &Fields,
+) -> Result<Vec<Change<F>>, ProbeError> {
+    let mut c = Vec::new();
+    if enabled.is_none() && state.is_none() {
+        return Ok(c);
+    }
+    let known = s.found() || s.masked();
+    if !known && !will_exist {
+        return Err(f.error(format!(
+            "systemd has no unit {name} on this host (LoadState={}); install the package that \
+             ships it, or add a unit step that writes it",
+            if s.load.is_empty() { "?" } else { &s.load }
+        )));
+    }
+    let wants_on = enabled == Some(true) || state == Some(RunState::Started);
+    if s.masked() && wants_on {
+        return Err(f.error(format!(
+            "unit {name} is masked (is-enabled: {}), so it cannot be enabled or started; \
+             if it should run, unmask it first (systemctl unmask {name}), else ask for \
+             enabled: false and state: stopped",
+            if s.enabled.is_empty() {
+                "masked"
+            } else {
+                &s.enabled
+            }
+        )));
+    }
+    if let Some(want) = enabled {
+        let e = if known {
+            s.enablement()
+        } else {
+            Enablement::Unknown
+        };
+        let change = match (want, e) {
+            (true, Enablement::On | Enablement::Fixed) => false,
+            (false, Enablement::Off | Enablement::Masked) => false,
+            (false, Enablement::Fixed) => {
+                return Err(f.error(format!(
+                    "unit {name} is {} (it has no [Install] section: other units pull it in), \
+                     so it cannot be disabled; mask it to keep it from running \
+                     (systemctl mask {name}), or drop `enabled`",
+                    s.enabled
+                )));
+            }
+            (true, Enablement::Unknown) | (false, Enablement::Unknown) if known => {
+                return Err(f.error(format!(
+                    "unit {name}: systemctl is-enabled says {:?}, which rampart does not know \
+                     how to change",
+                    s.enabled
+                )));
+            }
+            // Not known yet (a unit step writes it): enable when wanted.
+            (want, Enablement::Unknown) => want,
+            _ => true,
+        };
+        if change {
+            c.push(Change::of(
+                SystemdField::Enabled.into(),
+                if known { shown(&s.enabled) } else { None },
+                Some(if want { "enabled" } else { "disabled" }.into()),
+            ));
+        }
+    }
+    if let Some(want) = state {
+        let ok = match want {
+            RunState::Started => s.started() && known,
+            RunState::Stopped => s.stopped() || !known,
+        };
+        if !ok {
+            c.push(Change::of(
+                SystemdField::State.into(),
+                if known { shown(&s.active) } else { None },
+                Some(
+                    match want {
+                        RunState::Started => "active",
+                        RunState::Stopped => "inactive",
+                    }
+                    .into(),
+                ),
+            ));
+        }
+    }
+    Ok(c)
+}
+
+/// A sentence part for an in-line unit: `enabled, active`, with notes for masked and static.
+pub(super) fn systemd_sentence(s: &UnitState) -> String {
+    let mut words = Vec::new();
+    if !s.enabled.is_empty() {
+        words.push(match s.enablement() {
+            Enablement::Fixed => format!("{} (pulled in by other units)", s.enabled),
+            _ => s.enabled.clone(),
+        });
+    }
+    if !s.active.is_empty() {
+        words.push(s.active.clone());
+    }
+    words.join(", ")
+}
+
+/// Shell text: `systemctl ACTION` of the unit in `$n`; on failure, systemd's own status lines
+/// go to stderr and the script dies. `ACTION` is rampart's own word.
+pub(super) fn systemctl(action: &str) -> Script {
+    let shows_status = matches!(action, "start" | "restart" | "reload");
+    let mut s = Script::new()
+        .raw("systemctl ")
+        .raw(action)
+        .raw(" -- \"$n\" || {\n");
+    if shows_status {
+        s = s.raw("  systemctl status --no-pager --lines=15 -- \"$n\" >&2 || true\n");
+    }
+    s.raw("  die \"systemctl ")
+        .raw(action)
+        .raw(" $n failed\"\n}\n")
+}
+
+/// Shell text that makes the unit in `$n` enabled or disabled, idempotently.
+pub(super) fn enable_script(want: bool) -> Script {
+    if want {
+        systemctl("enable")
+    } else {
+        // A runtime enablement lives in /run: `disable` alone leaves it.
+        Script::new()
+            .raw("if [ \"$(systemctl is-enabled -- \"$n\" 2>/dev/null)\" = enabled-runtime ]; then\n  systemctl disable --runtime -- \"$n\" || die \"systemctl disable --runtime $n failed\"\nfi\n")
+            .then(systemctl("disable"))
+    }
 }

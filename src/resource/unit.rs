@@ -2,7 +2,7 @@
 //! enablement and state.
 //!
 //! Owns the `unit` type. The unit file is a config file written whole with the kit's helpers
-//! ([`kit`](super::kit): [`config_probe`], [`config_changes`], [`write_config`]). Enablement and state are service.rs's
+//! ([`kit`](super::kit): [`config_probe`], [`config_changes`], [`write_config`]). Enablement and state are the kit's too
 //! ([`systemd_changes`]), so `unit` and `service` mean the same by `enabled` and `state`.
 //!
 //! The file goes to `path`, by default `/etc/systemd/system/NAME`; the file name of `path`
@@ -20,7 +20,7 @@
 //!
 //! ## Probe output
 //!
-//! The config-file lines, then service.rs's systemd lines:
+//! The config-file lines, then the kit's systemd lines:
 //!
 //! ```text
 //! rampart-unit 1
@@ -38,14 +38,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fsfile::{apply_script, backup_path};
-use super::kit::{
-    ConfigFile, FILE_KEYS, Fields, FileField, check_config_path, config_changes, config_probe,
-    parse_config, write_config,
-};
-use super::service::{
-    RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, check_unit_name, enable_script,
-    parse_systemd, systemctl, systemd_changes, systemd_sentence,
-};
+use super::kit::{ConfigFile, FILE_KEYS, Fields, FileField, check_config_path, config_changes, config_probe, parse_config, write_config, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence};
+use super::service::{check_unit_name};
 use super::{
     ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
 };

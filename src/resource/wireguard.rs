@@ -29,7 +29,7 @@
 //! content=<base64>
 //! confmode=600              (file=file only)
 //! dropin=none               # none | <base64 of the drop-in>
-//! systemd=yes ...           # service.rs's systemd lines for wg-quick@IF.service
+//! systemd=yes ...           # the kit's systemd lines for wg-quick@IF.service
 //! end
 //! ```
 
@@ -40,14 +40,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fsfile::backup_path;
-use super::kit::{
-    ConfigFile, DIE, FILE_KEYS, Fields, FileField, config_changes, config_probe, parse_config,
-    write_config,
-};
-use super::service::{
-    RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd,
-    systemctl, systemd_changes, systemd_sentence,
-};
+use super::kit::{ConfigFile, DIE, FILE_KEYS, Fields, FileField, config_changes, config_probe, parse_config, write_config, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence};
 use super::{
     ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
 };
