@@ -87,7 +87,9 @@ use super::fsfile::{
     FileKind, FileState, Perms, Write, apply_script, backup_path, base64_block, check_file_path,
     parse_file, probe_file, redacted, refusal, shown,
 };
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
+use super::{
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
+};
 use crate::remote::Script;
 
 pub const AUDIT_RULES: TypeInfo = TypeInfo {
@@ -106,8 +108,21 @@ pub const DEFAULT_FILE: &str = "/etc/audit/rules.d/60-rampart.rules";
 /// The folder augenrules builds the kernel's rules from (its `*.rules` files).
 const RULES_D: &str = "/etc/audit/rules.d";
 
-const CONTENT: &str = "content";
-const LOADED: &str = "loaded";
+crate::fields! {
+    /// The fields of an `audit_rules` step.
+    pub enum AuditField {
+        /// The rules file.
+        Content = "content",
+        /// The rules loaded in the kernel.
+        Loaded = "loaded",
+    }
+}
+
+/// What the probe found, with its output redacted (quoted by errors).
+pub struct AuditFound {
+    obs: Observed,
+    redacted: String,
+}
 
 /// The first line of the file.
 const HEADER: &str = "## Written by rampart (audit_rules): changes made here are undone.";
@@ -757,11 +772,22 @@ impl Resource for AuditRules {
         }
         s.raw(")\n")
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+impl Typed for AuditRules {
+    type Observed<'a> = AuditFound;
+    type Field = AuditField;
+
+    fn parse(&self, probe_output: &str) -> Result<AuditFound, ProbeError> {
         refusal(probe_output)?;
-        let err = |m: String| ProbeError::new(m, &redacted(probe_output));
-        let obs = parse(probe_output).map_err(err)?;
+        let redacted = redacted(probe_output);
+        let obs = parse(probe_output).map_err(|m| ProbeError::new(m, &redacted))?;
+        Ok(AuditFound { obs, redacted })
+    }
+
+    fn compare(&self, found: &AuditFound) -> Result<Verdict<AuditField>, ProbeError> {
+        let err = |m: String| ProbeError::new(m, &found.redacted);
+        let obs = &found.obs;
         let file = shown(&self.file);
         let before = match obs.file.kind {
             FileKind::None => None,
@@ -778,14 +804,14 @@ impl Resource for AuditRules {
         };
         let mut changes = Vec::new();
         if before.as_deref() != Some(self.content.as_str()) {
-            changes.push(Change::new(
-                CONTENT,
+            changes.push(Change::of(
+                AuditField::Content,
                 before.clone(),
                 Some(self.content.clone()),
             ));
         }
         let count = self.rules().count();
-        let in_line = match obs.audit {
+        let in_line = match &obs.audit {
             Audit::Unavailable(reason) => {
                 let sentence = format!(
                     "audit unavailable here ({reason}): rules written to {file}, not loaded"
@@ -793,8 +819,8 @@ impl Resource for AuditRules {
                 if changes.is_empty() {
                     return Ok(Verdict::InLine(format!("{}: {sentence}", self.id())));
                 }
-                changes.push(Change::new(
-                    LOADED,
+                changes.push(Change::of(
+                    AuditField::Loaded,
                     Some(format!("unavailable ({reason})")),
                     Some(format!("not loaded: rules written to {file} only")),
                 ));
@@ -804,15 +830,15 @@ impl Resource for AuditRules {
                 let is_loaded =
                     |rule: &Rule| canon(rule, &obs.ids).is_some_and(|c| loaded.contains(&c));
                 if self.rules().any(|(_, r)| !is_loaded(r)) {
-                    changes.push(Change::new(
-                        LOADED,
+                    changes.push(Change::of(
+                        AuditField::Loaded,
                         Self::listing(self.rules().filter(|(_, r)| is_loaded(r)).map(|(t, _)| t)),
                         Self::listing(self.rules().map(|(t, _)| t)),
                     ));
                 }
                 // Plain "is in line" unless there is more to say: the report shows the rest.
                 let mut s = format!("{} is in line", self.id());
-                if enabled == Some(0) {
+                if *enabled == Some(0) {
                     s.push_str(&format!(
                         ": its {count} rules are loaded, but auditing is disabled (enabled 0), \
                          so they record nothing"
@@ -830,13 +856,16 @@ impl Resource for AuditRules {
         }
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        let changes = match verdict {
-            Verdict::Create(c) | Verdict::Modify(c) => c,
-            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+    /// As a notified handler: the rules loaded again if audit is usable (nothing is missing,
+    /// so only augenrules reloads), the file left alone.
+    fn converge(&self, work: Work<'_, AuditField>, ctx: &ApplyContext) -> Script {
+        let changes = match work {
+            Work::Converge(Verdict::Create(c) | Verdict::Modify(c)) => c,
+            Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) => return Script::new(),
+            Work::Notified => &Vec::new(),
         };
         let mut s = Script::new();
-        if changes.iter().any(|c| c.field == CONTENT) {
+        if changes.iter().any(|c| c.field == AuditField::Content) {
             s = s.then(
                 Write {
                     path: &self.file,
@@ -858,13 +887,14 @@ impl Resource for AuditRules {
         }
         // The rules the diff found missing: those not on the `before` side of `loaded`. When
         // audit was unavailable that side names no rule, and the check below skips loading.
-        let missing: Vec<(&str, &Rule)> = match changes.iter().find(|c| c.field == LOADED) {
-            Some(c) => {
-                let had: Vec<&str> = c.before.as_deref().unwrap_or("").lines().collect();
-                self.rules().filter(|(t, _)| !had.contains(t)).collect()
-            }
-            None => Vec::new(),
-        };
+        let missing: Vec<(&str, &Rule)> =
+            match changes.iter().find(|c| c.field == AuditField::Loaded) {
+                Some(c) => {
+                    let had: Vec<&str> = c.before.as_deref().unwrap_or("").lines().collect();
+                    self.rules().filter(|(t, _)| !had.contains(t)).collect()
+                }
+                None => Vec::new(),
+            };
         let mut one_by_one = Script::new().raw("      :\n");
         for (text, rule) in &missing {
             one_by_one = one_by_one.raw("      r=").arg(text).raw("\n      auditctl");
@@ -907,6 +937,7 @@ impl Resource for AuditRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use crate::resource::b64;
     use crate::resource::converge_one;
     use crate::transport::local::LocalSession;
@@ -1190,9 +1221,9 @@ mod tests {
         assert_eq!(
             r.diff(&probed(None, &usable(only_watch))).unwrap(),
             Verdict::Create(vec![
-                Change::new(CONTENT, None, Some(r.content.clone())),
+                Change::new(AuditField::Content.text(), None, Some(r.content.clone())),
                 Change::new(
-                    LOADED,
+                    AuditField::Loaded.text(),
                     Some(format!("{WATCH}\n")),
                     Some(format!("{WATCH}\n{EXEC}\n"))
                 ),
@@ -1203,7 +1234,7 @@ mod tests {
             r.diff(&probed(Some(&r.content), &usable("No rules")))
                 .unwrap(),
             Verdict::Modify(vec![Change::new(
-                LOADED,
+                AuditField::Loaded.text(),
                 None,
                 Some(format!("{WATCH}\n{EXEC}\n"))
             )])
@@ -1221,7 +1252,7 @@ mod tests {
         assert_eq!(
             r.diff(&probed(Some(&edited), &usable(LISTED))).unwrap(),
             Verdict::Modify(vec![Change::new(
-                CONTENT,
+                AuditField::Content.text(),
                 Some(edited.clone()),
                 Some(r.content.clone())
             )])
@@ -1244,9 +1275,9 @@ mod tests {
         assert_eq!(
             r.diff(&probed(None, container)).unwrap(),
             Verdict::Create(vec![
-                Change::new(CONTENT, None, Some(r.content.clone())),
+                Change::new(AuditField::Content.text(), None, Some(r.content.clone())),
                 Change::new(
-                    LOADED,
+                    AuditField::Loaded.text(),
                     Some("unavailable (no kernel audit in this container)".into()),
                     Some(
                         "not loaded: rules written to /etc/audit/rules.d/60-rampart.rules only"
@@ -1372,7 +1403,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(before.action(), "create");
-        assert_eq!(before.changes()[1].field, LOADED);
+        assert_eq!(before.changes()[1].field, AuditField::Loaded.text());
         let Verdict::InLine(sentence) = after else {
             panic!("{after:?}")
         };

@@ -6,7 +6,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict};
+use super::{
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work,
+};
 use crate::remote::Script;
 
 #[derive(Debug, Deserialize)]
@@ -66,34 +68,59 @@ impl Resource for Command {
         }
         s.raw("echo done=1\n")
     }
+}
 
-    fn diff(&self, out: &str) -> Result<Verdict, ProbeError> {
+crate::fields! {
+    /// The field of a `command` step: the command runs.
+    pub enum CommandField {
+        Run = "run",
+    }
+}
+
+/// What the probe found: `creates` exists, `unless` passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ran {
+    creates: bool,
+    unless: bool,
+}
+
+impl Typed for Command {
+    type Observed<'a> = Ran;
+    type Field = CommandField;
+
+    fn parse(&self, out: &str) -> Result<Ran, ProbeError> {
         if !out.lines().any(|l| l == "done=1") {
             return Err(ProbeError::new("no `done=1` line", out));
         }
-        let creates = out.lines().any(|l| l == "creates=yes");
-        let unless = out.lines().any(|l| l == "unless=yes");
-        if creates {
+        Ok(Ran {
+            creates: out.lines().any(|l| l == "creates=yes"),
+            unless: out.lines().any(|l| l == "unless=yes"),
+        })
+    }
+
+    fn compare(&self, o: &Ran) -> Result<Verdict<CommandField>, ProbeError> {
+        if o.creates {
             return Ok(Verdict::InLine(format!(
                 "{} is in line: {} exists",
                 self.id(),
                 self.creates.as_deref().unwrap_or("")
             )));
         }
-        if unless {
+        if o.unless {
             return Ok(Verdict::InLine(format!(
                 "{} is in line: its `unless` test passes",
                 self.id()
             )));
         }
-        Ok(Verdict::Modify(vec![Change::new(
-            "run",
+        Ok(Verdict::Modify(vec![Change::of(
+            CommandField::Run,
             None,
             Some(self.run.clone()),
         )]))
     }
 
-    fn apply(&self, _verdict: &Verdict, _ctx: &ApplyContext) -> Script {
+    /// Runs the command, as a step that differs and as a notified handler alike.
+    fn converge(&self, _work: Work<'_, CommandField>, _ctx: &ApplyContext) -> Script {
         Script::new().author_code(&self.run).raw("\n")
     }
 }

@@ -52,11 +52,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fsfile::{
-    MAX_CONTENT, Meta, Perms, WALK, Write, apply_script, backup_path, backup_script, check_path,
-    content_block, guarded_probe, guarded_probe_folder, name_of, parent, parse_stat, refusal,
-    sha1_hex, shown,
+    AsPerm, MAX_CONTENT, Meta, PermField, Perms, WALK, Write, apply_script, backup_path,
+    backup_script, check_path, content_block, guarded_probe, guarded_probe_folder, name_of, parent,
+    parse_stat, perm_fields, refusal, sha1_hex, shown,
 };
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
+use super::{
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
+};
 use crate::remote::Script;
 
 pub const FILE: TypeInfo = TypeInfo {
@@ -318,11 +320,50 @@ fn parse(out: &str) -> Result<Observed, ProbeError> {
     Ok(obs)
 }
 
-const CONTENT: &str = "content";
-const TYPE: &str = "type";
+crate::fields! {
+    /// The fields of the `file`, `directory`, `absent` and `lines` types.
+    pub enum FsField {
+        Content = "content",
+        /// What is at the path: a file, a folder, a symlink, nothing.
+        Type = "type",
+        Owner = "owner",
+        Group = "group",
+        Mode = "mode",
+    }
+}
 
-fn has(changes: &[Change], field: &str) -> bool {
-    changes.iter().any(|c| c.field == field)
+impl From<PermField> for FsField {
+    fn from(f: PermField) -> FsField {
+        match f {
+            PermField::Owner => FsField::Owner,
+            PermField::Group => FsField::Group,
+            PermField::Mode => FsField::Mode,
+        }
+    }
+}
+
+impl AsPerm for FsField {
+    fn perm(&self) -> Option<PermField> {
+        match self {
+            FsField::Owner => Some(PermField::Owner),
+            FsField::Group => Some(PermField::Group),
+            FsField::Mode => Some(PermField::Mode),
+            FsField::Content | FsField::Type => None,
+        }
+    }
+}
+
+/// What a probe of the four types found, with the output it came from (quoted by errors).
+pub struct Found<'a> {
+    obs: Observed,
+    out: &'a str,
+}
+
+fn found(out: &str) -> Result<Found<'_>, ProbeError> {
+    Ok(Found {
+        obs: parse(out)?,
+        out,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -391,20 +432,33 @@ impl Resource for File {
     fn probe(&self) -> Script {
         probe_path(&self.path, false, true, true)
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        let obs = parse(probe_output)?;
+impl Typed for File {
+    type Observed<'a> = Found<'a>;
+    type Field = FsField;
+
+    fn parse<'a>(&self, out: &'a str) -> Result<Found<'a>, ProbeError> {
+        found(out)
+    }
+
+    fn compare(&self, found: &Found<'_>) -> Result<Verdict<FsField>, ProbeError> {
+        let (obs, probe_output) = (&found.obs, found.out);
         let want = Some(self.content.clone());
         match &obs.kind {
             Kind::None => {
-                let mut changes = vec![Change::new(CONTENT, None, want)];
+                let mut changes = vec![Change::of(FsField::Content, None, want)];
                 changes.extend(self.perms.changes(None, Some(0o644)));
                 Ok(Verdict::Create(changes))
             }
             Kind::Link { .. } => {
                 let mut changes = vec![
-                    Change::new(TYPE, Some(obs.kind.describe()), Some("a file".into())),
-                    Change::new(CONTENT, None, want),
+                    Change::of(
+                        FsField::Type,
+                        Some(obs.kind.describe()),
+                        Some("a file".into()),
+                    ),
+                    Change::of(FsField::Content, None, want),
                 ];
                 changes.extend(self.perms.changes(None, None));
                 Ok(Verdict::Modify(changes))
@@ -429,13 +483,13 @@ impl Resource for File {
                     // Found with mode 0600 or stricter: a secrets file, whatever the step
                     // wants; neither side of the change is shown.
                     let change = if meta.mode & 0o077 == 0 {
-                        Change::new(
-                            CONTENT,
+                        Change::of(
+                            FsField::Content,
                             Some(crate::secrets::fingerprint(&before)),
                             Some(crate::secrets::fingerprint(&self.content)),
                         )
                     } else {
-                        Change::new(CONTENT, Some(before), want)
+                        Change::of(FsField::Content, Some(before), want)
                     };
                     changes.push(change);
                 }
@@ -449,14 +503,21 @@ impl Resource for File {
         }
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
+    fn converge(&self, work: Work<'_, FsField>, ctx: &ApplyContext) -> Script {
+        let verdict = match work {
+            Work::Converge(v) => v,
+            // As a notified handler: the walk to the file and the check that it is still a
+            // regular file; nothing changes (a file step has no action of its own).
+            Work::Notified => &Verdict::Modify(Vec::new()),
+        };
         let changes = match verdict {
             Verdict::Create(c) | Verdict::Modify(c) => c,
             Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
         };
         // A new owner is given by a rewrite (the temporary file gets it before the rename):
         // root never chowns a name that someone else could swap for a link to another file.
-        if has(changes, CONTENT) || has(changes, TYPE) || has(changes, self.perms.names.owner) {
+        let has = |f: FsField| changes.iter().any(|c| c.field == f);
+        if has(FsField::Content) || has(FsField::Type) || has(FsField::Owner) {
             apply_script(
                 Write {
                     path: &self.path,
@@ -471,7 +532,7 @@ impl Resource for File {
                 .script(),
             )
         } else {
-            self.perms.apply_to_file(&self.path, changes)
+            self.perms.apply_to_file(&self.path, &perm_fields(changes))
         }
     }
 }
@@ -513,12 +574,21 @@ impl Resource for Directory {
     fn probe(&self) -> Script {
         probe_path(&self.path, true, false, true)
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        let obs = parse(probe_output)?;
+impl Typed for Directory {
+    type Observed<'a> = Found<'a>;
+    type Field = FsField;
+
+    fn parse<'a>(&self, out: &'a str) -> Result<Found<'a>, ProbeError> {
+        found(out)
+    }
+
+    fn compare(&self, found: &Found<'_>) -> Result<Verdict<FsField>, ProbeError> {
+        let (obs, probe_output) = (&found.obs, found.out);
         match &obs.kind {
             Kind::None => {
-                let mut changes = vec![Change::new(TYPE, None, Some("a folder".into()))];
+                let mut changes = vec![Change::of(FsField::Type, None, Some("a folder".into()))];
                 changes.extend(self.perms.changes(None, Some(0o755)));
                 Ok(Verdict::Create(changes))
             }
@@ -548,7 +618,13 @@ impl Resource for Directory {
     /// set on `.`, the folder the script stands in, so no swap of its name can redirect them.
     /// In a folder another account controls, a new folder without a wanted owner goes to that
     /// account, and any other wanted owner is refused (that account could swap the folder).
-    fn apply(&self, verdict: &Verdict, _ctx: &ApplyContext) -> Script {
+    fn converge(&self, work: Work<'_, FsField>, ctx: &ApplyContext) -> Script {
+        let _ = ctx;
+        let verdict = match work {
+            Work::Converge(v) => v,
+            // As a notified handler: owner, group and mode only where they differ (none).
+            Work::Notified => &Verdict::Modify(Vec::new()),
+        };
         let (changes, create) = match verdict {
             Verdict::Create(c) => (c, true),
             Verdict::Modify(c) => (c, false),
@@ -611,7 +687,7 @@ impl Resource for Directory {
         } else {
             self.perms.clone()
         };
-        apply_script(s.then(perms.apply_in_place(changes, ".")))
+        apply_script(s.then(perms.apply_in_place(&perm_fields(changes), ".")))
     }
 }
 
@@ -647,9 +723,18 @@ impl Resource for Absent {
     fn probe(&self) -> Script {
         probe_path(&self.path, false, false, false)
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        let obs = parse(probe_output)?;
+impl Typed for Absent {
+    type Observed<'a> = Found<'a>;
+    type Field = FsField;
+
+    fn parse<'a>(&self, out: &'a str) -> Result<Found<'a>, ProbeError> {
+        found(out)
+    }
+
+    fn compare(&self, found: &Found<'_>) -> Result<Verdict<FsField>, ProbeError> {
+        let obs = &found.obs;
         let what = match (&obs.kind, &obs.meta) {
             (Kind::None, _) => {
                 return Ok(Verdict::InLine(format!(
@@ -660,10 +745,18 @@ impl Resource for Absent {
             (Kind::File, Some(m)) => format!("a file of {} bytes", m.size),
             (kind, _) => kind.describe(),
         };
-        Ok(Verdict::Remove(vec![Change::new(TYPE, Some(what), None)]))
+        Ok(Verdict::Remove(vec![Change::of(
+            FsField::Type,
+            Some(what),
+            None,
+        )]))
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
+    fn converge(&self, work: Work<'_, FsField>, ctx: &ApplyContext) -> Script {
+        let Work::Converge(verdict) = work else {
+            // As a notified handler: nothing (only a verdict says what is there).
+            return Script::new();
+        };
         if !matches!(verdict, Verdict::Remove(_)) {
             return Script::new();
         }
@@ -774,7 +867,7 @@ pub fn edit_lines(old: &str, present: &[String], absent: &[String]) -> Option<St
 }
 
 impl Lines {
-    fn in_line(&self, detail: &str) -> Verdict {
+    fn in_line(&self, detail: &str) -> Verdict<FsField> {
         Verdict::InLine(format!("{} is in line: {detail}", self.id()))
     }
 }
@@ -800,9 +893,18 @@ impl Resource for Lines {
     fn probe(&self) -> Script {
         probe_path(&self.path, false, true, true)
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        let obs = parse(probe_output)?;
+impl Typed for Lines {
+    type Observed<'a> = Found<'a>;
+    type Field = FsField;
+
+    fn parse<'a>(&self, out: &'a str) -> Result<Found<'a>, ProbeError> {
+        found(out)
+    }
+
+    fn compare(&self, found: &Found<'_>) -> Result<Verdict<FsField>, ProbeError> {
+        let (obs, probe_output) = (&found.obs, found.out);
         let refuse = |why: String| Err(ProbeError::new(why, probe_output));
         match (&obs.kind, &obs.content) {
             (Kind::None, _) if !self.create => {
@@ -811,7 +913,7 @@ impl Resource for Lines {
             (Kind::None, _) => match edit_lines("", &self.present, &self.absent) {
                 None => Ok(self.in_line("the file does not exist and no line must be present")),
                 Some(text) => {
-                    let mut changes = vec![Change::new(CONTENT, None, Some(text))];
+                    let mut changes = vec![Change::of(FsField::Content, None, Some(text))];
                     changes.extend(self.perms.changes(None, Some(0o644)));
                     Ok(Verdict::Create(changes))
                 }
@@ -829,8 +931,8 @@ impl Resource for Lines {
                         self.present.len(),
                         self.absent.len()
                     ))),
-                    Some(new) => Ok(Verdict::Modify(vec![Change::new(
-                        CONTENT,
+                    Some(new) => Ok(Verdict::Modify(vec![Change::of(
+                        FsField::Content,
                         Some(old.to_string()),
                         Some(new),
                     )])),
@@ -849,13 +951,18 @@ impl Resource for Lines {
         }
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
+    fn converge(&self, work: Work<'_, FsField>, ctx: &ApplyContext) -> Script {
+        let verdict = match work {
+            Work::Converge(v) => v,
+            // As a notified handler: nothing (the edit is made on the probed text).
+            Work::Notified => return Script::new(),
+        };
         let (changes, create) = match verdict {
             Verdict::Create(c) => (c, true),
             Verdict::Modify(c) => (c, false),
             Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
         };
-        let Some(content) = changes.iter().find(|c| c.field == CONTENT) else {
+        let Some(content) = changes.iter().find(|c| c.field == FsField::Content) else {
             return Script::new();
         };
         let new = content.after.as_deref().unwrap_or("");

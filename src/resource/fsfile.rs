@@ -38,7 +38,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use sha1::{Digest as _, Sha1};
 
-use super::service::DIE;
+use super::kit::DIE;
 use super::{ApplyContext, Change, ParamError};
 use crate::remote::Script;
 
@@ -403,27 +403,24 @@ pub(super) fn redacted(out: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Owner, group and mode: diff and apply.
 
-/// The names of the owner, group and mode changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PermNames {
-    pub owner: &'static str,
-    pub group: &'static str,
-    pub mode: &'static str,
-}
-
-impl PermNames {
-    /// `owner`, `group`, `mode`.
-    pub(super) const PLAIN: PermNames = PermNames {
-        owner: "owner",
-        group: "group",
-        mode: "mode",
-    };
-}
-
-impl Default for PermNames {
-    fn default() -> PermNames {
-        PermNames::PLAIN
+crate::fields! {
+    /// Owner, group and mode: fields of every type that writes a file or folder (each type's
+    /// own field enum holds them, and may show them under other names).
+    pub enum PermField {
+        Owner = "owner",
+        Group = "group",
+        Mode = "mode",
     }
+}
+
+/// A type's field that may be an owner, group or mode change.
+pub(super) trait AsPerm {
+    fn perm(&self) -> Option<PermField>;
+}
+
+/// The owner, group and mode fields among `changes`.
+pub(super) fn perm_fields<F: AsPerm>(changes: &[Change<F>]) -> Vec<PermField> {
+    changes.iter().filter_map(|c| c.field.perm()).collect()
 }
 
 /// Owner, group and mode as wanted; `None`: left as they are.
@@ -432,8 +429,6 @@ pub(super) struct Perms {
     pub owner: Option<String>,
     pub group: Option<String>,
     pub mode: Option<u32>,
-    /// How the changes are named (`PermNames::PLAIN` unless `Perms::named`).
-    pub names: PermNames,
 }
 
 impl Perms {
@@ -449,24 +444,22 @@ impl Perms {
             owner,
             group,
             mode: parse_mode(ty, mode)?,
-            names: PermNames::PLAIN,
         })
-    }
-
-    /// The same, with its changes named `names`.
-    pub(super) fn named(self, names: PermNames) -> Perms {
-        Perms { names, ..self }
     }
 
     /// The changes against what is there (`None`: nothing yet). `new_mode`: the mode a new
     /// path gets when no mode is wanted, shown in a create.
-    pub(super) fn changes(&self, meta: Option<&Meta>, new_mode: Option<u32>) -> Vec<Change> {
+    pub(super) fn changes<F: From<PermField>>(
+        &self,
+        meta: Option<&Meta>,
+        new_mode: Option<u32>,
+    ) -> Vec<Change<F>> {
         let mut out = Vec::new();
         if let Some(o) = &self.owner
             && !meta.is_some_and(|m| m.owner_matches(o))
         {
-            out.push(Change::new(
-                self.names.owner,
+            out.push(Change::of(
+                PermField::Owner.into(),
                 meta.map(Meta::owner_shown),
                 Some(o.clone()),
             ));
@@ -474,8 +467,8 @@ impl Perms {
         if let Some(g) = &self.group
             && !meta.is_some_and(|m| m.group_matches(g))
         {
-            out.push(Change::new(
-                self.names.group,
+            out.push(Change::of(
+                PermField::Group.into(),
                 meta.map(Meta::group_shown),
                 Some(g.clone()),
             ));
@@ -487,8 +480,8 @@ impl Perms {
         if let Some(want) = mode
             && meta.is_none_or(|m| m.mode != want)
         {
-            out.push(Change::new(
-                self.names.mode,
+            out.push(Change::of(
+                PermField::Mode.into(),
                 meta.map(|m| octal(m.mode)),
                 Some(octal(want)),
             ));
@@ -497,25 +490,25 @@ impl Perms {
     }
 
     /// chown/chgrp/chmod of the shell word `at` (`"$f"`, `.`), in place: only the fields
-    /// that `changes` name, and the mode again after a chown (which may clear set-id bits).
+    /// in `changed`, and the mode again after a chown (which may clear set-id bits).
     /// Messages name `$p`.
-    pub(super) fn apply_in_place(&self, changes: &[Change], at: &str) -> Script {
-        self.in_place(|f| changes.iter().any(|c| c.field == f), at)
+    pub(super) fn apply_in_place(&self, changed: &[PermField], at: &str) -> Script {
+        self.in_place(|f| changed.contains(&f), at)
     }
 
     /// The apply of owner, group and mode changes alone, to the regular file at `path`: in
     /// place, after the walk to its folder, refusing a path that is no longer a regular file.
     /// In a folder another account controls the changes are made as that account, and a
     /// change of owner is refused (root would have to chown a name the account can swap).
-    pub(super) fn apply_to_file(&self, path: &str, changes: &[Change]) -> Script {
+    pub(super) fn apply_to_file(&self, path: &str, changed: &[PermField]) -> Script {
         let inner = Script::new()
             .raw(DIE)
             .raw(
                 "f=$1 p=$2\n{ [ -f \"$f\" ] && [ ! -L \"$f\" ]; } || \
                  die \"$p is no longer a regular file; run again\"\n",
             )
-            .then(self.apply_in_place(changes, "\"$f\""));
-        let owner_change = changes.iter().any(|c| c.field == self.names.owner);
+            .then(self.apply_in_place(changed, "\"$f\""));
+        let owner_change = changed.contains(&PermField::Owner);
         let mut s = walk_to_folder(path, false).raw(
             "{ [ -f \"$f\" ] && [ ! -L \"$f\" ]; } || \
              die \"$p is no longer a regular file; run again\"\n\
@@ -537,7 +530,7 @@ impl Perms {
         }
         apply_script(
             s.raw("else\n")
-                .then(self.apply_in_place(changes, "\"$f\""))
+                .then(self.apply_in_place(changed, "\"$f\""))
                 .raw("fi\n"),
         )
     }
@@ -547,10 +540,10 @@ impl Perms {
         self.in_place(|_| true, at)
     }
 
-    fn in_place(&self, changed: impl Fn(&str) -> bool, at: &str) -> Script {
+    fn in_place(&self, changed: impl Fn(PermField) -> bool, at: &str) -> Script {
         let mut s = Script::new();
         let mut chowned = false;
-        if let Some(o) = self.owner.as_deref().filter(|_| changed(self.names.owner)) {
+        if let Some(o) = self.owner.as_deref().filter(|_| changed(PermField::Owner)) {
             s = s
                 .raw("chown ")
                 .arg(o)
@@ -559,7 +552,7 @@ impl Perms {
                 .raw(" || die \"cannot change the owner of $p\"\n");
             chowned = true;
         }
-        if let Some(g) = self.group.as_deref().filter(|_| changed(self.names.group)) {
+        if let Some(g) = self.group.as_deref().filter(|_| changed(PermField::Group)) {
             s = s
                 .raw("chgrp ")
                 .arg(g)
@@ -568,7 +561,7 @@ impl Perms {
                 .raw(" || die \"cannot change the group of $p\"\n");
             chowned = true;
         }
-        if let Some(m) = self.mode.filter(|_| changed(self.names.mode) || chowned) {
+        if let Some(m) = self.mode.filter(|_| changed(PermField::Mode) || chowned) {
             s = s
                 .raw("chmod ")
                 .arg(&octal(m))

@@ -56,10 +56,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fsfile::{
-    FileKind, MAX_CONTENT, PermNames, Perms, Write, apply_script, backup_path, check_file_path,
-    parse_file, probe_file, redacted, refusal, sha1_hex, shown,
+    AsPerm, FileKind, FileState, MAX_CONTENT, PermField, Perms, Write, apply_script, backup_path,
+    check_file_path, parse_file, perm_fields, probe_file, redacted, refusal, sha1_hex, shown,
 };
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
+use super::{
+    ApplyContext, Change, Field, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work,
+    params,
+};
 use crate::remote::Script;
 
 pub const JSON_CONFIG: TypeInfo = TypeInfo {
@@ -120,7 +123,7 @@ pub struct JsonConfig {
 /// The document a diff worked out, for the apply of the same verdict.
 #[derive(Clone)]
 struct Plan {
-    changes: Vec<Change>,
+    changes: Vec<Change<JsonField>>,
     /// SHA-1 of the file as probed; `None`: there was no file.
     old_sha1: Option<String>,
     /// The new file, when its content changes.
@@ -153,7 +156,7 @@ impl TryFrom<JsonConfigParams> for JsonConfig {
             )));
         };
         Ok(JsonConfig {
-            perms: Perms::from_params("json_config", p.owner, p.group, &p.mode)?.named(NAMES),
+            perms: Perms::from_params("json_config", p.owner, p.group, &p.mode)?,
             path: p.path,
             settings,
             create: p.create,
@@ -163,12 +166,50 @@ impl TryFrom<JsonConfigParams> for JsonConfig {
     }
 }
 
-/// The names of the file's owner, group and mode changes: a key path never holds a space.
-const NAMES: PermNames = PermNames {
-    owner: "file owner",
-    group: "file group",
-    mode: "file mode",
-};
+/// The fields of a `json_config` step: a key path of the document (`gateway.auth.token`), or
+/// the file's owner, group or mode (`file owner`: a key path never holds a space).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonField {
+    Key(String),
+    File(PermField),
+}
+
+impl Field for JsonField {
+    fn name(&self) -> String {
+        match self {
+            JsonField::Key(path) => path.clone(),
+            JsonField::File(f) => format!("file {}", f.text()),
+        }
+    }
+
+    fn of(name: &str) -> Option<JsonField> {
+        Some(match name.strip_prefix("file ").and_then(PermField::of) {
+            Some(f) => JsonField::File(f),
+            None => JsonField::Key(name.to_string()),
+        })
+    }
+}
+
+impl From<PermField> for JsonField {
+    fn from(f: PermField) -> JsonField {
+        JsonField::File(f)
+    }
+}
+
+impl AsPerm for JsonField {
+    fn perm(&self) -> Option<PermField> {
+        match self {
+            JsonField::File(f) => Some(*f),
+            JsonField::Key(_) => None,
+        }
+    }
+}
+
+/// What the probe found, with its output redacted (quoted by errors).
+pub struct JsonFound {
+    state: FileState,
+    redacted: String,
+}
 
 // ---------------------------------------------------------------------------------------
 // Documents: read, merge, compare.
@@ -289,7 +330,12 @@ fn children<'a>(path: &str, v: &'a Value) -> Vec<(String, &'a Value)> {
 }
 
 /// One change per leaf that differs between `old` and `new` under `path`.
-fn leaf_changes(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Change>) {
+fn leaf_changes(
+    path: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    out: &mut Vec<Change<JsonField>>,
+) {
     if old == new {
         return;
     }
@@ -318,11 +364,7 @@ fn leaf_changes(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut 
                     *b = format!("{b} ({})", kind_of(o));
                     *a = format!("{a} ({})", kind_of(n));
                 }
-                out.push(Change {
-                    field: path.to_string(),
-                    before,
-                    after,
-                });
+                out.push(Change::of(JsonField::Key(path.to_string()), before, after));
                 return;
             }
             match old {
@@ -331,7 +373,7 @@ fn leaf_changes(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut 
                         leaf_changes(&p, Some(c), None, out);
                     }
                 }
-                Some(o) => out.push(Change::new(path, Some(show(o)), None)),
+                Some(o) => out.push(Change::of(JsonField::Key(path.into()), Some(show(o)), None)),
                 None => {}
             }
             match new {
@@ -340,7 +382,7 @@ fn leaf_changes(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut 
                         leaf_changes(&p, None, Some(c), out);
                     }
                 }
-                Some(n) => out.push(Change::new(path, None, Some(show(n)))),
+                Some(n) => out.push(Change::of(JsonField::Key(path.into()), None, Some(show(n)))),
                 None => {}
             }
         }
@@ -366,7 +408,7 @@ impl JsonConfig {
         plans.drain(..extra);
     }
 
-    fn plan_for(&self, changes: &[Change]) -> Option<Plan> {
+    fn plan_for(&self, changes: &[Change<JsonField>]) -> Option<Plan> {
         let plans = self.plans.lock().expect("not poisoned");
         plans.iter().rev().find(|p| p.changes == changes).cloned()
     }
@@ -393,8 +435,13 @@ impl Resource for JsonConfig {
     fn probe(&self) -> Script {
         probe_file(&self.path)
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+impl Typed for JsonConfig {
+    type Observed<'a> = JsonFound;
+    type Field = JsonField;
+
+    fn parse(&self, probe_output: &str) -> Result<JsonFound, ProbeError> {
         refusal(probe_output)?;
         let err = |m: String| ProbeError::new(m, &redacted(probe_output));
         let mut lines = probe_output.lines().peekable();
@@ -402,6 +449,15 @@ impl Resource for JsonConfig {
         if let Some(l) = lines.next() {
             return Err(err(format!("unexpected line {l:?}")));
         }
+        Ok(JsonFound {
+            state,
+            redacted: redacted(probe_output),
+        })
+    }
+
+    fn compare(&self, found: &JsonFound) -> Result<Verdict<JsonField>, ProbeError> {
+        let state = &found.state;
+        let err = |m: String| ProbeError::new(m, &found.redacted);
         let path = shown(&self.path);
         let (old, meta) = match state.kind {
             FileKind::None if !self.create => {
@@ -470,10 +526,13 @@ impl Resource for JsonConfig {
         })
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        let changes = match verdict {
-            Verdict::Create(c) | Verdict::Modify(c) => c,
-            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+    fn converge(&self, work: Work<'_, JsonField>, ctx: &ApplyContext) -> Script {
+        let changes = match work {
+            Work::Converge(Verdict::Create(c) | Verdict::Modify(c)) => c,
+            Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) => return Script::new(),
+            // As a notified handler: no diff planned a document, so the apply fails and
+            // says so (json_config is no handler).
+            Work::Notified => &Vec::new(),
         };
         let Some(plan) = self.plan_for(changes) else {
             return apply_script(Script::new().raw(
@@ -481,7 +540,7 @@ impl Resource for JsonConfig {
             ));
         };
         let Some(new) = &plan.new else {
-            return self.perms.apply_to_file(&self.path, changes);
+            return self.perms.apply_to_file(&self.path, &perm_fields(changes));
         };
         // The merge was made on the probed file: if it changed since, stop; if it already
         // holds the result (a rerun), only the wanted owner, group and mode are left.
@@ -518,6 +577,7 @@ impl Resource for JsonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use crate::resource::{b64, converge_one, run_local};
     use crate::transport::local::LocalSession;
     use serde_json::json;
@@ -684,7 +744,11 @@ mod tests {
             Verdict::Modify(vec![change("gateway.bind", Some("lan"), Some("loopback"))])
         );
         let plan = r
-            .plan_for(r.diff(&probed(text)).unwrap().changes())
+            .plan_for(
+                r.compare(&r.parse(&probed(text)).unwrap())
+                    .unwrap()
+                    .changes(),
+            )
             .unwrap();
         assert_eq!(
             String::from_utf8(plan.new.unwrap()).unwrap(),

@@ -6,21 +6,39 @@
 //! against the desired state, and an idempotent **apply** script. Types never run anything
 //! themselves: the engine batches their probes into one round trip and their applies into one
 //! more, and re-probes to verify.
+//!
+//! ## The legs of a type
+//!
+//! Each type implements [`Resource`] (its identity, probe, and what the engine asks of it:
+//! risky, sensitive, plain fields, the path it writes, restore) and [`Typed`]:
+//!
+//! - `parse(&str) -> Observed`: the probe's output read into the type's own `Observed`
+//!   state; output cut short or garbled is an error, never an empty state;
+//! - `compare(&Observed) -> Verdict<Field>`: pure, the desired state (`self`) against what
+//!   was found, each change naming one of the type's fields (an enum per type, made with
+//!   [`fields!`](crate::fields) when the set is fixed);
+//! - `converge(Work<Field>, ctx) -> Script`: the apply, picking its work by typed fields
+//!   (`work.has(&Field::Content)`), and saying what it does as a notified handler
+//!   ([`Work::Notified`]).
+//!
+//! The engine sees only [`Resource`] and [`Converge`] (`diff`, `apply`, `notify`), which every
+//! [`Typed`] type gets for free: verdicts reach it with field names as text.
+//!
+//! What several types share lives in [`kit`] (probe output reader, `die`, config files
+//! written whole), [`fsfile`] (paths, owner/group/mode, atomic writes that follow no link)
+//! and [`risky`] (what nftables and sshd share). Shell text only through [`Script`].
+//!
+//! ## Adding a type
+//!
+//! Write `src/resource/NAME.rs` with its `TypeInfo` constant(s) (name, parameters, build), its
+//! `Resource` and `Typed` impls and its field enum, then add ONE line to the registry below
+//! (`NAME: [ITS_TYPEINFO],`). Add its fixture cases under `tests/fixtures/<type>/`
+//! (tests/fixtures.rs says how to record them): the fixture harness fails for a registered
+//! type without one.
 
-pub mod audit_rules;
-pub mod command;
-pub mod file;
 pub mod fsfile;
-pub mod json_config;
-pub mod nftables;
-pub mod package;
+pub mod kit;
 pub mod risky;
-pub mod service;
-pub mod sshd;
-pub mod sysctl;
-pub mod unit;
-pub mod user;
-pub mod wireguard;
 
 use std::fmt;
 
@@ -66,10 +84,11 @@ impl ApplyContext {
 }
 
 /// One field that differs, shown as `field: before -> after`, or as a unified diff when
-/// either side has several lines.
+/// either side has several lines. `F` is the type's field enum ([`Field`]) inside a type;
+/// the engine and reports see the field's name (`Change<String>`, the default).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub field: String,
+pub struct Change<F = String> {
+    pub field: F,
     /// `None`: absent.
     pub before: Option<String>,
     /// `None`: to be removed.
@@ -84,6 +103,17 @@ impl Change {
             after,
         }
     }
+}
+
+impl<F> Change<F> {
+    /// A change of the typed field `field`.
+    pub fn of(field: F, before: Option<String>, after: Option<String>) -> Change<F> {
+        Change {
+            field,
+            before,
+            after,
+        }
+    }
 
     /// Either side spans several lines: shown as a unified diff.
     pub fn is_text(&self) -> bool {
@@ -92,25 +122,25 @@ impl Change {
     }
 }
 
-/// What the diff found.
+/// What the diff found. `F` as for [`Change`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Verdict<F = String> {
     /// Nothing to do; the sentence says what was found (`file /etc/motd is in line`).
     InLine(String),
     /// The resource does not exist and will be created.
-    Create(Vec<Change>),
+    Create(Vec<Change<F>>),
     /// The resource exists and will be removed.
-    Remove(Vec<Change>),
+    Remove(Vec<Change<F>>),
     /// The resource exists and these fields change.
-    Modify(Vec<Change>),
+    Modify(Vec<Change<F>>),
 }
 
-impl Verdict {
+impl<F> Verdict<F> {
     pub fn is_in_line(&self) -> bool {
         matches!(self, Verdict::InLine(_))
     }
 
-    pub fn changes(&self) -> &[Change] {
+    pub fn changes(&self) -> &[Change<F>] {
         match self {
             Verdict::InLine(_) => &[],
             Verdict::Create(c) | Verdict::Remove(c) | Verdict::Modify(c) => c,
@@ -125,6 +155,97 @@ impl Verdict {
             Verdict::Remove(_) => "remove",
             Verdict::Modify(_) => "modify",
         }
+    }
+
+    /// The same verdict with each field mapped by `f`.
+    pub fn map<G>(self, mut f: impl FnMut(F) -> Option<G>) -> Verdict<G> {
+        let mut all = |c: Vec<Change<F>>| -> Vec<Change<G>> {
+            c.into_iter()
+                .filter_map(|c| {
+                    Some(Change {
+                        field: f(c.field)?,
+                        before: c.before,
+                        after: c.after,
+                    })
+                })
+                .collect()
+        };
+        match self {
+            Verdict::InLine(s) => Verdict::InLine(s),
+            Verdict::Create(c) => Verdict::Create(all(c)),
+            Verdict::Remove(c) => Verdict::Remove(all(c)),
+            Verdict::Modify(c) => Verdict::Modify(all(c)),
+        }
+    }
+}
+
+impl<F: PartialEq> Verdict<F> {
+    /// `field` changes.
+    pub fn has(&self, field: &F) -> bool {
+        self.changes().iter().any(|c| &c.field == field)
+    }
+}
+
+/// One type's fields (an enum per type, made with [`fields!`](crate::fields) for a fixed
+/// set): what its apply picks its work by, and the name reports show.
+pub trait Field: Clone + PartialEq + fmt::Debug + Send + Sync {
+    /// The name reports show (`content`, `gateway.auth.token`).
+    fn name(&self) -> String;
+    /// The field shown as `name`: the inverse of [`Field::name`].
+    fn of(name: &str) -> Option<Self>;
+}
+
+/// Declares a type's field enum with a fixed name for each variant and its [`Field`] impl.
+#[macro_export]
+macro_rules! fields {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $var:ident = $text:expr),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name { $($(#[$vm])* $var),+ }
+
+        impl $name {
+            /// The name reports show.
+            #[allow(dead_code)]
+            pub const fn text(self) -> &'static str {
+                match self { $($name::$var => $text),+ }
+            }
+        }
+
+        impl $crate::resource::Field for $name {
+            fn name(&self) -> String {
+                self.text().to_string()
+            }
+            fn of(name: &str) -> Option<$name> {
+                [$($name::$var),+].into_iter().find(|f| f.text() == name)
+            }
+        }
+    };
+}
+
+/// What an apply is asked to do: converge the fields of a verdict, or act as a notified
+/// handler (no probe ran; the type runs its handler actions, such as `restarted: true`).
+#[derive(Debug, Clone, Copy)]
+pub enum Work<'a, F> {
+    Converge(&'a Verdict<F>),
+    Notified,
+}
+
+impl<F: PartialEq> Work<'_, F> {
+    /// The changes to make (none for a notified handler).
+    pub fn changes(&self) -> &[Change<F>] {
+        match self {
+            Work::Converge(v) => v.changes(),
+            Work::Notified => &[],
+        }
+    }
+
+    /// `field` changes.
+    pub fn has(&self, field: &F) -> bool {
+        self.changes().iter().any(|c| &c.field == field)
+    }
+
+    pub fn is_notified(&self) -> bool {
+        matches!(self, Work::Notified)
     }
 }
 
@@ -161,17 +282,13 @@ impl ProbeError {
 #[error("{0}")]
 pub struct ParamError(pub String);
 
-/// What every resource type provides. See the module doc.
-pub trait Resource: fmt::Debug + Send + Sync {
+/// What every resource type provides. See the module doc. `diff`, `apply` and `notify`
+/// come from [`Typed`] (the [`Converge`] supertrait, implemented for every [`Typed`] type).
+pub trait Resource: fmt::Debug + Send + Sync + Converge {
     /// `file /etc/motd`: the type and the identity.
     fn id(&self) -> String;
     /// POSIX sh, free of side effects, printing the current state on stdout.
     fn probe(&self) -> Script;
-    /// Parses the probe's output and compares it with the desired state. Pure.
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError>;
-    /// POSIX sh that makes the changes of `verdict`; idempotent and safe to rerun. It exits
-    /// non-zero on failure, with the reason on stderr.
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script;
 
     /// The change can cut the controller off (firewall, sshd): its apply arms the dead-man
     /// switch ([`deadman_arm`]) before changing anything, and the engine confirms over a NEW
@@ -202,6 +319,58 @@ pub trait Resource: fmt::Debug + Send + Sync {
     /// `risky: true` in a playbook (its dead-man switch runs it). `None`: this type cannot.
     fn restore(&self, _ctx: &ApplyContext) -> Option<Script> {
         None
+    }
+}
+
+/// A type's typed legs: probe output -> [`Typed::parse`] -> `Observed` -> pure
+/// [`Typed::compare`] with the desired state (`self`) -> `Verdict<Field>` -> [`Typed::converge`].
+pub trait Typed {
+    /// What the probe found, parsed. May borrow the probe's output (for errors that quote it).
+    type Observed<'a>;
+    /// The fields this type's verdicts change.
+    type Field: Field;
+    /// Reads the probe's output; an output it does not understand (cut short, garbled) is an
+    /// error, never an empty state. Pure.
+    fn parse<'a>(&self, probe_output: &'a str) -> Result<Self::Observed<'a>, ProbeError>;
+    /// Compares the desired state (`self`) with what was found. Pure. An error names a wish
+    /// the host cannot grant (a masked unit, a folder where a file should be).
+    fn compare(&self, observed: &Self::Observed<'_>) -> Result<Verdict<Self::Field>, ProbeError>;
+    /// POSIX sh that does `work`; idempotent and safe to rerun. It exits non-zero on failure,
+    /// with the reason on stderr.
+    fn converge(&self, work: Work<'_, Self::Field>, ctx: &ApplyContext) -> Script;
+}
+
+/// What the engine calls on a resource between probe and verify, with verdicts whose fields
+/// are names (text). Implemented for every [`Typed`] type; never implement it by hand.
+pub trait Converge {
+    /// Parses the probe's output and compares it with the desired state. Pure.
+    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError>;
+    /// POSIX sh that makes the changes of `verdict`; idempotent and safe to rerun. It exits
+    /// non-zero on failure, with the reason on stderr. An empty [`Verdict::Modify`] is a
+    /// notified handler's run (what the engine sends): the same as [`Converge::notify`].
+    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script;
+    /// POSIX sh for a notified handler (no probe ran).
+    fn notify(&self, ctx: &ApplyContext) -> Script;
+}
+
+impl<T: Typed> Converge for T {
+    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
+        let observed = self.parse(probe_output)?;
+        Ok(self.compare(&observed)?.map(|f| Some(f.name())))
+    }
+
+    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
+        if matches!(verdict, Verdict::Modify(c) if c.is_empty()) {
+            return self.notify(ctx);
+        }
+        // The verdict came from this type's `diff`: every name is one of its fields.
+        let typed = verdict.clone().map(|name| T::Field::of(&name));
+        debug_assert_eq!(typed.changes().len(), verdict.changes().len());
+        self.converge(Work::Converge(&typed), ctx)
+    }
+
+    fn notify(&self, ctx: &ApplyContext) -> Script {
+        self.converge(Work::Notified, ctx)
     }
 }
 
@@ -261,10 +430,9 @@ pub fn deadman_arm(ctx: &ApplyContext, key: &str, restore: Script) -> Script {
         .arg(&armed)
         .raw("\nif [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then\n  systemd-run --quiet --collect --unit=")
         .arg(&unit)
-        .raw(&format!(
-            " --timer-property=AccuracySec=1s --on-active={} /bin/sh ",
-            ctx.deadman_seconds
-        ))
+        .raw(" --timer-property=AccuracySec=1s --on-active=")
+        .raw(&ctx.deadman_seconds.to_string())
+        .raw(" /bin/sh ")
         .arg(&script)
         .raw("\nelse\n  (setsid sh -c 'sleep \"$1\"; sh \"$2\"' rampart-deadman ")
         .raw(&ctx.deadman_seconds.to_string())
@@ -301,25 +469,31 @@ impl fmt::Debug for TypeInfo {
     }
 }
 
-/// Every resource type, in the order the docs list them.
-pub const TYPES: &[TypeInfo] = &[
-    file::FILE,
-    file::DIRECTORY,
-    file::ABSENT,
-    file::LINES,
-    user::USER,
-    user::GROUP,
-    command::COMMAND,
-    package::PACKAGE,
-    service::SERVICE,
-    unit::UNIT,
-    sysctl::SYSCTL,
-    sshd::SSHD,
-    nftables::NFTABLES,
-    audit_rules::AUDIT_RULES,
-    json_config::JSON_CONFIG,
-    wireguard::WIREGUARD,
-];
+/// Declares each type's module and lists its `TypeInfo`s in [`TYPES`].
+macro_rules! registry {
+    ($($module:ident: [$($info:ident),+ $(,)?]),+ $(,)?) => {
+        $(pub mod $module;)+
+
+        /// Every resource type, in the order the docs list them.
+        pub const TYPES: &[TypeInfo] = &[$($($module::$info),+),+];
+    };
+}
+
+// The registry: one line per type's module (see "Adding a type" in the module doc).
+registry! {
+    file: [FILE, DIRECTORY, ABSENT, LINES],
+    user: [USER, GROUP],
+    command: [COMMAND],
+    package: [PACKAGE],
+    service: [SERVICE],
+    unit: [UNIT],
+    sysctl: [SYSCTL],
+    sshd: [SSHD],
+    nftables: [NFTABLES],
+    audit_rules: [AUDIT_RULES],
+    json_config: [JSON_CONFIG],
+    wireguard: [WIREGUARD],
+}
 
 pub fn lookup(name: &str) -> Option<&'static TypeInfo> {
     TYPES.iter().find(|t| t.name == name)
@@ -410,6 +584,84 @@ async fn run_local_ok(script: Script) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Every field a verdict names comes back as the same typed field in the apply.
+    #[test]
+    fn field_names_round_trip() {
+        fn back<F: Field>(fields: &[F]) {
+            for f in fields {
+                assert_eq!(F::of(&f.name()).as_ref(), Some(f), "{}", f.name());
+            }
+        }
+        use file::FsField;
+        back(&[
+            FsField::Content,
+            FsField::Type,
+            FsField::Owner,
+            FsField::Group,
+            FsField::Mode,
+        ]);
+        use sysctl::SysctlField;
+        back(&[
+            SysctlField::Content,
+            SysctlField::Type,
+            SysctlField::Live("net.ipv4.ip_forward".into()),
+        ]);
+        assert_eq!(
+            SysctlField::Live("kernel.kptr_restrict".into()).name(),
+            "kernel.kptr_restrict (live)"
+        );
+        use sshd::SshdField;
+        back(&[
+            SshdField::Content,
+            SshdField::Effective("passwordauthentication".into()),
+        ]);
+        use fsfile::PermField;
+        use json_config::JsonField;
+        back(&[
+            JsonField::Key("gateway.auth.token".into()),
+            JsonField::Key("a[0].b".into()),
+            JsonField::File(PermField::Mode),
+            JsonField::File(PermField::Owner),
+        ]);
+        assert_eq!(JsonField::File(PermField::Mode).name(), "file mode");
+        back(&[package::PackageName("openssh-server".into())]);
+        use wireguard::WgField;
+        back(&[
+            WgField::Key,
+            WgField::ConfMode,
+            WgField::Dropin,
+            WgField::State,
+        ]);
+        assert_eq!(WgField::of("no such field"), None);
+    }
+
+    /// A verdict with field names the type does not have never reaches its apply as fields
+    /// (and a notified handler is its own kind of work, not a verdict).
+    #[test]
+    fn work_says_what_changes_and_whether_notified() {
+        let v: Verdict<wireguard::WgField> = Verdict::Modify(vec![Change::of(
+            wireguard::WgField::Enabled,
+            Some("disabled".into()),
+            Some("enabled".into()),
+        )]);
+        let w = Work::Converge(&v);
+        assert!(w.has(&wireguard::WgField::Enabled));
+        assert!(!w.has(&wireguard::WgField::State));
+        assert!(!w.is_notified());
+        let n: Work<'_, wireguard::WgField> = Work::Notified;
+        assert!(n.is_notified() && n.changes().is_empty());
+        let named = v.clone().map(|f| Some(f.name()));
+        assert_eq!(
+            named,
+            Verdict::Modify(vec![Change::new(
+                "enabled",
+                Some("disabled".into()),
+                Some("enabled".into())
+            )])
+        );
+        assert_eq!(named.map(|n| wireguard::WgField::of(&n)), v);
+    }
 
     #[tokio::test]
     async fn an_unconfirmed_deadman_restores_and_a_confirmed_one_does_not() {

@@ -63,13 +63,14 @@
 use serde::Deserialize;
 
 use super::fsfile::{apply_script, parent, sha1_hex};
+use super::kit::FileField;
 use super::risky::{
-    Aside, B64, CONTENT, Current, FILE_PROBE, PATH, check_plain_path, condensed, content_changes,
+    Aside, B64, Current, FILE_PROBE, PATH, check_plain_path, condensed, content_changes,
     decode_text, parse_file_record, write_file,
 };
 use super::{
-    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, deadman_arm,
-    deadman_dir, params,
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work,
+    deadman_arm, deadman_dir, params,
 };
 use crate::remote::Script;
 
@@ -250,8 +251,32 @@ fn parse(out: &str) -> Result<Observed, ProbeError> {
     Ok(obs)
 }
 
-const LIVE: &str = "live ruleset";
-const ENABLED: &str = "enabled";
+crate::fields! {
+    /// The fields of an `nftables` step.
+    pub enum NftField {
+        /// The ruleset file.
+        Content = "content",
+        Live = "live ruleset",
+        /// nftables.service at boot.
+        Enabled = "enabled",
+    }
+}
+
+impl From<FileField> for NftField {
+    fn from(f: FileField) -> NftField {
+        match f {
+            FileField::Content => NftField::Content,
+            // content_changes makes content changes only.
+            FileField::Type => NftField::Content,
+        }
+    }
+}
+
+/// What the probe found, with its output condensed (quoted by errors).
+pub struct NftFound {
+    obs: Observed,
+    condensed: String,
+}
 
 /// The file and the record, kept in the dead-man folder while a load waits for confirmation.
 const FILE_ASIDE: Aside = Aside {
@@ -299,12 +324,16 @@ impl Nftables {
                  \x20 nft flush ruleset\n\
                  fi\n",
             )
-            .raw(&FILE_ASIDE.put_back())
-            .raw(&RECORD_ASIDE.put_back())
+            .then(FILE_ASIDE.put_back())
+            .then(RECORD_ASIDE.put_back())
     }
 }
 
 impl Resource for Nftables {
+    fn risky(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> String {
         format!("nftables {}", self.path)
     }
@@ -348,14 +377,26 @@ impl Resource for Nftables {
                  echo end\n)\n",
             )
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        let obs = parse(probe_output)?;
-        let err = |m: String| ProbeError::new(m, &condensed(probe_output));
+impl Typed for Nftables {
+    type Observed<'a> = NftFound;
+    type Field = NftField;
+
+    fn parse(&self, probe_output: &str) -> Result<NftFound, ProbeError> {
+        Ok(NftFound {
+            obs: parse(probe_output)?,
+            condensed: condensed(probe_output),
+        })
+    }
+
+    fn compare(&self, found: &NftFound) -> Result<Verdict<NftField>, ProbeError> {
+        let obs = &found.obs;
+        let err = |m: String| ProbeError::new(m, &found.condensed);
         let (mut changes, create) =
             content_changes(&obs.file, &self.path, &self.ruleset, "an nftables step")
                 .map_err(err)?;
-        let live = |before: String| Change::new(LIVE, Some(before), Some(self.loaded()));
+        let live = |before: String| Change::of(NftField::Live, Some(before), Some(self.loaded()));
         match (&obs.live, &obs.record) {
             _ if !obs.nft => changes.push(live("nft is not installed".into())),
             (Some(Err(e)), _) => {
@@ -377,7 +418,7 @@ impl Resource for Nftables {
                     } else {
                         now
                     };
-                    changes.push(Change::new(LIVE, Some(now), Some(then)));
+                    changes.push(Change::of(NftField::Live, Some(now), Some(then)));
                 }
             }
             _ => changes.push(live(format!(
@@ -394,8 +435,8 @@ impl Resource for Nftables {
                     word
                 };
                 let after = if self.enabled { "enabled" } else { "disabled" };
-                changes.push(Change::new(
-                    ENABLED,
+                changes.push(Change::of(
+                    NftField::Enabled,
                     Some(before.into()),
                     Some(after.into()),
                 ));
@@ -410,15 +451,17 @@ impl Resource for Nftables {
         })
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        let changes = match verdict {
-            Verdict::Create(c) | Verdict::Modify(c) => c,
-            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+    /// As a notified handler: nothing (only a verdict says what differs).
+    fn converge(&self, work: Work<'_, NftField>, ctx: &ApplyContext) -> Script {
+        let changes = match work {
+            Work::Converge(Verdict::Create(c) | Verdict::Modify(c)) => c,
+            Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) => return Script::new(),
+            Work::Notified => &Vec::new(),
         };
-        let has = |f: &str| changes.iter().any(|c| c.field == f);
+        let has = |f: NftField| changes.iter().any(|c| c.field == f);
         let dm = deadman_dir(ctx);
         let mut s = self.vars(&dm);
-        if has(CONTENT) || has(LIVE) {
+        if has(NftField::Content) || has(NftField::Live) {
             s = s
                 .raw(
                     "command -v nft >/dev/null 2>&1 || die \"nft is not installed (a package step \
@@ -434,12 +477,12 @@ impl Resource for Nftables {
                      fi\n",
                 );
         }
-        if has(LIVE) {
+        if has(NftField::Live) {
             let record_dir = parent(&self.record).unwrap_or("/");
             s = s
                 .raw("nft list ruleset >\"$dm/nftables.saved\" || die \"cannot save the live ruleset\"\n")
-                .raw(&FILE_ASIDE.keep())
-                .raw(&RECORD_ASIDE.keep())
+                .then(FILE_ASIDE.keep())
+                .then(RECORD_ASIDE.keep())
                 .then(deadman_arm(ctx, "nftables", self.restore(&dm)))
                 .raw(
                     "[ $? -eq 0 ] || die \"cannot arm the dead-man switch; nothing was changed\"\n\
@@ -460,26 +503,26 @@ impl Resource for Nftables {
                      die \"cannot record the loaded ruleset in $st\"\n",
                 );
         }
-        if has(CONTENT) {
+        if has(NftField::Content) {
             s = s.then(write_file(&self.path, &self.ruleset, ctx));
         }
-        if has(ENABLED) {
+        if has(NftField::Enabled) {
             let verb = if self.enabled { "enable" } else { "disable" };
-            s = s.raw(&format!(
-                "systemctl {verb} --quiet nftables.service || die \"cannot {verb} nftables.service\"\n"
-            ));
+            s = s
+                .raw("systemctl ")
+                .raw(verb)
+                .raw(" --quiet nftables.service || die \"cannot ")
+                .raw(verb)
+                .raw(" nftables.service\"\n");
         }
         apply_script(s)
-    }
-
-    fn risky(&self) -> bool {
-        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use crate::resource::b64;
     use crate::resource::risky::bed::Bed;
     use serde_json::{Value, json};

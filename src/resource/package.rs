@@ -43,8 +43,11 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::service::{DIE, Fields};
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
+use super::kit::{DIE, Fields};
+use super::{
+    ApplyContext, Change, Field, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work,
+    params,
+};
 use crate::remote::Script;
 
 pub const PACKAGE: TypeInfo = TypeInfo {
@@ -273,15 +276,35 @@ pub fn parse(d: &Package, out: &str) -> Result<Observed, ProbeError> {
 // ---------------------------------------------------------------------------------------------
 // Diff.
 
+/// The field of a `package` step: one package, by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageName(pub String);
+
+impl Field for PackageName {
+    fn name(&self) -> String {
+        self.0.clone()
+    }
+
+    fn of(name: &str) -> Option<PackageName> {
+        Some(PackageName(name.to_string()))
+    }
+}
+
 /// Pure: what must change.
-pub fn diff(d: &Package, o: &Observed) -> Verdict {
+pub fn diff(d: &Package, o: &Observed) -> Verdict<PackageName> {
     let pairs = d.names.iter().zip(&o.packages);
     match d.state {
         State::Present => {
-            let changes: Vec<Change> = pairs
+            let changes: Vec<Change<PackageName>> = pairs
                 .clone()
                 .filter(|(_, p)| !matches!(p, Installed::Yes { .. }))
-                .map(|(n, p)| Change::new(n, p.describe(), Some("installed".into())))
+                .map(|(n, p)| {
+                    Change::of(
+                        PackageName(n.clone()),
+                        p.describe(),
+                        Some("installed".into()),
+                    )
+                })
                 .collect();
             if changes.is_empty() {
                 let list: Vec<String> = pairs
@@ -304,9 +327,9 @@ pub fn diff(d: &Package, o: &Observed) -> Verdict {
             }
         }
         State::Absent => {
-            let changes: Vec<Change> = pairs
+            let changes: Vec<Change<PackageName>> = pairs
                 .filter(|(_, p)| **p != Installed::No)
-                .map(|(n, p)| Change::new(n, p.describe(), None))
+                .map(|(n, p)| Change::of(PackageName(n.clone()), p.describe(), None))
                 .collect();
             if changes.is_empty() {
                 Verdict::InLine(format!("package {} is in line: absent", d.names.join(" ")))
@@ -392,17 +415,24 @@ const REMOVE: &str = r#"case $m in
 esac
 "#;
 
-pub fn apply(d: &Package, v: &Verdict) -> Script {
-    let (changes, body) = match v {
-        Verdict::Create(c) | Verdict::Modify(c) => (c, INSTALL),
-        Verdict::Remove(c) => (c, REMOVE),
-        Verdict::InLine(_) => return Script::new(),
+/// Installs or removes the packages the verdict changes; notified as a handler, all of them
+/// (installed for `state: present`, removed for `state: absent`).
+pub fn apply(d: &Package, work: Work<'_, PackageName>) -> Script {
+    let body = match work {
+        Work::Converge(Verdict::Create(_) | Verdict::Modify(_)) => INSTALL,
+        Work::Converge(Verdict::Remove(_)) => REMOVE,
+        Work::Converge(Verdict::InLine(_)) => return Script::new(),
+        Work::Notified => match d.state {
+            State::Present => INSTALL,
+            State::Absent => REMOVE,
+        },
     };
-    // The names the verdict changes (an empty Modify, as a handler: all of them).
+    let changes = work.changes();
+    let all = changes.is_empty();
     let names: Vec<&String> = d
         .names
         .iter()
-        .filter(|n| changes.is_empty() || changes.iter().any(|c| c.field == **n))
+        .filter(|n| all || changes.iter().any(|c| c.field.0 == **n))
         .collect();
     let partial = changes
         .iter()
@@ -434,19 +464,29 @@ impl Resource for Package {
         }
         s.raw("\n").raw(PROBE).raw("printf 'end\\n'\n)\n")
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        Ok(diff(self, &parse(self, probe_output)?))
+impl Typed for Package {
+    type Observed<'a> = Observed;
+    type Field = PackageName;
+
+    fn parse(&self, out: &str) -> Result<Observed, ProbeError> {
+        parse(self, out)
     }
 
-    fn apply(&self, verdict: &Verdict, _ctx: &ApplyContext) -> Script {
-        apply(self, verdict)
+    fn compare(&self, o: &Observed) -> Result<Verdict<PackageName>, ProbeError> {
+        Ok(diff(self, o))
+    }
+
+    fn converge(&self, work: Work<'_, PackageName>, _ctx: &ApplyContext) -> Script {
+        apply(self, work)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use serde_json::json;
 
     fn package(p: Value) -> Package {
@@ -604,6 +644,27 @@ mod tests {
         assert!(text.contains("apt-get -s remove"), "{text}");
         assert!(text.contains("apt-get remove -y"), "{text}");
         assert!(!text.contains("purge"), "{text}");
+    }
+
+    /// Notified as a handler, a package step acts on all its names, by its state: a handler
+    /// with `state: absent` removes (the empty verdict it used to get meant "install").
+    #[test]
+    fn a_notified_handler_acts_by_its_state() {
+        let ctx = ApplyContext::new("t");
+        let add = package(json!({"names": ["hello", "less"]}));
+        let text = add.notify(&ctx).render().unwrap();
+        assert!(text.contains("set -- 'hello' 'less'\n"), "{text}");
+        assert!(text.contains("apt-get install -y"), "{text}");
+        let del = package(json!({"names": ["telnet"], "state": "absent"}));
+        let text = del.notify(&ctx).render().unwrap();
+        assert!(text.contains("set -- 'telnet'\n"), "{text}");
+        assert!(text.contains("apt-get remove -y"), "{text}");
+        assert!(!text.contains("apt-get install"), "{text}");
+        // The engine's way of saying "notified" is the same thing.
+        assert_eq!(
+            del.apply(&Verdict::Modify(Vec::new()), &ctx).render().unwrap(),
+            text
+        );
     }
 
     #[test]

@@ -12,11 +12,9 @@
 use base64::Engine as _;
 
 use super::fsfile::{Perms, Write, apply_script, backup_path};
+use super::kit::FileField;
 use super::{ApplyContext, Change, ParamError, ProbeError};
 use crate::remote::Script;
-
-/// The name of the change of the file's content.
-pub(super) const CONTENT: &str = "content";
 
 /// An absolute, plain path without control characters. `what` opens the messages
 /// (`nftables: path`, `sshd: file`).
@@ -112,12 +110,12 @@ pub(super) fn parse_file_record(rest: &str, line: &str, out: &str) -> Result<Cur
 /// The changes that make the file at `path` hold `want` (none, or one `content` change), and
 /// whether there is no file yet. Anything but a regular file there is an error, whose message
 /// names the step (`an nftables step`).
-pub(super) fn content_changes(
+pub(super) fn content_changes<F: From<FileField>>(
     current: &Current,
     path: &str,
     want: &str,
     step: &str,
-) -> Result<(Vec<Change>, bool), String> {
+) -> Result<(Vec<Change<F>>, bool), String> {
     Ok(match current {
         Current::Other => {
             return Err(format!(
@@ -125,13 +123,17 @@ pub(super) fn content_changes(
             ));
         }
         Current::None => (
-            vec![Change::new(CONTENT, None, Some(want.to_string()))],
+            vec![Change::of(
+                FileField::Content.into(),
+                None,
+                Some(want.to_string()),
+            )],
             true,
         ),
         Current::Content(old) if old == want.as_bytes() => (Vec::new(), false),
         Current::Content(old) => (
-            vec![Change::new(
-                CONTENT,
+            vec![Change::of(
+                FileField::Content.into(),
                 Some(String::from_utf8_lossy(old).into_owned()),
                 Some(want.to_string()),
             )],
@@ -174,24 +176,47 @@ pub(super) struct Aside {
 
 impl Aside {
     /// Shell text (with `die`) that keeps the file aside, or marks that there is none.
-    pub(super) fn keep(&self) -> String {
+    pub(super) fn keep(&self) -> Script {
         let Aside { var, saved, none } = self;
-        format!(
-            "rm -f \"$dm/{saved}\" \"$dm/{none}\"\n\
-             if [ -f \"${var}\" ]; then cp -p \"${var}\" \"$dm/{saved}\" || die \"cannot save ${var}\"\n\
-             else : >\"$dm/{none}\"; fi\n"
-        )
+        // `var`, `saved` and `none` are constants of this crate: shell words as they are.
+        Script::new()
+            .raw("rm -f \"$dm/")
+            .raw(saved)
+            .raw("\" \"$dm/")
+            .raw(none)
+            .raw("\"\nif [ -f \"$")
+            .raw(var)
+            .raw("\" ]; then cp -p \"$")
+            .raw(var)
+            .raw("\" \"$dm/")
+            .raw(saved)
+            .raw("\" || die \"cannot save $")
+            .raw(var)
+            .raw("\"\nelse : >\"$dm/")
+            .raw(none)
+            .raw("\"; fi\n")
     }
 
     /// Shell text that puts back what `Aside::keep` kept: the copy over the file, or the
     /// file removed; nothing when nothing was kept.
-    pub(super) fn put_back(&self) -> String {
+    pub(super) fn put_back(&self) -> Script {
         let Aside { var, saved, none } = self;
-        format!(
-            "if [ -f \"$dm/{saved}\" ]; then\n\
-             \x20 cp -p \"$dm/{saved}\" \"${var}.rampart-old\" && mv -f \"${var}.rampart-old\" \"${var}\"\n\
-             elif [ -e \"$dm/{none}\" ]; then rm -f \"${var}\"; fi\n"
-        )
+        Script::new()
+            .raw("if [ -f \"$dm/")
+            .raw(saved)
+            .raw("\" ]; then\n  cp -p \"$dm/")
+            .raw(saved)
+            .raw("\" \"$")
+            .raw(var)
+            .raw(".rampart-old\" && mv -f \"$")
+            .raw(var)
+            .raw(".rampart-old\" \"$")
+            .raw(var)
+            .raw("\"\nelif [ -e \"$dm/")
+            .raw(none)
+            .raw("\" ]; then rm -f \"$")
+            .raw(var)
+            .raw("\"; fi\n")
     }
 }
 

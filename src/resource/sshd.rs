@@ -82,13 +82,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fsfile::{apply_script, parent};
+use super::kit::FileField;
 use super::risky::{
-    Aside, B64, CONTENT, Current, FILE_PROBE, PATH, check_plain_path, condensed, content_changes,
+    Aside, B64, Current, FILE_PROBE, PATH, check_plain_path, condensed, content_changes,
     decode_text, parse_file_record, write_file,
 };
 use super::{
-    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, deadman_arm,
-    deadman_dir, params,
+    ApplyContext, Change, Field, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work,
+    deadman_arm, deadman_dir, params,
 };
 use crate::glob::{Syntax, glob_match};
 use crate::remote::Script;
@@ -614,7 +615,50 @@ fn effective_changes(actual: &str, desired: &str) -> Vec<(String, Option<String>
         .collect()
 }
 
+/// The fields of an `sshd` step: the drop-in's content, and each keyword whose effective
+/// value (`sshd -T`) changes, shown as `effective KEYWORD`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshdField {
+    Content,
+    Effective(String),
+}
+
+impl Field for SshdField {
+    fn name(&self) -> String {
+        match self {
+            SshdField::Content => FileField::Content.text().into(),
+            SshdField::Effective(kw) => format!("effective {kw}"),
+        }
+    }
+
+    fn of(name: &str) -> Option<SshdField> {
+        if name == FileField::Content.text() {
+            return Some(SshdField::Content);
+        }
+        Some(SshdField::Effective(
+            name.strip_prefix("effective ")?.to_string(),
+        ))
+    }
+}
+
+impl From<FileField> for SshdField {
+    fn from(_: FileField) -> SshdField {
+        // content_changes makes content changes only.
+        SshdField::Content
+    }
+}
+
+/// What the probe found, with its output condensed (quoted by errors).
+pub struct SshdFound {
+    obs: Observed,
+    condensed: String,
+}
+
 impl Resource for Sshd {
+    fn risky(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> String {
         format!("sshd {}", self.file)
     }
@@ -687,14 +731,26 @@ impl Resource for Sshd {
                  echo end\n)\n",
             )
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        let obs = parse(probe_output)?;
-        let err = |m: String| ProbeError::new(m, &condensed(probe_output));
+impl Typed for Sshd {
+    type Observed<'a> = SshdFound;
+    type Field = SshdField;
+
+    fn parse(&self, probe_output: &str) -> Result<SshdFound, ProbeError> {
+        Ok(SshdFound {
+            obs: parse(probe_output)?,
+            condensed: condensed(probe_output),
+        })
+    }
+
+    fn compare(&self, found: &SshdFound) -> Result<Verdict<SshdField>, ProbeError> {
+        let obs = &found.obs;
+        let err = |m: String| ProbeError::new(m, &found.condensed);
         let (mut changes, create) =
             content_changes(&obs.file, &self.file, &self.content, "an sshd step").map_err(err)?;
         let content_in_line = changes.is_empty();
-        let verdict = |changes: Vec<Change>| {
+        let verdict = |changes: Vec<Change<SshdField>>| {
             if create {
                 Verdict::Create(changes)
             } else {
@@ -782,15 +838,18 @@ impl Resource for Sshd {
             return Ok(Verdict::InLine(format!("{} is in line", self.id())));
         }
         for (kw, a, d) in differ {
-            changes.push(Change::new(&format!("effective {kw}"), a, d));
+            changes.push(Change::of(SshdField::Effective(kw), a, d));
         }
         Ok(verdict(changes))
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        let changes = match verdict {
-            Verdict::Create(c) | Verdict::Modify(c) => c,
-            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
+    /// As a notified handler: the configuration checked and sshd reloaded, under the dead-man
+    /// switch, without writing the drop-in.
+    fn converge(&self, work: Work<'_, SshdField>, ctx: &ApplyContext) -> Script {
+        let changes = match work {
+            Work::Converge(Verdict::Create(c) | Verdict::Modify(c)) => c,
+            Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) => return Script::new(),
+            Work::Notified => &Vec::new(),
         };
         let dm = deadman_dir(ctx);
         let mut s = Script::new()
@@ -803,8 +862,8 @@ impl Resource for Sshd {
                  [ -d \"$d\" ] || (umask 022 && mkdir -p \"$d\") || die \"cannot create $d\"\n\
                  { mkdir -p \"$dm\" && chmod 700 \"$dm\"; } || die \"cannot create $dm\"\n",
             )
-            .raw(&DROP_IN_ASIDE.keep());
-        if changes.iter().any(|c| c.field == CONTENT) {
+            .then(DROP_IN_ASIDE.keep());
+        if changes.iter().any(|c| c.field == SshdField::Content) {
             s = s.then(write_file(&self.file, &self.content, ctx));
         }
         apply_script(s.raw(
@@ -822,10 +881,6 @@ impl Resource for Sshd {
              fi\n\
              [ -z \"$out\" ] || printf '%s\\n' \"$out\"\n",
         ))
-    }
-
-    fn risky(&self) -> bool {
-        true
     }
 }
 
@@ -851,7 +906,7 @@ impl Sshd {
             .raw("\n")
             .then(service_script(self.service.as_deref()))
             .raw("put_back() {\n")
-            .raw(&DROP_IN_ASIDE.put_back())
+            .then(DROP_IN_ASIDE.put_back())
             .raw(
                 "}\n\
                  listeners() {\n\
@@ -907,6 +962,7 @@ impl Sshd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use crate::resource::b64;
     use crate::resource::risky::bed::Bed;
     use serde_json::json;

@@ -4,7 +4,7 @@
 //!
 //! Owns the `sysctl` type: its probe (the file, and per key its live value and whether its
 //! `/proc/sys` entry is writable here), the pure diff, and the apply (the file written
-//! atomically with a backup by unit.rs's [`write_config`], live values written to
+//! atomically with a backup by the kit's [`write_config`], live values written to
 //! `/proc/sys`; no `sysctl` binary needed).
 //!
 //! ## What the environment forbids is reported, never skipped silently
@@ -61,12 +61,14 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fsfile::{apply_script, backup_path};
-use super::service::Fields;
-use super::unit::{
-    F_CONTENT, F_TYPE, FILE_KEYS, check_config_path, config_changes, config_probe, parse_config,
-    write_config,
+use super::kit::{
+    ConfigFile, FILE_KEYS, Fields, FileField, check_config_path, config_changes, config_probe,
+    parse_config, write_config,
 };
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
+use super::{
+    ApplyContext, Change, Field, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work,
+    params,
+};
 use crate::remote::Script;
 
 pub const SYSCTL: TypeInfo = TypeInfo {
@@ -253,7 +255,7 @@ pub enum Live {
 /// What the probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
-    file: super::unit::ConfigFile,
+    file: ConfigFile,
     /// Per wanted key, in the step's order.
     live: Vec<Live>,
 }
@@ -313,17 +315,53 @@ fn same(a: &str, b: &str) -> bool {
     a.split_whitespace().eq(b.split_whitespace())
 }
 
-fn live_field(key: &str) -> String {
-    format!("{key} (live)")
+/// The fields of a `sysctl` step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SysctlField {
+    /// The file's content.
+    Content,
+    /// A symbolic link at the file's path, replaced by the file.
+    Type,
+    /// A key's live value (`/proc/sys`), shown as `KEY (live)`.
+    Live(String),
 }
 
-/// Pure: the verdict for the probe's output.
-pub fn diff(d: &Sysctl, out: &str) -> Result<Verdict, ProbeError> {
-    let (o, f) = parse(d, out)?;
-    let mut changes = config_changes(&d.file, &o.file, &d.content(), &f)?;
+impl From<FileField> for SysctlField {
+    fn from(f: FileField) -> SysctlField {
+        match f {
+            FileField::Content => SysctlField::Content,
+            FileField::Type => SysctlField::Type,
+        }
+    }
+}
+
+impl Field for SysctlField {
+    fn name(&self) -> String {
+        match self {
+            SysctlField::Content => FileField::Content.text().into(),
+            SysctlField::Type => FileField::Type.text().into(),
+            SysctlField::Live(key) => format!("{key} (live)"),
+        }
+    }
+
+    fn of(name: &str) -> Option<SysctlField> {
+        match FileField::of(name) {
+            Some(f) => Some(f.into()),
+            None => Some(SysctlField::Live(name.strip_suffix(" (live)")?.to_string())),
+        }
+    }
+}
+
+fn live_field(key: &str) -> SysctlField {
+    SysctlField::Live(key.to_string())
+}
+
+/// Pure: the verdict for what the probe found.
+fn compare(d: &Sysctl, (o, f): &(Observed, Fields)) -> Result<Verdict<SysctlField>, ProbeError> {
+    let mut changes = config_changes(&d.file, &o.file, &d.content(), f)?;
     let file_changes = !changes.is_empty();
     // Keys that are not settable here, for the verdict or the sentence.
-    let mut notes: Vec<Change> = Vec::new();
+    let mut notes: Vec<Change<SysctlField>> = Vec::new();
     let mut read_only: Vec<String> = Vec::new();
     let mut unknown: Vec<String> = Vec::new();
     let mut unreadable: Vec<String> = Vec::new();
@@ -342,8 +380,8 @@ pub fn diff(d: &Sysctl, out: &str) -> Result<Verdict, ProbeError> {
             } => {
                 settable += 1;
                 if !same(value.as_str(), &s.value) {
-                    changes.push(Change::new(
-                        &live_field(&s.key),
+                    changes.push(Change::of(
+                        live_field(&s.key),
                         Some(value.trim().to_string()),
                         Some(s.value.clone()),
                     ));
@@ -360,8 +398,8 @@ pub fn diff(d: &Sysctl, out: &str) -> Result<Verdict, ProbeError> {
                         value.split_whitespace().collect::<Vec<_>>().join(" "),
                         s.value
                     ));
-                    notes.push(Change::new(
-                        &live_field(&s.key),
+                    notes.push(Change::of(
+                        live_field(&s.key),
                         Some(value.trim().to_string()),
                         Some(format!(
                             "{} (not settable live here: {} is read-only; set in the file only)",
@@ -372,8 +410,8 @@ pub fn diff(d: &Sysctl, out: &str) -> Result<Verdict, ProbeError> {
             }
             Live::Unreadable { .. } => {
                 unreadable.push(s.key.clone());
-                notes.push(Change::new(
-                    &live_field(&s.key),
+                notes.push(Change::of(
+                    live_field(&s.key),
                     None,
                     Some(format!(
                         "{} (not compared live: {} cannot be read; set in the file only)",
@@ -383,8 +421,8 @@ pub fn diff(d: &Sysctl, out: &str) -> Result<Verdict, ProbeError> {
             }
             Live::Missing => {
                 unknown.push(s.key.clone());
-                notes.push(Change::new(
-                    &live_field(&s.key),
+                notes.push(Change::of(
+                    live_field(&s.key),
                     None,
                     Some(format!(
                         "{} (unknown here: no {}; set in the file only)",
@@ -423,7 +461,7 @@ pub fn diff(d: &Sysctl, out: &str) -> Result<Verdict, ProbeError> {
     if file_changes {
         changes.extend(notes);
     }
-    Ok(if o.file == super::unit::ConfigFile::Absent {
+    Ok(if o.file == ConfigFile::Absent {
         Verdict::Create(changes)
     } else {
         Verdict::Modify(changes)
@@ -448,18 +486,17 @@ const SET_LIVE: &str = r#"while [ $# -gt 0 ]; do
 done
 "#;
 
-pub fn apply(d: &Sysctl, v: &Verdict, ctx: &ApplyContext) -> Script {
-    let changes = match v {
-        Verdict::Create(c) | Verdict::Modify(c) => c,
-        Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
-    };
-    // An empty Modify (notified as a handler): everything.
-    let all = changes.is_empty();
-    let has = |f: &str| all || changes.iter().any(|c| c.field == f);
+/// Notified as a handler: everything.
+fn converge(d: &Sysctl, work: Work<'_, SysctlField>, ctx: &ApplyContext) -> Script {
+    if let Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) = work {
+        return Script::new();
+    }
+    let all = work.is_notified() || work.changes().is_empty();
+    let has = |f: &SysctlField| all || work.has(f);
     let mut s = Script::new();
-    if has(F_CONTENT) || has(F_TYPE) {
+    if has(&SysctlField::Content) || has(&SysctlField::Type) {
         let backup = backup_path(ctx, &d.file);
-        s = s.then(write_config(&d.file, d.content().as_bytes(), &backup));
+        s = s.then(write_config(&d.file, d.content().as_bytes(), &backup, 0o644));
     }
     let mut set = Script::new().raw("set --");
     let mut any = false;
@@ -498,19 +535,29 @@ impl Resource for Sysctl {
         }
         s.raw("\n").raw(KEYS_PROBE).raw("printf 'end\\n'\n)\n")
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        diff(self, probe_output)
+impl Typed for Sysctl {
+    type Observed<'a> = (Observed, Fields<'a>);
+    type Field = SysctlField;
+
+    fn parse<'a>(&self, out: &'a str) -> Result<(Observed, Fields<'a>), ProbeError> {
+        parse(self, out)
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        apply(self, verdict, ctx)
+    fn compare(&self, o: &(Observed, Fields<'_>)) -> Result<Verdict<SysctlField>, ProbeError> {
+        compare(self, o)
+    }
+
+    fn converge(&self, work: Work<'_, SysctlField>, ctx: &ApplyContext) -> Script {
+        converge(self, work, ctx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use crate::resource::{b64, run_local_ok};
     use serde_json::json;
 
@@ -612,7 +659,9 @@ mod tests {
 
     #[test]
     fn a_fresh_container_gets_the_file_and_net_keys_with_the_rest_reported() {
-        let v = diff(&step(), &out("file=none\n", &keys(&container("1", "0")))).unwrap();
+        let v = (step())
+            .diff(&out("file=none\n", &keys(&container("1", "0"))))
+            .unwrap();
         assert_eq!(
             v,
             Verdict::Create(vec![
@@ -646,7 +695,9 @@ mod tests {
 
     #[test]
     fn with_the_file_in_line_the_container_is_in_line_and_says_what_it_could_not_set() {
-        let v = diff(&step(), &out(&file(CONTENT), &keys(&container("0", "0")))).unwrap();
+        let v = (step())
+            .diff(&out(&file(CONTENT), &keys(&container("0", "0"))))
+            .unwrap();
         assert_eq!(
             v,
             Verdict::InLine(
@@ -658,7 +709,9 @@ mod tests {
             )
         );
         // A read-only key that already holds the wanted value is simply in line.
-        let v = diff(&step(), &out(&file(CONTENT), &keys(&container("0", "2")))).unwrap();
+        let v = (step())
+            .diff(&out(&file(CONTENT), &keys(&container("0", "2"))))
+            .unwrap();
         assert!(
             matches!(&v, Verdict::InLine(s) if !s.contains("kptr_restrict")),
             "{v:?}"
@@ -667,7 +720,9 @@ mod tests {
 
     #[test]
     fn live_drift_alone_is_a_modify_of_the_settable_keys_only() {
-        let v = diff(&step(), &out(&file(CONTENT), &keys(&container("1", "0")))).unwrap();
+        let v = (step())
+            .diff(&out(&file(CONTENT), &keys(&container("1", "0"))))
+            .unwrap();
         assert_eq!(
             v,
             Verdict::Modify(vec![Change::new(
@@ -686,7 +741,7 @@ mod tests {
             format!("kernel.kptr_restrict rw value {}", b64("0")),
             format!("kernel.yama.ptrace_scope rw value {}", b64("1")),
         ];
-        let v = diff(&step(), &out(&file(CONTENT), &keys(&vm))).unwrap();
+        let v = (step()).diff(&out(&file(CONTENT), &keys(&vm))).unwrap();
         assert_eq!(
             v.changes()
                 .iter()
@@ -702,7 +757,9 @@ mod tests {
     #[test]
     fn an_edited_file_is_a_text_change() {
         let edited = CONTENT.replace("= 2", "= 1");
-        let v = diff(&step(), &out(&file(&edited), &keys(&container("0", "2")))).unwrap();
+        let v = (step())
+            .diff(&out(&file(&edited), &keys(&container("0", "2"))))
+            .unwrap();
         // With the file changing, the key unknown here is reported next to it.
         assert_eq!(
             v,
@@ -744,18 +801,22 @@ mod tests {
             out(&file(CONTENT), &keys(&good)).replace("end\n", ""),
             out("file=other\n", &keys(&good)),
         ] {
-            assert!(diff(&s, &bad).is_err(), "{bad:?}");
+            assert!((s).diff(&bad).is_err(), "{bad:?}");
         }
         let dir = sysctl(json!({"values": {"net.ipv4": 1}}));
-        let e = diff(&dir, &out("file=none\n", &["net.ipv4 dir"])).unwrap_err();
+        let e = (dir)
+            .diff(&out("file=none\n", &["net.ipv4 dir"]))
+            .unwrap_err();
         assert!(e.message.contains("is a group of keys"), "{e}");
     }
 
     #[test]
     fn apply_sets_only_the_keys_in_the_verdict_and_never_fails_on_read_only_ones() {
         let s = step();
-        let v = diff(&s, &out("file=none\n", &keys(&container("1", "0")))).unwrap();
-        let text = apply(&s, &v, &ApplyContext::new("r")).render().unwrap();
+        let v = (s)
+            .diff(&out("file=none\n", &keys(&container("1", "0"))))
+            .unwrap();
+        let text = (s).apply(&v, &ApplyContext::new("r")).render().unwrap();
         assert!(text.contains("base64 -d"), "{text}");
         assert!(
             text.contains(

@@ -1,12 +1,8 @@
 //! unit: a systemd unit file written whole by rampart (`agent.service`), and the unit's
 //! enablement and state.
 //!
-//! Owns the `unit` type and the config-file helpers that sysctl.rs shares: the probe of one
-//! file ([`config_probe`]), the diff of its content ([`config_changes`]) and its atomic
-//! write ([`write_config`]: a temporary file in the same folder, mode 0644 and owner root set
-//! before the rename; what it replaces is first copied to the run's backup folder, the first
-//! copy of a run winning, as file.rs does; the temporary file and the rename are
-//! [`fsfile`](super::fsfile)'s). Enablement and state are service.rs's
+//! Owns the `unit` type. The unit file is a config file written whole with the kit's helpers
+//! ([`kit`](super::kit): [`config_probe`], [`config_changes`], [`write_config`]). Enablement and state are the kit's too
 //! ([`systemd_changes`]), so `unit` and `service` mean the same by `enabled` and `state`.
 //!
 //! The file goes to `path`, by default `/etc/systemd/system/NAME`; the file name of `path`
@@ -24,7 +20,7 @@
 //!
 //! ## Probe output
 //!
-//! The config-file lines, then service.rs's systemd lines:
+//! The config-file lines, then the kit's systemd lines:
 //!
 //! ```text
 //! rampart-unit 1
@@ -38,16 +34,15 @@
 //! end
 //! ```
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::fsfile::{RENAME_TEMP, TEMP_TRAP, apply_script, backup_path, parent, write_temp};
-use super::service::{
-    F_ENABLED, F_STATE, Fields, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, check_unit_name,
-    enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence,
+use super::fsfile::{apply_script, backup_path};
+use super::kit::{ConfigFile, FILE_KEYS, Fields, FileField, check_config_path, config_changes, config_probe, parse_config, write_config, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence};
+use super::service::{check_unit_name};
+use super::{
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
 };
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
 
 pub const UNIT: TypeInfo = TypeInfo {
@@ -58,160 +53,6 @@ pub const UNIT: TypeInfo = TypeInfo {
 
 fn build(value: Value) -> Result<Box<dyn Resource>, ParamError> {
     Ok(Box::new(Unit::try_from(params::<UnitParams>(value)?)?))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Config files: probe, parse, diff, atomic write. Shared with sysctl.rs.
-
-pub(super) const F_CONTENT: &str = "content";
-pub(super) const F_TYPE: &str = "type";
-
-/// The keys [`config_probe`] prints.
-pub(super) const FILE_KEYS: &[&str] = &["file", "content"];
-
-/// An absolute path in plain form (no `.`, `..`, `//`, trailing `/`, control characters).
-pub(super) fn check_config_path(ty: &str, path: &str) -> Result<(), ParamError> {
-    let bad = |why: &str| Err(ParamError(format!("{ty}: path {path:?} {why}")));
-    if !path.starts_with('/') {
-        return bad("is not absolute (it must start with /)");
-    }
-    if path.chars().any(char::is_control) {
-        return bad("contains a control character");
-    }
-    if path.ends_with('/') {
-        return bad("ends with /: it must name a file");
-    }
-    if path[1..]
-        .split('/')
-        .any(|part| part.is_empty() || part == "." || part == "..")
-    {
-        return bad("contains //, . or ..; write the plain path");
-    }
-    Ok(())
-}
-
-/// Shell text printing the state of the file at `path` (`file=`, `content=` lines). Sets `p`.
-pub(super) fn config_probe(path: &str) -> Script {
-    Script::new().raw("p=").arg(path).raw(
-        "\nif [ -L \"$p\" ]; then\n\
-         \x20 printf 'file=link %s\\n' \"$(readlink \"$p\" | base64 | tr -d '\\n')\"\n\
-         elif [ -f \"$p\" ]; then\n\
-         \x20 if c=$(base64 <\"$p\"); then\n\
-         \x20   printf 'file=file\\ncontent=%s\\n' \"$(printf '%s' \"$c\" | tr -d '\\n')\"\n\
-         \x20 else\n\
-         \x20   printf 'error=cannot read %s\\n' \"$p\"\n\
-         \x20 fi\n\
-         elif [ -e \"$p\" ]; then\n\
-         \x20 printf 'file=other\\n'\n\
-         else\n\
-         \x20 printf 'file=none\\n'\n\
-         fi\n",
-    )
-}
-
-/// What is at a config file's path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ConfigFile {
-    Absent,
-    File(Vec<u8>),
-    Link(String),
-    /// A folder, device, FIFO or socket.
-    Other,
-}
-
-pub(super) fn parse_config(f: &Fields) -> Result<ConfigFile, ProbeError> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let decode = |what: &str, text: &str| {
-        b64.decode(text.trim())
-            .map_err(|e| f.error(format!("the {what} is not base64: {e}")))
-    };
-    let kind = f.need("file")?;
-    let content = f.one("content")?;
-    let file = match kind.split_once(' ') {
-        None if kind == "none" => ConfigFile::Absent,
-        None if kind == "other" => ConfigFile::Other,
-        None if kind == "file" => {
-            let text = content.ok_or_else(|| f.error("no `content` line for a file"))?;
-            return Ok(ConfigFile::File(decode("content", text)?));
-        }
-        Some(("link", target)) => {
-            let bytes = decode("symlink target", target)?;
-            let text = String::from_utf8_lossy(&bytes);
-            ConfigFile::Link(text.strip_suffix('\n').unwrap_or(&text).to_string())
-        }
-        _ => return Err(f.error(format!("unknown `file={kind}`"))),
-    };
-    if content.is_some() {
-        return Err(f.error(format!("a `content` line with `file={kind}`")));
-    }
-    Ok(file)
-}
-
-/// The changes that make `path` a regular file holding `want`: none, a `content` change, or a
-/// `type` change (a symbolic link to replace) and the content. A folder or special file at the
-/// path is an error.
-pub(super) fn config_changes(
-    path: &str,
-    file: &ConfigFile,
-    want: &str,
-    f: &Fields,
-) -> Result<Vec<Change>, ProbeError> {
-    let after = Some(want.to_string());
-    Ok(match file {
-        ConfigFile::Absent => vec![Change::new(F_CONTENT, None, after)],
-        ConfigFile::File(have) if have == want.as_bytes() => vec![],
-        ConfigFile::File(have) => {
-            let before = match std::str::from_utf8(have) {
-                Ok(t) => t.to_string(),
-                Err(_) => format!("<{} bytes, not UTF-8 text>", have.len()),
-            };
-            vec![Change::new(F_CONTENT, Some(before), after)]
-        }
-        ConfigFile::Link(target) => vec![
-            Change::new(
-                F_TYPE,
-                Some(format!("a symlink to {target}")),
-                Some("a file".into()),
-            ),
-            Change::new(F_CONTENT, None, after),
-        ],
-        ConfigFile::Other => {
-            return Err(f.error(format!(
-                "{path} is a folder or special file, not a regular file; not replacing it \
-                 (add an absent step before this one)"
-            )));
-        }
-    })
-}
-
-/// Shell text (inside a subshell that defines `die`) writing `content` to `path` atomically,
-/// mode 0644, owned by root when run as root, after copying what is there to `backup`
-/// (unless this run already holds a copy). Makes a missing folder (0755).
-pub(super) fn write_config(path: &str, content: &[u8], backup: &str) -> Script {
-    Script::new()
-        .raw("p=")
-        .arg(path)
-        .raw("\nd=")
-        .arg(parent(path).unwrap_or("/"))
-        .raw("\nb=")
-        .arg(backup)
-        .raw("\nbd=")
-        .arg(parent(backup).unwrap_or("/"))
-        .raw("\n")
-        .raw(TEMP_TRAP)
-        .raw(
-            "if [ ! -d \"$d\" ]; then (umask 022 && mkdir -p \"$d\") || die \"cannot create the folder $d\"; fi\n\
-             if [ -d \"$p\" ]; then die \"$p is a folder (or a symlink to one): not replacing it\"; fi\n\
-             if { [ -e \"$p\" ] || [ -L \"$p\" ]; } && [ ! -e \"$b\" ] && [ ! -L \"$b\" ]; then\n\
-             \x20 { mkdir -p \"$bd\" && cp -pP \"$p\" \"$b\"; } || die \"cannot back up $p to $b\"\n\
-             fi\n",
-        )
-        .then(write_temp(content))
-        .raw(
-            "chmod 0644 \"$t\" || die \"cannot set the mode of $t\"\n\
-             if [ \"$(id -u)\" = 0 ]; then chown 0:0 \"$t\" || die \"cannot give $t to root\"; fi\n",
-        )
-        .raw(RENAME_TEMP)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +135,6 @@ impl TryFrom<UnitParams> for Unit {
 }
 
 const UNIT_PROBE_HEADER: &str = "rampart-unit 1";
-const F_LOADED: &str = "loaded";
 
 impl Unit {
     fn probe_script(&self) -> Script {
@@ -308,82 +148,128 @@ impl Unit {
             .raw(SYSTEMD_PROBE)
             .raw("printf 'end\\n'\n)\n")
     }
+}
 
-    /// Pure: the verdict for the probe's output.
-    pub fn verdict(&self, out: &str) -> Result<Verdict, ProbeError> {
+crate::fields! {
+    /// The fields of a `unit` step.
+    pub enum UnitField {
+        Content = "content",
+        /// A symbolic link at the path, replaced by the file.
+        Type = "type",
+        /// systemd holds an older version of the file.
+        Loaded = "loaded",
+        Enabled = "enabled",
+        State = "state",
+    }
+}
+
+impl From<FileField> for UnitField {
+    fn from(f: FileField) -> UnitField {
+        match f {
+            FileField::Content => UnitField::Content,
+            FileField::Type => UnitField::Type,
+        }
+    }
+}
+
+impl From<SystemdField> for UnitField {
+    fn from(f: SystemdField) -> UnitField {
+        match f {
+            SystemdField::Enabled => UnitField::Enabled,
+            SystemdField::State => UnitField::State,
+        }
+    }
+}
+
+/// What a unit's probe found.
+pub struct UnitObserved<'a> {
+    f: Fields<'a>,
+    file: ConfigFile,
+    state: UnitState,
+}
+
+impl Typed for Unit {
+    type Observed<'a> = UnitObserved<'a>;
+    type Field = UnitField;
+
+    fn parse<'a>(&self, out: &'a str) -> Result<UnitObserved<'a>, ProbeError> {
         let keys: Vec<&str> = FILE_KEYS.iter().chain(SYSTEMD_KEYS).copied().collect();
         let f = Fields::read(out, UNIT_PROBE_HEADER, &keys)?;
         let file = parse_config(&f)?;
-        let Some(s) = parse_systemd(&f)? else {
+        let Some(state) = parse_systemd(&f)? else {
             return Err(f.error(format!(
                 "unit {}: this host runs no systemd (/run/systemd/system is missing)",
                 self.name
             )));
         };
-        if file == ConfigFile::Link("/dev/null".into()) {
+        Ok(UnitObserved { f, file, state })
+    }
+
+    fn compare(&self, o: &UnitObserved<'_>) -> Result<Verdict<UnitField>, ProbeError> {
+        let (f, file, s) = (&o.f, &o.file, &o.state);
+        if *file == ConfigFile::Link("/dev/null".into()) {
             return Err(f.error(format!(
                 "unit {}: {} is a symlink to /dev/null: the unit is masked; a unit step does \
                  not unmask (systemctl unmask {} first, if it should run)",
                 self.name, self.path, self.name
             )));
         }
-        let mut c = config_changes(&self.path, &file, &self.content, &f)?;
+        let mut c = config_changes(&self.path, file, &self.content, f)?;
         let writes = !c.is_empty();
         if !writes && s.needs_reload {
-            c.push(Change::new(
-                F_LOADED,
+            c.push(Change::of(
+                UnitField::Loaded,
                 Some("stale (the file changed since systemd read it)".into()),
                 Some("current".into()),
             ));
         }
         c.extend(systemd_changes(
             &self.name,
-            &s,
+            s,
             self.enabled,
             self.state,
             writes,
-            &f,
+            f,
         )?);
         Ok(if c.is_empty() {
             let mut sentence = format!("{} is in line: {} as given", self.id(), self.path);
             if self.enabled.is_some() || self.state.is_some() {
-                sentence.push_str(&format!("; {}", systemd_sentence(&s)));
+                sentence.push_str(&format!("; {}", systemd_sentence(s)));
             }
             Verdict::InLine(sentence)
-        } else if file == ConfigFile::Absent {
+        } else if *file == ConfigFile::Absent {
             Verdict::Create(c)
         } else {
             Verdict::Modify(c)
         })
     }
 
-    fn apply_script(&self, v: &Verdict, ctx: &ApplyContext) -> Script {
-        let changes = match v {
-            Verdict::Create(c) | Verdict::Modify(c) => c,
-            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
-        };
-        // An empty Modify: notified as a handler; everything, idempotently.
-        let all = changes.is_empty();
-        let has = |f: &str| all || changes.iter().any(|c| c.field == f);
-        let writes = has(F_CONTENT) || has(F_TYPE);
-        let reload = writes || has(F_LOADED);
+    /// Notified as a handler: everything, idempotently.
+    fn converge(&self, work: Work<'_, UnitField>, ctx: &ApplyContext) -> Script {
+        if let Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) = work {
+            return Script::new();
+        }
+        let all = work.is_notified() || work.changes().is_empty();
+        let has = |f: UnitField| all || work.has(&f);
+        let writes = has(UnitField::Content) || has(UnitField::Type);
+        let reload = writes || has(UnitField::Loaded);
         let mut s = Script::new().raw("n=").arg(&self.name).raw("\n");
         if writes {
             let backup = backup_path(ctx, &self.path);
-            s = s.then(write_config(&self.path, self.content.as_bytes(), &backup));
+            s = s.then(write_config(&self.path, self.content.as_bytes(), &backup, 0o644));
         }
         if reload {
             s = s.raw("systemctl daemon-reload || die \"systemctl daemon-reload failed\"\n");
         }
         if let Some(want) = self.enabled
-            && has(F_ENABLED)
+            && has(UnitField::Enabled)
         {
             s = s.then(enable_script(want));
         }
         match self.state {
             Some(RunState::Started) if reload => s = s.then(systemctl("restart")),
-            Some(RunState::Started) if has(F_STATE) => s = s.then(systemctl("start")),
-            Some(RunState::Stopped) if has(F_STATE) => s = s.then(systemctl("stop")),
+            Some(RunState::Started) if has(UnitField::State) => s = s.then(systemctl("start")),
+            Some(RunState::Stopped) if has(UnitField::State) => s = s.then(systemctl("stop")),
             _ => {}
         }
         apply_script(s)
@@ -398,19 +284,12 @@ impl Resource for Unit {
     fn probe(&self) -> Script {
         self.probe_script()
     }
-
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        self.verdict(probe_output)
-    }
-
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        self.apply_script(verdict, ctx)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use crate::resource::{b64, run_local_ok};
     use serde_json::json;
 
@@ -483,7 +362,7 @@ mod tests {
     #[test]
     fn a_missing_unit_is_created_enabled_and_started() {
         let v = agent()
-            .verdict(&out("file=none\n", "not-found", "", "inactive", ""))
+            .diff(&out("file=none\n", "not-found", "", "inactive", ""))
             .unwrap();
         assert_eq!(
             v,
@@ -499,7 +378,7 @@ mod tests {
     fn in_line_and_changed_units() {
         let a = agent();
         assert_eq!(
-            a.verdict(&out(&file(TEXT), "loaded", "enabled", "active", "no"))
+            a.diff(&out(&file(TEXT), "loaded", "enabled", "active", "no"))
                 .unwrap(),
             Verdict::InLine(
                 "unit agent.service is in line: /etc/systemd/system/agent.service as given; \
@@ -509,7 +388,7 @@ mod tests {
         );
         let old = TEXT.replace("infinity", "1000");
         assert_eq!(
-            a.verdict(&out(&file(&old), "loaded", "enabled", "active", "yes"))
+            a.diff(&out(&file(&old), "loaded", "enabled", "active", "yes"))
                 .unwrap(),
             Verdict::Modify(vec![Change::new(
                 "content",
@@ -519,7 +398,7 @@ mod tests {
         );
         // In line on disk, but systemd holds an older version.
         assert_eq!(
-            a.verdict(&out(&file(TEXT), "loaded", "enabled", "active", "yes"))
+            a.diff(&out(&file(TEXT), "loaded", "enabled", "active", "yes"))
                 .unwrap(),
             Verdict::Modify(vec![Change::new(
                 "loaded",
@@ -528,7 +407,7 @@ mod tests {
             )])
         );
         assert_eq!(
-            a.verdict(&out(&file(TEXT), "loaded", "disabled", "failed", "no"))
+            a.diff(&out(&file(TEXT), "loaded", "disabled", "failed", "no"))
                 .unwrap(),
             Verdict::Modify(vec![
                 change("enabled", Some("disabled"), "enabled"),
@@ -537,7 +416,7 @@ mod tests {
         );
         let link = format!("file=link {}\n", b64("/lib/systemd/system/agent.service\n"));
         assert_eq!(
-            a.verdict(&out(&link, "loaded", "enabled", "active", "no"))
+            a.diff(&out(&link, "loaded", "enabled", "active", "no"))
                 .unwrap()
                 .changes()[0],
             change(
@@ -553,11 +432,11 @@ mod tests {
         let a = agent();
         let masked = format!("file=link {}\n", b64("/dev/null\n"));
         let e = a
-            .verdict(&out(&masked, "masked", "masked", "inactive", "no"))
+            .diff(&out(&masked, "masked", "masked", "inactive", "no"))
             .unwrap_err();
         assert!(e.message.contains("the unit is masked"), "{e}");
         let e = a
-            .verdict(&out("file=other\n", "loaded", "enabled", "active", "no"))
+            .diff(&out("file=other\n", "loaded", "enabled", "active", "no"))
             .unwrap_err();
         assert!(e.message.contains("not a regular file"), "{e}");
         for junk in [
@@ -569,7 +448,7 @@ mod tests {
             "rampart-unit 1\nfile=weird\nsystemd=no\nend\n",
             "rampart-unit 1\nfile=none\nsystemd=yes\nload=loaded\n",
         ] {
-            assert!(a.verdict(junk).is_err(), "{junk:?}");
+            assert!(a.diff(junk).is_err(), "{junk:?}");
         }
     }
 
@@ -605,7 +484,7 @@ mod tests {
         let p = path.to_str().unwrap();
         let backup = format!("{}/backups{p}", tmp.path().display());
         let run = |content: &str| {
-            run_local_ok(apply_script(write_config(p, content.as_bytes(), &backup)))
+            run_local_ok(apply_script(write_config(p, content.as_bytes(), &backup, 0o644)))
         };
         run("one\n").await;
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");

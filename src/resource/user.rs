@@ -56,8 +56,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::service::Fields;
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
+use super::kit::Fields;
+use super::{
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
+};
 use crate::remote::Script;
 
 pub const USER: TypeInfo = TypeInfo {
@@ -770,9 +772,33 @@ pub fn parse_group(out: &str) -> Result<ObservedGroup, ProbeError> {
 // ---------------------------------------------------------------------------------------------
 // Diff.
 
-const F_KEYS: &str = "authorized_keys";
-const F_SSH_DIR: &str = "ssh_dir";
-const F_KEYS_FILE: &str = "authorized_keys_file";
+crate::fields! {
+    /// The fields of a `user` step.
+    pub enum UserField {
+        State = "state",
+        Uid = "uid",
+        Group = "group",
+        Groups = "groups",
+        Shell = "shell",
+        Home = "home",
+        Comment = "comment",
+        System = "system",
+        PasswordLocked = "password_locked",
+        /// One key line added, replaced or removed.
+        AuthorizedKeys = "authorized_keys",
+        SshDir = "ssh_dir",
+        KeysFile = "authorized_keys_file",
+    }
+}
+
+crate::fields! {
+    /// The fields of a `group` step.
+    pub enum GroupField {
+        State = "state",
+        Gid = "gid",
+        System = "system",
+    }
+}
 
 fn list(names: &[&str]) -> String {
     if names.is_empty() {
@@ -787,15 +813,19 @@ fn some(s: impl Into<String>) -> Option<String> {
 }
 
 /// Pure: what must change for the user to be as desired.
-pub fn diff_user(d: &DesiredUser, o: &ObservedUser) -> Verdict {
+pub fn diff_user(d: &DesiredUser, o: &ObservedUser) -> Verdict<UserField> {
     match (d.state, o) {
         (State::Absent, ObservedUser::Absent) => {
             Verdict::InLine(format!("user {} is absent, in line", d.name))
         }
         (State::Absent, ObservedUser::Present(a)) => {
-            let mut c = vec![Change::new("state", some("present"), some("absent"))];
+            let mut c = vec![Change::of(
+                UserField::State,
+                some("present"),
+                some("absent"),
+            )];
             if d.remove_home {
-                c.push(Change::new("home", some(&a.home), None));
+                c.push(Change::of(UserField::Home, some(&a.home), None));
             }
             Verdict::Remove(c)
         }
@@ -811,50 +841,54 @@ pub fn diff_user(d: &DesiredUser, o: &ObservedUser) -> Verdict {
     }
 }
 
-fn creation(d: &DesiredUser) -> Vec<Change> {
-    let mut c = vec![Change::new("state", some("absent"), some("present"))];
+fn creation(d: &DesiredUser) -> Vec<Change<UserField>> {
+    let mut c = vec![Change::of(
+        UserField::State,
+        some("absent"),
+        some("present"),
+    )];
     if let Some(uid) = d.uid {
-        c.push(Change::new("uid", None, some(uid.to_string())));
+        c.push(Change::of(UserField::Uid, None, some(uid.to_string())));
     }
     if let Some(g) = &d.group {
-        c.push(Change::new("group", None, some(g)));
+        c.push(Change::of(UserField::Group, None, some(g)));
     }
     if let Some(w) = &d.groups {
         let names: Vec<&str> = w.names.iter().map(String::as_str).collect();
-        c.push(Change::new("groups", None, some(list(&names))));
+        c.push(Change::of(UserField::Groups, None, some(list(&names))));
     }
     for (field, value) in [
-        ("shell", &d.shell),
-        ("home", &d.home),
-        ("comment", &d.comment),
+        (UserField::Shell, &d.shell),
+        (UserField::Home, &d.home),
+        (UserField::Comment, &d.comment),
     ] {
         if let Some(v) = value {
-            c.push(Change::new(field, None, some(v)));
+            c.push(Change::of(field, None, some(v)));
         }
     }
     if d.system {
-        c.push(Change::new("system", None, some("true")));
+        c.push(Change::of(UserField::System, None, some("true")));
     }
-    c.push(Change::new(
-        "password_locked",
+    c.push(Change::of(
+        UserField::PasswordLocked,
         None,
         some(d.password_locked.to_string()),
     ));
     if let Some(k) = &d.keys {
         for key in &k.keys {
-            c.push(Change::new(F_KEYS, None, some(&key.line)));
+            c.push(Change::of(UserField::AuthorizedKeys, None, some(&key.line)));
         }
     }
     c
 }
 
-fn modification(d: &DesiredUser, a: &Account) -> Vec<Change> {
+fn modification(d: &DesiredUser, a: &Account) -> Vec<Change<UserField>> {
     let mut c = Vec::new();
     if let Some(uid) = d.uid
         && uid != a.uid
     {
-        c.push(Change::new(
-            "uid",
+        c.push(Change::of(
+            UserField::Uid,
             some(a.uid.to_string()),
             some(uid.to_string()),
         ));
@@ -862,7 +896,7 @@ fn modification(d: &DesiredUser, a: &Account) -> Vec<Change> {
     if let Some(g) = &d.group
         && *g != a.group
     {
-        c.push(Change::new("group", some(&a.group), some(g)));
+        c.push(Change::of(UserField::Group, some(&a.group), some(g)));
     }
     if let Some(w) = &d.groups {
         // The primary group is not a supplementary one, on either side.
@@ -889,26 +923,34 @@ fn modification(d: &DesiredUser, a: &Account) -> Vec<Change> {
                 .collect();
             if !missing.is_empty() {
                 let after: Vec<&str> = have.iter().chain(&missing).copied().collect();
-                c.push(Change::new("groups", some(list(&have)), some(list(&after))));
+                c.push(Change::of(
+                    UserField::Groups,
+                    some(list(&have)),
+                    some(list(&after)),
+                ));
             }
         } else if have_set != want_set {
-            c.push(Change::new("groups", some(list(&have)), some(list(&want))));
+            c.push(Change::of(
+                UserField::Groups,
+                some(list(&have)),
+                some(list(&want)),
+            ));
         }
     }
     for (field, want, have) in [
-        ("shell", &d.shell, &a.shell),
-        ("home", &d.home, &a.home),
-        ("comment", &d.comment, &a.comment),
+        (UserField::Shell, &d.shell, &a.shell),
+        (UserField::Home, &d.home, &a.home),
+        (UserField::Comment, &d.comment, &a.comment),
     ] {
         if let Some(w) = want
             && w != have
         {
-            c.push(Change::new(field, some(have), some(w)));
+            c.push(Change::of(field, some(have), some(w)));
         }
     }
     if (a.password == Password::Locked) != d.password_locked {
-        c.push(Change::new(
-            "password_locked",
+        c.push(Change::of(
+            UserField::PasswordLocked,
             some(a.password.describe()),
             some(d.password_locked.to_string()),
         ));
@@ -921,11 +963,11 @@ fn modification(d: &DesiredUser, a: &Account) -> Vec<Change> {
 
 /// The folder and file modes and owner, then the keys to add, replace (other options) and,
 /// when exclusive, remove.
-fn key_changes(user: &str, w: &WantedKeys, a: &Account) -> Vec<Change> {
+fn key_changes(user: &str, w: &WantedKeys, a: &Account) -> Vec<Change<UserField>> {
     let mut c = Vec::new();
     for (field, state, mode) in [
-        (F_SSH_DIR, &a.ssh_dir, 0o700),
-        (F_KEYS_FILE, &a.keys_file, 0o600),
+        (UserField::SshDir, &a.ssh_dir, 0o700),
+        (UserField::KeysFile, &a.keys_file, 0o600),
     ] {
         let wanted = PathState::Present {
             mode,
@@ -934,7 +976,7 @@ fn key_changes(user: &str, w: &WantedKeys, a: &Account) -> Vec<Change> {
         match state {
             None | Some(PathState::Absent) => {}
             Some(s) if *s == wanted => {}
-            Some(s) => c.push(Change::new(
+            Some(s) => c.push(Change::of(
                 field,
                 some(s.describe()),
                 some(wanted.describe()),
@@ -956,9 +998,17 @@ fn key_changes(user: &str, w: &WantedKeys, a: &Account) -> Vec<Change> {
             .filter(|k| k.same_key(want))
             .collect();
         if same.is_empty() {
-            c.push(Change::new(F_KEYS, None, some(&want.line)));
+            c.push(Change::of(
+                UserField::AuthorizedKeys,
+                None,
+                some(&want.line),
+            ));
         } else if let Some(other) = same.iter().find(|k| k.options != want.options) {
-            c.push(Change::new(F_KEYS, some(&other.line), some(&want.line)));
+            c.push(Change::of(
+                UserField::AuthorizedKeys,
+                some(&other.line),
+                some(&want.line),
+            ));
         }
     }
     if w.exclusive {
@@ -968,7 +1018,7 @@ fn key_changes(user: &str, w: &WantedKeys, a: &Account) -> Vec<Change> {
                 .as_ref()
                 .is_some_and(|k| w.keys.iter().any(|want| want.same_key(k)));
             if !wanted && seen.insert(*line) {
-                c.push(Change::new(F_KEYS, some(*line), None));
+                c.push(Change::of(UserField::AuthorizedKeys, some(*line), None));
             }
         }
     }
@@ -976,25 +1026,31 @@ fn key_changes(user: &str, w: &WantedKeys, a: &Account) -> Vec<Change> {
 }
 
 /// Pure: what must change for the group to be as desired.
-pub fn diff_group(d: &DesiredGroup, o: &ObservedGroup) -> Verdict {
+pub fn diff_group(d: &DesiredGroup, o: &ObservedGroup) -> Verdict<GroupField> {
     match (d.state, o.0) {
         (State::Absent, None) => Verdict::InLine(format!("group {} is absent, in line", d.name)),
-        (State::Absent, Some(_)) => {
-            Verdict::Remove(vec![Change::new("state", some("present"), some("absent"))])
-        }
+        (State::Absent, Some(_)) => Verdict::Remove(vec![Change::of(
+            GroupField::State,
+            some("present"),
+            some("absent"),
+        )]),
         (State::Present, None) => {
-            let mut c = vec![Change::new("state", some("absent"), some("present"))];
+            let mut c = vec![Change::of(
+                GroupField::State,
+                some("absent"),
+                some("present"),
+            )];
             if let Some(gid) = d.gid {
-                c.push(Change::new("gid", None, some(gid.to_string())));
+                c.push(Change::of(GroupField::Gid, None, some(gid.to_string())));
             }
             if d.system {
-                c.push(Change::new("system", None, some("true")));
+                c.push(Change::of(GroupField::System, None, some("true")));
             }
             Verdict::Create(c)
         }
         (State::Present, Some(have)) => match d.gid {
-            Some(gid) if gid != have => Verdict::Modify(vec![Change::new(
-                "gid",
+            Some(gid) if gid != have => Verdict::Modify(vec![Change::of(
+                GroupField::Gid,
                 some(have.to_string()),
                 some(gid.to_string()),
             )]),
@@ -1059,7 +1115,7 @@ if [ -f "$f" ]; then
 fi
 "#;
 
-fn keys_step(d: &DesiredUser, v: &Verdict, ctx: &ApplyContext) -> Script {
+fn keys_step(d: &DesiredUser, v: &Verdict<UserField>, ctx: &ApplyContext) -> Script {
     let Some(w) = &d.keys else {
         return Script::new();
     };
@@ -1075,9 +1131,10 @@ fn keys_step(d: &DesiredUser, v: &Verdict, ctx: &ApplyContext) -> Script {
             .keys
             .iter()
             .filter(|k| {
-                v.changes()
-                    .iter()
-                    .any(|c| c.field == F_KEYS && c.after.as_deref() == Some(k.line.as_str()))
+                v.changes().iter().any(|c| {
+                    c.field == UserField::AuthorizedKeys
+                        && c.after.as_deref() == Some(k.line.as_str())
+                })
             })
             .collect();
         (
@@ -1120,16 +1177,16 @@ esac
 
 /// Options shared by useradd and usermod for the fields in `fields` (`None`: every field
 /// the step names).
-fn account_options(d: &DesiredUser, fields: Option<&BTreeSet<&str>>) -> Script {
-    let wants = |f: &str| fields.is_none_or(|set| set.contains(f));
+fn account_options(d: &DesiredUser, fields: Option<&[UserField]>) -> Script {
+    let wants = |f: UserField| fields.is_none_or(|set| set.contains(&f));
     let mut s = Script::new();
     if let Some(uid) = d.uid
-        && wants("uid")
+        && wants(UserField::Uid)
     {
         s = s.raw(" -u ").arg(&uid.to_string());
     }
     if let Some(w) = &d.groups
-        && wants("groups")
+        && wants(UserField::Groups)
     {
         if w.append && fields.is_some() {
             s = s.raw(" -a");
@@ -1137,9 +1194,9 @@ fn account_options(d: &DesiredUser, fields: Option<&BTreeSet<&str>>) -> Script {
         s = s.raw(" -G ").arg(&w.names.join(","));
     }
     for (field, flag, value) in [
-        ("shell", " -s ", &d.shell),
-        ("home", " -d ", &d.home),
-        ("comment", " -c ", &d.comment),
+        (UserField::Shell, " -s ", &d.shell),
+        (UserField::Home, " -d ", &d.home),
+        (UserField::Comment, " -c ", &d.comment),
     ] {
         if let Some(v) = value
             && wants(field)
@@ -1150,8 +1207,14 @@ fn account_options(d: &DesiredUser, fields: Option<&BTreeSet<&str>>) -> Script {
     s
 }
 
-/// Idempotent: each part checks or converges whatever the host shows when it runs.
-pub fn apply_user(d: &DesiredUser, v: &Verdict, ctx: &ApplyContext) -> Script {
+/// Idempotent: each part checks or converges whatever the host shows when it runs. As a
+/// notified handler: nothing but the check that the user exists (a verdict without changes).
+pub fn apply_user(d: &DesiredUser, work: Work<'_, UserField>, ctx: &ApplyContext) -> Script {
+    let none = Verdict::Modify(Vec::new());
+    let v = match work {
+        Work::Converge(v) => v,
+        Work::Notified => &none,
+    };
     let body = match v {
         Verdict::InLine(_) => return Script::new().raw(":\n"),
         Verdict::Remove(_) => Script::new()
@@ -1192,11 +1255,11 @@ pub fn apply_user(d: &DesiredUser, v: &Verdict, ctx: &ApplyContext) -> Script {
                 .then(keys_step(d, v, ctx))
         }
         Verdict::Modify(changes) => {
-            let fields: BTreeSet<&str> = changes.iter().map(|c| c.field.as_str()).collect();
+            let fields: Vec<UserField> = changes.iter().map(|c| c.field).collect();
             let mut s = Script::new();
             let mut options = account_options(d, Some(&fields));
             if let Some(g) = &d.group
-                && fields.contains("group")
+                && fields.contains(&UserField::Group)
             {
                 options = options.raw(" -g ").arg(g);
             }
@@ -1204,7 +1267,7 @@ pub fn apply_user(d: &DesiredUser, v: &Verdict, ctx: &ApplyContext) -> Script {
                 s = s.raw("usermod").then(options).raw(" \"$n\"\n");
             }
             if let Some(home) = &d.home
-                && fields.contains("home")
+                && fields.contains(&UserField::Home)
             {
                 // The old home is not moved; a missing new one is made, the user's own.
                 s = s.then(set_var("h", home)).raw(
@@ -1212,12 +1275,16 @@ pub fn apply_user(d: &DesiredUser, v: &Verdict, ctx: &ApplyContext) -> Script {
                      chown -h \"$(id -u \"$n\"):$(id -g \"$n\")\" \"$h\"; fi\n",
                 );
             }
-            if fields.contains("password_locked") {
+            if fields.contains(&UserField::PasswordLocked) {
                 s = s.then(password_step(d.password_locked));
             }
-            if [F_KEYS, F_SSH_DIR, F_KEYS_FILE]
-                .iter()
-                .any(|f| fields.contains(f))
+            if [
+                UserField::AuthorizedKeys,
+                UserField::SshDir,
+                UserField::KeysFile,
+            ]
+            .iter()
+            .any(|f| fields.contains(f))
             {
                 s = s.then(keys_step(d, v, ctx));
             }
@@ -1231,7 +1298,14 @@ pub fn apply_user(d: &DesiredUser, v: &Verdict, ctx: &ApplyContext) -> Script {
         .raw(")\n")
 }
 
-pub fn apply_group(d: &DesiredGroup, v: &Verdict) -> Script {
+/// As a notified handler: the gid set again when the step gives one (a verdict without
+/// changes).
+pub fn apply_group(d: &DesiredGroup, work: Work<'_, GroupField>) -> Script {
+    let none = Verdict::Modify(Vec::new());
+    let v = match work {
+        Work::Converge(v) => v,
+        Work::Notified => &none,
+    };
     let body = match v {
         Verdict::InLine(_) => return Script::new().raw(":\n"),
         Verdict::Remove(_) => {
@@ -1276,13 +1350,22 @@ impl Resource for User {
     fn probe(&self) -> Script {
         probe_user(&self.0)
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        Ok(diff_user(&self.0, &parse_user(&self.0.name, probe_output)?))
+impl Typed for User {
+    type Observed<'a> = ObservedUser;
+    type Field = UserField;
+
+    fn parse(&self, out: &str) -> Result<ObservedUser, ProbeError> {
+        parse_user(&self.0.name, out)
     }
 
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        apply_user(&self.0, verdict, ctx)
+    fn compare(&self, o: &ObservedUser) -> Result<Verdict<UserField>, ProbeError> {
+        Ok(diff_user(&self.0, o))
+    }
+
+    fn converge(&self, work: Work<'_, UserField>, ctx: &ApplyContext) -> Script {
+        apply_user(&self.0, work, ctx)
     }
 }
 
@@ -1298,19 +1381,29 @@ impl Resource for Group {
     fn probe(&self) -> Script {
         probe_group(&self.0)
     }
+}
 
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        Ok(diff_group(&self.0, &parse_group(probe_output)?))
+impl Typed for Group {
+    type Observed<'a> = ObservedGroup;
+    type Field = GroupField;
+
+    fn parse(&self, out: &str) -> Result<ObservedGroup, ProbeError> {
+        parse_group(out)
     }
 
-    fn apply(&self, verdict: &Verdict, _ctx: &ApplyContext) -> Script {
-        apply_group(&self.0, verdict)
+    fn compare(&self, o: &ObservedGroup) -> Result<Verdict<GroupField>, ProbeError> {
+        Ok(diff_group(&self.0, o))
+    }
+
+    fn converge(&self, work: Work<'_, GroupField>, _ctx: &ApplyContext) -> Script {
+        apply_group(&self.0, work)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use serde_json::json;
 
     const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA843lzz+6o44cNQ1xjgqWOnjWjfO7P9gwtR7tAzJ5No a@example";
@@ -1710,7 +1803,7 @@ mod tests {
         let absent = "rampart-group 1\nexists=no\nend\n";
         let present = "rampart-group 1\nexists=yes\ngid=1400\nend\n";
         assert_eq!(
-            diff_group(&d, &parse_group(absent).unwrap()),
+            diff_group(&d, &parse_group(absent).unwrap()).map(|f| Some(f.text().to_string())),
             Verdict::Create(vec![
                 change("state", Some("absent"), Some("present")),
                 change("gid", None, Some("1500")),
@@ -1718,7 +1811,7 @@ mod tests {
             ])
         );
         assert_eq!(
-            diff_group(&d, &parse_group(present).unwrap()),
+            diff_group(&d, &parse_group(present).unwrap()).map(|f| Some(f.text().to_string())),
             Verdict::Modify(vec![change("gid", Some("1400"), Some("1500"))])
         );
         let any_gid = g(json!({"name": "agents"}));
@@ -1771,7 +1864,7 @@ mod tests {
         }));
         let ctx = ApplyContext::new("r1");
         let v = diff_user(&d, &ObservedUser::Absent);
-        let text = apply_user(&d, &v, &ctx).render().unwrap();
+        let text = apply_user(&d, Work::Converge(&v), &ctx).render().unwrap();
         assert!(text.contains(r#" -c ''\''; rm -rf / #'"#), "{text}");
         assert!(text.contains(" -d '/home/$(reboot)'"), "{text}");
         assert!(text.contains(" -s '/bin/`id`'"), "{text}");

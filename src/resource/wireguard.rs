@@ -29,7 +29,7 @@
 //! content=<base64>
 //! confmode=600              (file=file only)
 //! dropin=none               # none | <base64 of the drop-in>
-//! systemd=yes ...           # service.rs's systemd lines for wg-quick@IF.service
+//! systemd=yes ...           # the kit's systemd lines for wg-quick@IF.service
 //! end
 //! ```
 
@@ -39,14 +39,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::service::{
-    DIE, F_STATE, Fields, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, enable_script, parse_systemd,
-    systemctl, systemd_changes, systemd_sentence,
+use super::fsfile::backup_path;
+use super::kit::{ConfigFile, DIE, FILE_KEYS, Fields, FileField, config_changes, config_probe, parse_config, write_config, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence};
+use super::{
+    ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
 };
-use super::unit::{
-    ConfigFile, F_CONTENT, F_TYPE, FILE_KEYS, config_changes, config_probe, parse_config,
-};
-use super::{ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Verdict, params};
 use crate::remote::Script;
 
 pub const WIREGUARD: TypeInfo = TypeInfo {
@@ -234,10 +231,71 @@ const KEYS: &[&str] = &[
     "dropin",
 ];
 
-pub const F_KEY: &str = "private key";
-pub const F_KEY_MODE: &str = "private key mode";
-pub const F_CONF_MODE: &str = "mode";
-pub const F_DROPIN: &str = "userspace drop-in";
+crate::fields! {
+    /// The fields of a `wireguard` step.
+    pub enum WgField {
+        /// The private key (only whether it exists: it never leaves the host).
+        Key = "private key",
+        KeyMode = "private key mode",
+        Content = "content",
+        /// A symbolic link at the config's path, replaced by the file.
+        Type = "type",
+        ConfMode = "mode",
+        /// The systemd drop-in that runs wireguard-go where the kernel has no module.
+        Dropin = "userspace drop-in",
+        Enabled = "enabled",
+        State = "state",
+    }
+}
+
+impl From<FileField> for WgField {
+    fn from(f: FileField) -> WgField {
+        match f {
+            FileField::Content => WgField::Content,
+            FileField::Type => WgField::Type,
+        }
+    }
+}
+
+impl From<SystemdField> for WgField {
+    fn from(f: SystemdField) -> WgField {
+        match f {
+            SystemdField::Enabled => WgField::Enabled,
+            SystemdField::State => WgField::State,
+        }
+    }
+}
+
+/// The private key file as the probe found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFile {
+    None,
+    /// A regular file: its mode (octal digits) and the public key `wg pubkey` made of it
+    /// (empty when wg is missing or refused it).
+    File {
+        mode: String,
+        public: String,
+    },
+    /// A symlink, folder or special file.
+    Other,
+}
+
+/// What a `wireguard` probe found.
+pub struct WgObserved<'a> {
+    f: Fields<'a>,
+    /// wg and wg-quick are installed.
+    tools: bool,
+    /// The kernel has the WireGuard module.
+    kernel: bool,
+    /// wireguard-go is installed.
+    userspace: bool,
+    key: KeyFile,
+    conf: ConfigFile,
+    /// The config's mode (octal digits), for a regular file.
+    conf_mode: Option<String>,
+    dropin: Option<Vec<u8>>,
+    unit: UnitState,
+}
 
 const GENERATED: &str = "generated on the host";
 
@@ -330,9 +388,13 @@ impl WireGuard {
             .raw(SYSTEMD_PROBE)
             .raw("printf 'end\\n'\n)\n")
     }
+}
 
-    /// Pure: the verdict for the probe's output.
-    pub fn verdict(&self, out: &str) -> Result<Verdict, ProbeError> {
+impl Typed for WireGuard {
+    type Observed<'a> = WgObserved<'a>;
+    type Field = WgField;
+
+    fn parse<'a>(&self, out: &'a str) -> Result<WgObserved<'a>, ProbeError> {
         let keys: Vec<&str> = KEYS
             .iter()
             .chain(FILE_KEYS)
@@ -343,7 +405,65 @@ impl WireGuard {
         let tools = f.yes_no("tools")?;
         let kernel = f.yes_no("kernel")?;
         let userspace = f.yes_no("userspace")?;
-        if tools && !kernel && !userspace {
+        let key = match f.need("key")? {
+            "none" => {
+                if f.one("keymode")?.is_some() || f.one("pubkey")?.is_some() {
+                    return Err(f.error("key lines with `key=none`"));
+                }
+                KeyFile::None
+            }
+            "file" => {
+                let mode = f.need("keymode")?;
+                if mode.is_empty() || !mode.chars().all(|ch| ch.is_digit(8)) {
+                    return Err(f.error(format!("`keymode` is not an octal mode: {mode:?}")));
+                }
+                let public = f.need("pubkey")?.trim().to_string();
+                KeyFile::File {
+                    mode: mode.to_string(),
+                    public,
+                }
+            }
+            "other" => KeyFile::Other,
+            v => return Err(f.error(format!("unknown `key={v}`"))),
+        };
+        let conf = parse_config(&f)?;
+        let conf_mode = f.one("confmode")?.map(str::to_string);
+        match (&conf, &conf_mode) {
+            (ConfigFile::File(_), None) => return Err(f.error("no `confmode` line for a file")),
+            (ConfigFile::File(_), Some(_)) | (_, None) => {}
+            (_, Some(_)) => return Err(f.error("a `confmode` line without a config file")),
+        }
+        let dropin = match f.need("dropin")? {
+            "none" => None,
+            b64 => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| f.error(format!("the drop-in is not base64: {e}")))?,
+            ),
+        };
+        let Some(unit) = parse_systemd(&f)? else {
+            return Err(f.error(format!(
+                "wireguard {}: this host runs no systemd (/run/systemd/system is missing)",
+                self.interface
+            )));
+        };
+        Ok(WgObserved {
+            f,
+            tools,
+            kernel,
+            userspace,
+            key,
+            conf,
+            conf_mode,
+            dropin,
+            unit,
+        })
+    }
+
+    fn compare(&self, o: &WgObserved<'_>) -> Result<Verdict<WgField>, ProbeError> {
+        let f = &o.f;
+        let (tools, kernel) = (o.tools, o.kernel);
+        if tools && !kernel && !o.userspace {
             return Err(f.error(format!(
                 "wireguard {}: this kernel has no WireGuard module and wireguard-go is not \
                  installed; install wireguard-go (it needs /dev/net/tun)",
@@ -353,21 +473,13 @@ impl WireGuard {
         let mut c = Vec::new();
 
         // The private key: only its presence, mode and public key.
-        let (key_exists, public_key) = match f.need("key")? {
-            "none" => {
-                if f.one("keymode")?.is_some() || f.one("pubkey")?.is_some() {
-                    return Err(f.error("key lines with `key=none`"));
-                }
-                c.push(Change::new(F_KEY, None, Some(GENERATED.into())));
+        let (key_exists, public_key) = match &o.key {
+            KeyFile::None => {
+                c.push(Change::of(WgField::Key, None, Some(GENERATED.into())));
                 (false, None)
             }
-            "file" => {
-                let mode = f.need("keymode")?;
-                if mode.is_empty() || !mode.chars().all(|ch| ch.is_digit(8)) {
-                    return Err(f.error(format!("`keymode` is not an octal mode: {mode:?}")));
-                }
-                let pk = f.need("pubkey")?.trim();
-                if tools && check_key(pk).is_err() {
+            KeyFile::File { mode, public } => {
+                if tools && check_key(public).is_err() {
                     return Err(f.error(format!(
                         "wireguard {}: {} is not a WireGuard private key (wg pubkey refuses \
                          it); not replacing it: move it away to have a new one made",
@@ -376,15 +488,15 @@ impl WireGuard {
                     )));
                 }
                 if mode != "600" {
-                    c.push(Change::new(
-                        F_KEY_MODE,
+                    c.push(Change::of(
+                        WgField::KeyMode,
                         Some(format!("0{mode}")),
                         Some("0600".into()),
                     ));
                 }
-                (true, (!pk.is_empty()).then(|| pk.to_string()))
+                (true, (!public.is_empty()).then(|| public.clone()))
             }
-            "other" => {
+            KeyFile::Other => {
                 return Err(f.error(format!(
                     "wireguard {}: {} is a symlink, folder or special file, not a key file; \
                      not touching it",
@@ -392,69 +504,49 @@ impl WireGuard {
                     self.key_path()
                 )));
             }
-            v => return Err(f.error(format!("unknown `key={v}`"))),
         };
 
         // The config.
-        let file = parse_config(&f)?;
         let want = self.config();
-        let conf = config_changes(&self.conf_path(), &file, &want, &f)?;
-        let conf_mode = f.one("confmode")?;
-        match (&file, conf_mode) {
-            (ConfigFile::File(_), Some(m)) => {
-                if m != "600" && conf.is_empty() {
-                    c.push(Change::new(
-                        F_CONF_MODE,
-                        Some(format!("0{m}")),
-                        Some("0600".into()),
-                    ));
-                }
-            }
-            (ConfigFile::File(_), None) => return Err(f.error("no `confmode` line for a file")),
-            (_, Some(_)) => return Err(f.error("a `confmode` line without a config file")),
-            (_, None) => {}
+        let conf = config_changes(&self.conf_path(), &o.conf, &want, f)?;
+        if let (ConfigFile::File(_), Some(m)) = (&o.conf, &o.conf_mode)
+            && m != "600"
+            && conf.is_empty()
+        {
+            c.push(Change::of(
+                WgField::ConfMode,
+                Some(format!("0{m}")),
+                Some("0600".into()),
+            ));
         }
-        let conf_absent = file == ConfigFile::Absent;
+        let conf_absent = o.conf == ConfigFile::Absent;
         c.extend(conf);
 
         // The userspace drop-in.
-        let dropin = match f.need("dropin")? {
-            "none" => None,
-            b64 => Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .map_err(|e| f.error(format!("the drop-in is not base64: {e}")))?,
-            ),
-        };
         let want_dropin = (!kernel).then_some(DROPIN);
         let show = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
-        if dropin.as_deref() != want_dropin.map(str::as_bytes) {
-            c.push(Change::new(
-                F_DROPIN,
-                dropin.as_ref().map(show),
+        if o.dropin.as_deref() != want_dropin.map(str::as_bytes) {
+            c.push(Change::of(
+                WgField::Dropin,
+                o.dropin.as_ref().map(show),
                 want_dropin.map(String::from),
             ));
         }
 
         // The service.
-        let Some(s) = parse_systemd(&f)? else {
-            return Err(f.error(format!(
-                "wireguard {}: this host runs no systemd (/run/systemd/system is missing)",
-                self.interface
-            )));
-        };
+        let s = &o.unit;
         let restarts = !c.is_empty();
         let mut svc = systemd_changes(
             &self.unit(),
-            &s,
+            s,
             Some(true),
             Some(RunState::Started),
             !tools,
-            &f,
+            f,
         )?;
-        if restarts && !svc.iter().any(|ch| ch.field == F_STATE) && s.started() {
-            svc.push(Change::new(
-                F_STATE,
+        if restarts && !svc.iter().any(|ch| ch.field == WgField::State) && s.started() {
+            svc.push(Change::of(
+                WgField::State,
                 Some(s.active.clone()),
                 Some("restarted".into()),
             ));
@@ -468,28 +560,25 @@ impl WireGuard {
                 public_key.as_deref().unwrap_or("?"),
                 self.conf_path(),
                 self.unit(),
-                systemd_sentence(&s)
+                systemd_sentence(s)
             ))
+        } else if !key_exists && conf_absent {
+            Verdict::Create(c)
         } else {
-            if !key_exists && conf_absent {
-                Verdict::Create(c)
-            } else {
-                Verdict::Modify(c)
-            }
+            Verdict::Modify(c)
         })
     }
 
-    fn apply_script(&self, v: &Verdict, ctx: &ApplyContext) -> Script {
-        let changes = match v {
-            Verdict::Create(c) | Verdict::Modify(c) => c,
-            Verdict::InLine(_) | Verdict::Remove(_) => return Script::new(),
-        };
-        // An empty Modify (a handler): everything, idempotently.
-        let all = changes.is_empty();
-        let has = |f: &str| all || changes.iter().any(|c| c.field == f);
-        let writes_conf = has(F_CONTENT) || has(F_TYPE);
-        let dropin = has(F_DROPIN);
-        let restart = writes_conf || dropin || has(F_KEY) || has(F_KEY_MODE);
+    /// Notified as a handler: everything, idempotently.
+    fn converge(&self, work: Work<'_, WgField>, ctx: &ApplyContext) -> Script {
+        if let Work::Converge(Verdict::InLine(_) | Verdict::Remove(_)) = work {
+            return Script::new();
+        }
+        let all = work.is_notified() || work.changes().is_empty();
+        let has = |f: WgField| all || work.has(&f);
+        let writes_conf = has(WgField::Content) || has(WgField::Type);
+        let dropin = has(WgField::Dropin);
+        let restart = writes_conf || dropin || has(WgField::Key) || has(WgField::KeyMode);
         let mut s = Script::new()
             .raw("(\numask 077\n")
             .raw(DIE)
@@ -509,41 +598,23 @@ impl WireGuard {
                  fi\n\
                  chmod 0600 \"$k\" || die \"cannot set the mode of $k\"\n",
             );
-        if writes_conf || has(F_CONF_MODE) {
-            let backup = format!("{}{}", ctx.backup_dir(), self.conf_path());
-            let bdir = backup.rsplit_once('/').map_or("/", |(d, _)| d).to_string();
-            s = s
-                .raw("p=")
-                .arg(&self.conf_path())
-                .raw("\nb=")
-                .arg(&backup)
-                .raw("\nbd=")
-                .arg(&bdir)
-                .raw(
-                    "\nt=\ntrap '[ -z \"$t\" ] || rm -f \"$t\"' EXIT\n\
-                     if [ -d \"$p\" ]; then die \"$p is a folder: not replacing it\"; fi\n\
-                     if { [ -e \"$p\" ] || [ -L \"$p\" ]; } && [ ! -e \"$b\" ] && [ ! -L \"$b\" ]; then\n\
-                     \x20 { mkdir -p \"$bd\" && cp -pP \"$p\" \"$b\"; } || die \"cannot back up $p to $b\"\n\
-                     fi\n\
-                     t=$(mktemp /etc/wireguard/.rampart.XXXXXX) || die \"cannot create a temporary file in /etc/wireguard\"\n\
-                     base64 -d >\"$t\" ",
-                )
-                .payload(self.config().as_bytes())
-                .raw(
-                    "[ $? -eq 0 ] || die \"cannot write the temporary file $t\"\n\
-                     chmod 0600 \"$t\" || die \"cannot set the mode of $t\"\n\
-                     chown 0:0 \"$t\" || die \"cannot give $t to root\"\n\
-                     mv -f \"$t\" \"$p\" || die \"cannot rename $t to $p\"\n\
-                     t=\n",
-                );
+        if writes_conf || has(WgField::ConfMode) {
+            let backup = backup_path(ctx, &self.conf_path());
+            s = s.then(write_config(
+                &self.conf_path(),
+                self.config().as_bytes(),
+                &backup,
+                0o600,
+            ));
         }
         if dropin {
             let path = self.dropin_path();
             let dir = path.rsplit_once('/').map_or("/", |(d, _)| d).to_string();
             s = s.raw("dp=").arg(&path).raw("\ndd=").arg(&dir).raw("\n");
-            s = if changes
+            s = if work
+                .changes()
                 .iter()
-                .any(|c| c.field == F_DROPIN && c.after.is_none())
+                .any(|c| c.field == WgField::Dropin && c.after.is_none())
             {
                 s.raw("rm -f \"$dp\" || die \"cannot remove $dp\"\nrmdir \"$dd\" 2>/dev/null || true\n")
             } else {
@@ -560,12 +631,12 @@ impl WireGuard {
             };
             s = s.raw("systemctl daemon-reload || die \"systemctl daemon-reload failed\"\n");
         }
-        if has(super::service::F_ENABLED) {
+        if has(WgField::Enabled) {
             s = s.then(enable_script(true));
         }
         if restart {
             s = s.then(systemctl("restart"));
-        } else if has(F_STATE) {
+        } else if has(WgField::State) {
             s = s.then(systemctl("start"));
         }
         s.raw(") || exit 1\n")
@@ -580,19 +651,12 @@ impl Resource for WireGuard {
     fn probe(&self) -> Script {
         self.probe_script()
     }
-
-    fn diff(&self, probe_output: &str) -> Result<Verdict, ProbeError> {
-        self.verdict(probe_output)
-    }
-
-    fn apply(&self, verdict: &Verdict, ctx: &ApplyContext) -> Script {
-        self.apply_script(verdict, ctx)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Converge as _;
     use serde_json::json;
 
     const PK: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
@@ -693,7 +757,7 @@ mod tests {
     fn a_new_interface_is_created_with_a_key_made_on_the_host() {
         let w = peer_wg();
         let v = w
-            .verdict(&out(
+            .diff(&out(
                 "no",
                 "key=none\n",
                 "file=none\n",
@@ -714,7 +778,7 @@ mod tests {
         );
         // With the kernel module: no drop-in.
         let v = w
-            .verdict(&out(
+            .diff(&out(
                 "yes",
                 "key=none\n",
                 "file=none\n",
@@ -730,7 +794,7 @@ mod tests {
     fn in_line_names_the_public_key_and_changes_do_not_repeat_it() {
         let w = peer_wg();
         let v = w
-            .verdict(&out(
+            .diff(&out(
                 "no",
                 &key(),
                 &conf(&w.config()),
@@ -748,7 +812,7 @@ mod tests {
         );
         let old = w.config().replace("25", "10");
         let v = w
-            .verdict(&out(
+            .diff(&out(
                 "no",
                 &key(),
                 &conf(&old),
@@ -766,7 +830,7 @@ mod tests {
         );
         // A kernel that gained the module: the drop-in goes.
         let v = w
-            .verdict(&out(
+            .diff(&out(
                 "yes",
                 &key(),
                 &conf(&w.config()),
@@ -781,7 +845,7 @@ mod tests {
         );
         let loose = key().replace("600", "644");
         let v = w
-            .verdict(&out(
+            .diff(&out(
                 "no",
                 &loose,
                 &conf(&w.config()),
@@ -807,7 +871,7 @@ mod tests {
             "enabled",
             "active",
         );
-        assert!(w.verdict(&good).is_ok());
+        assert!(w.diff(&good).is_ok());
         for junk in [
             String::new(),
             "junk\n".into(),
@@ -831,7 +895,7 @@ mod tests {
                 "active",
             ),
         ] {
-            assert!(w.verdict(&junk).is_err(), "{junk:?}");
+            assert!(w.diff(&junk).is_err(), "{junk:?}");
         }
     }
 
@@ -840,7 +904,7 @@ mod tests {
         let w = peer_wg();
         let ctx = ApplyContext::new("r1");
         let v = w
-            .verdict(&out(
+            .diff(&out(
                 "no",
                 "key=none\n",
                 "file=none\n",
