@@ -153,7 +153,7 @@ fn site_lives_beside_docker_tailscale_and_fail2ban() {
         h,
         &format!(
             "setsid python3 -m http.server --bind {} --directory /usr/share/doc/python3 18789 \
-             </dev/null >/dev/null 2>&1 &\nfor i in $(seq 100); do ss -ltn | grep -q ':18789 ' && exit; sleep 0.1; done; exit 1",
+             </dev/null >/dev/null 2>&1 &\necho $! >/run/standin.pid\nfor i in $(seq 100); do ss -ltn | grep -q ':18789 ' && exit; sleep 0.1; done; exit 1",
             addr(h)
         ),
     );
@@ -213,7 +213,13 @@ fn site_lives_beside_docker_tailscale_and_fail2ban() {
         .cloned()
         .unwrap();
     assert_eq!(firewall["status"], "pass", "{firewall:#}");
-    sudo(h, "pkill -f 'http.server --bind' || true");
+    sudo(
+        h,
+        &format!(
+            "kill \"$(cat /run/standin.pid)\"\nfor i in $(seq 100); do ss -ltn | grep -qF '{}:18789 ' || exit 0; sleep 0.1; done; exit 1",
+            addr(h)
+        ),
+    );
 
     // Docker changes its own tables at run time (a container started): not rampart's drift.
     sudo(
