@@ -1,7 +1,7 @@
 //! Provisioning beside the tools already on a host (issue 12, items 2 and 3), on fresh hosts:
 //!
 //! - h42: Docker-like nat and filter tables (`ip nat` DOCKER chains, a FORWARD chain with
-//!   DOCKER-USER, ip_forward=1), Tailscale's `ts-input` chain and a `tailscale0` TUN device,
+//!   DOCKER-USER, ip_forward=1, a `docker0` bridge), Tailscale's `ts-input` chain and a `tailscale0` TUN device,
 //!   fail2ban's `inet f2b-table` with a ban, and a filter INPUT chain that accepts the agent
 //!   port, all there BEFORE `site.yaml`: they survive the apply, the agent port stays closed
 //!   from the controller although a listener waits on the public address and another table
@@ -26,6 +26,7 @@ const AGENT_SOURCES: &str = "agent_install: true\n    agent_node_dist: /srv/ramp
 /// (policy accept) that even accepts the agent's port.
 const FOREIGN: &str = r#"set -e
 sysctl -qw net.ipv4.ip_forward=1
+ip link add docker0 type bridge
 ip tuntap add dev tailscale0 mode tun
 ip link set tailscale0 up
 nft -f - <<'EOF'
@@ -162,12 +163,37 @@ fn site_lives_beside_docker_tailscale_and_fail2ban() {
     let dir = tempfile::tempdir().unwrap();
     let inv = inventory(dir.path(), h, &format!("    {AGENT_SOURCES}\n"));
     let site = book("site.yaml");
+    // The facts see what is there.
+    let facts = rampart(dir.path())
+        .args(["facts", "--format", "json", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .output()
+        .unwrap();
+    let facts = json(&facts);
+    let f = &host(&facts, h)["facts"];
+    for (fact, want) in [
+        ("docker", true),
+        ("tailscale", true),
+        ("ip_forward", true),
+        ("ufw", false),
+    ] {
+        assert_eq!(f[fact], want, "{fact}: {f:#}");
+    }
     let first = run(dir.path(), &inv, "apply", &site);
     assert_eq!(code(&first), Some(0), "{}", says(&first));
 
     // Every foreign table is as it was; forwarding and the VPN interface are untouched.
     assert_eq!(sudo(h, LIST_FOREIGN), foreign);
     assert_eq!(sudo(h, "cat /proc/sys/net/ipv4/ip_forward"), "1\n");
+    assert_eq!(
+        sudo(
+            h,
+            "ls /etc/sysctl.d/60-rampart-forwarding.conf 2>&1 || true"
+        ),
+        "ls: cannot access '/etc/sysctl.d/60-rampart-forwarding.conf': No such file or directory\n"
+    );
     assert!(sudo(h, "ip -br link show tailscale0").starts_with("tailscale0"));
     let ours = sudo(h, "nft -s list table inet rampart");
     assert!(
