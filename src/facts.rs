@@ -33,6 +33,16 @@ for t in nft wg wg-quick auditctl sshd sudo systemctl; do
 done
 if command -v auditctl >/dev/null 2>&1 && auditctl -s >/dev/null 2>&1; then a=yes; else a=no; fi
 printf 'audit_usable=%s\n' "$a"
+if command -v dockerd >/dev/null 2>&1 || [ -e /sys/class/net/docker0 ] || [ -S /run/docker.sock ] \
+  || { command -v nft >/dev/null 2>&1 && nft list chains ip nat 2>/dev/null | grep -q 'chain DOCKER '; }; then d=yes; else d=no; fi
+printf 'docker=%s\n' "$d"
+if command -v tailscaled >/dev/null 2>&1 || [ -e /sys/class/net/tailscale0 ]; then t=yes; else t=no; fi
+printf 'tailscale=%s\n' "$t"
+if command -v ufw >/dev/null 2>&1 && grep -qs '^ENABLED=yes' /etc/ufw/ufw.conf; then u=yes; else u=no; fi
+printf 'ufw=%s\n' "$u"
+if command -v fail2ban-server >/dev/null 2>&1; then b=yes; else b=no; fi
+printf 'fail2ban=%s\n' "$b"
+printf 'ip_forward=%s\n' "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)"
 for f in /etc/wireguard/*.key; do
   [ -r "$f" ] || continue
   i=${f##*/}; i=${i%.key}
@@ -61,6 +71,17 @@ pub struct Facts {
     pub tools: Tools,
     /// Whether `auditctl -s` talks to the kernel's audit system (never inside a container).
     pub audit_usable: bool,
+    /// Docker is there (dockerd, its `docker0` bridge or socket, or its `DOCKER` nat chain):
+    /// it needs forwarding and its own nftables/iptables tables.
+    pub docker: bool,
+    /// Tailscale is there (`tailscaled` or a `tailscale0` interface).
+    pub tailscale: bool,
+    /// UFW is installed and enabled (`ENABLED=yes` in /etc/ufw/ufw.conf).
+    pub ufw: bool,
+    /// fail2ban is installed (`fail2ban-server`).
+    pub fail2ban: bool,
+    /// `net.ipv4.ip_forward` as the probe found it (`None`: unreadable).
+    pub ip_forward: Option<bool>,
     /// WireGuard interfaces with a key in /etc/wireguard (readable as root) -> public key.
     /// Only public keys: the private key never leaves the host.
     pub wireguard: std::collections::BTreeMap<String, String>,
@@ -124,6 +145,13 @@ pub fn parse(out: &str) -> Result<Facts, FactsError> {
             "tool_sudo" => f.tools.sudo = path(),
             "tool_systemctl" => f.tools.systemctl = path(),
             "audit_usable" => f.audit_usable = value == "yes",
+            "docker" => f.docker = value == "yes",
+            "tailscale" => f.tailscale = value == "yes",
+            "ufw" => f.ufw = value == "yes",
+            "fail2ban" => f.fail2ban = value == "yes",
+            "ip_forward" => {
+                f.ip_forward = matches!(value.as_str(), "0" | "1").then(|| value == "1")
+            }
             k if k.starts_with("wireguard_") && !value.is_empty() => {
                 f.wireguard
                     .insert(k["wireguard_".len()..].to_string(), value);
@@ -164,6 +192,11 @@ tool_sshd=/usr/sbin/sshd
 tool_sudo=/usr/bin/sudo
 tool_systemctl=
 audit_usable=no
+docker=yes
+tailscale=no
+ufw=no
+fail2ban=yes
+ip_forward=1
 some_future_fact=1
 ";
 
@@ -177,6 +210,12 @@ some_future_fact=1
         assert_eq!(f.tools.systemctl, None);
         assert!(!f.audit_usable);
         assert_eq!(f.virtualization, "systemd-nspawn");
+        assert!(f.docker && f.fail2ban && !f.tailscale && !f.ufw);
+        assert_eq!(f.ip_forward, Some(true));
+        assert_eq!(
+            parse("os_id=debian\nip_forward=\n").unwrap().ip_forward,
+            None
+        );
     }
 
     #[test]

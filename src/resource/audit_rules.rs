@@ -26,9 +26,14 @@
 //! "audit unavailable here (no kernel audit in this container): rules written to FILE, not
 //! loaded", so a nightly check on a container does not report drift forever (the report
 //! prints an in-line step's sentence unless it is a plain "… is in line", which is what this
-//! step says where audit works). Without `auditctl` on a host that is not a container, the
-//! reason is "auditctl is not installed"; when the kernel refuses for another reason (not
-//! root), it is auditctl's own message.
+//! step says where audit works). When the kernel refuses for another reason (not root), the
+//! reason is auditctl's own message.
+//!
+//! Without `auditctl` (auditd not installed), container or not, the control cannot work
+//! anywhere, so the step is never in line: the plan shows `loaded`, `auditctl is not
+//! installed (auditd missing) -> the rules of FILE loaded`, and the apply fails plainly
+//! before writing anything unless an earlier step of the same apply (a `package` step for
+//! auditd) has installed it by then.
 //!
 //! ## How loaded rules are compared
 //!
@@ -123,6 +128,9 @@ pub struct AuditFound {
     obs: Observed,
     redacted: String,
 }
+
+/// The `before` of `loaded` on a host without auditctl.
+const MISSING: &str = "auditctl is not installed (auditd missing)";
 
 /// The first line of the file.
 const HEADER: &str = "## Written by rampart (audit_rules): changes made here are undone.";
@@ -626,6 +634,8 @@ enum Audit {
     },
     /// Why not.
     Unavailable(String),
+    /// No `auditctl`: auditd is not installed, so the rules could never load, here or at boot.
+    Missing,
 }
 
 #[derive(Debug)]
@@ -698,10 +708,10 @@ fn parse(out: &str) -> Result<Observed, String> {
     let container = container.ok_or("no `container` line")?;
     let audit = match audit.ok_or("no `audit` line")? {
         Ok(a) => a,
+        Err(None) => Audit::Missing,
         Err(_) if container != "none" => {
             Audit::Unavailable("no kernel audit in this container".into())
         }
-        Err(None) => Audit::Unavailable("auditctl is not installed".into()),
         Err(Some(msg)) => Audit::Unavailable(format!("auditctl -s failed: {msg}")),
     };
     Ok(Observed { file, audit, ids })
@@ -812,6 +822,16 @@ impl Typed for AuditRules {
         }
         let count = self.rules().count();
         let in_line = match &obs.audit {
+            // Never in line: a later apply installs nothing, it fails unless an earlier step
+            // (a `package` step for auditd) has put auditctl there by then.
+            Audit::Missing => {
+                changes.push(Change::of(
+                    AuditField::Loaded,
+                    Some(MISSING.into()),
+                    Some(format!("the rules of {file} loaded")),
+                ));
+                String::new()
+            }
             Audit::Unavailable(reason) => {
                 let sentence = format!(
                     "audit unavailable here ({reason}): rules written to {file}, not loaded"
@@ -865,6 +885,18 @@ impl Typed for AuditRules {
             Work::Notified => &Vec::new(),
         };
         let mut s = Script::new();
+        if changes
+            .iter()
+            .any(|c| c.field == AuditField::Loaded && c.before.as_deref() == Some(MISSING))
+        {
+            // Checked before anything is written: an earlier step of the same apply may have
+            // installed auditd since the probe.
+            s = s.raw(
+                "PATH=\"$PATH:/usr/sbin:/sbin\"\ncommand -v auditctl >/dev/null 2>&1 || die \
+                 \"auditctl is not installed, so no audit rule can load (here or at boot); \
+                 install auditd first (a package step for auditd before this step)\"\n",
+            );
+        }
         if changes.iter().any(|c| c.field == AuditField::Content) {
             s = s.then(
                 Write {
@@ -1286,12 +1318,29 @@ mod tests {
                 ),
             ])
         );
-        let missing = "container none\naugenrules no\naudit missing\n";
-        let v = r.diff(&probed(Some(&r.content), missing)).unwrap();
-        assert!(
-            matches!(&v, Verdict::InLine(s) if s.contains("audit unavailable here (auditctl is not installed)")),
-            "{v:?}"
-        );
+        // Without auditctl the control cannot work anywhere: never in line, in a container
+        // too, and the apply fails unless an earlier step installed auditd.
+        for container in ["none", "systemd-nspawn"] {
+            let missing = format!("container {container}\naugenrules no\naudit missing\n");
+            let v = r.diff(&probed(Some(&r.content), &missing)).unwrap();
+            assert_eq!(
+                v,
+                Verdict::Modify(vec![Change::new(
+                    AuditField::Loaded.text(),
+                    Some("auditctl is not installed (auditd missing)".into()),
+                    Some("the rules of /etc/audit/rules.d/60-rampart.rules loaded".into())
+                )]),
+                "{container}"
+            );
+            let script = r
+                .apply(&v, &crate::resource::ApplyContext::new("t1"))
+                .render()
+                .unwrap();
+            assert!(
+                script.contains("command -v auditctl >/dev/null 2>&1 || die"),
+                "{script}"
+            );
+        }
         let refused = format!(
             "container none\naugenrules yes\naudit refused {}\n",
             b64("You must be root to run this program.")
@@ -1381,8 +1430,8 @@ mod tests {
         assert!(!script.contains("die \"audit rules are locked"), "{script}");
     }
 
-    /// On this machine (a container, or without auditctl): the file is written, and the step
-    /// says audit is unavailable. Never loads rules into this machine's kernel.
+    /// On this machine (a container): the file is written, and the step says audit is
+    /// unavailable; without auditctl the converge fails and writes nothing. Never loads rules into this machine's kernel.
     #[tokio::test]
     async fn converge_here_writes_the_file_and_says_audit_is_unavailable() {
         let usable_here = std::process::Command::new("auditctl")
@@ -1399,6 +1448,22 @@ mod tests {
         let file = tmp.path().join("rules.d/60-test.rules");
         let f = file.to_str().unwrap();
         let r = build(json!({"rules": [WATCH, EXEC], "file": f}));
+        let installed = std::process::Command::new("sh")
+            .args(["-c", "PATH=\"$PATH:/usr/sbin:/sbin\" command -v auditctl"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            // Without auditd the control cannot work: the converge fails plainly, nothing written.
+            let err = converge_one(&LocalSession::default(), &r, &ctx)
+                .await
+                .unwrap_err();
+            assert!(
+                err.contains("rampart: auditctl is not installed, so no audit rule can load"),
+                "{err}"
+            );
+            assert!(!file.exists());
+            return;
+        }
         let (before, after) = converge_one(&LocalSession::default(), &r, &ctx)
             .await
             .unwrap();

@@ -1,6 +1,7 @@
-//! nftables: the host's whole firewall ruleset, in its file (`/etc/nftables.conf`, loaded at
-//! boot by `nftables.service`) and live in the kernel, loaded atomically under the dead-man
-//! switch.
+//! nftables: rampart's own tables of the host's firewall, in their file (`/etc/nftables.conf`,
+//! loaded at boot by `nftables.service`) and live in the kernel, loaded atomically under the
+//! dead-man switch. Every other table (Docker's `ip nat`/`ip filter`, Tailscale's `ts-input`,
+//! UFW's, fail2ban's) is left alone: never flushed, listed, restored or compared.
 //!
 //! Owns the `nftables` step's parameters, its probe, the pure parse and diff of the probe's
 //! output and the apply script. The file's record in the probe, its diff and its write (as a
@@ -10,36 +11,53 @@
 //!
 //! ## Parameters
 //!
-//! - `ruleset`: the complete ruleset, as `nft -f` reads it (playbooks render it from a
-//!   template). It replaces whatever is loaded: the load is `flush ruleset;` followed by it,
-//!   in one transaction, whether or not the text starts with its own `flush ruleset`.
+//! - `ruleset`: rampart's tables, as `nft -f` reads them (playbooks render it from a
+//!   template). The step owns the tables it declares at the top level (`table inet rampart
+//!   { … }`) and nothing else: the top level may hold only table declarations, `delete table`
+//!   of one of them and `define`s; `flush ruleset`, `add rule` into another table or
+//!   `include` are refused when the playbook loads, with their line. The load replaces each
+//!   owned table in one transaction (`add table F N; delete table F N;` then the ruleset), so
+//!   a table that is not declared is never touched.
 //! - `path`: the file, `/etc/nftables.conf` unless given.
 //! - `enabled`: `true` (default): `nftables.service` is enabled, so the file is loaded at
-//!   boot; `false`: it is disabled (the ruleset then lives until the next reboot). Hosts
+//!   boot; `false`: it is disabled (the tables then live until the next reboot). Hosts
 //!   without systemd are left alone on this point.
 //!
-//! ## The live ruleset
+//! ## Living beside other tables
+//!
+//! nftables runs every base chain registered on a hook, table after table by priority; an
+//! `accept` only ends the packet's walk through ITS chain, while a `drop` anywhere is final.
+//! So another tool's chain with `policy accept` never opens what rampart's input chain drops
+//! (the agent port stays closed whatever Docker or UFW load), and rampart's chains must not
+//! drop what other tools need: a forward chain with `policy drop` would cut Docker's
+//! containers off, and an input chain that drops `tailscale0` would cut Tailscale's own
+//! traffic although its `ts-input` chain accepts it. The baseline's template accepts the
+//! inventory's VPN interfaces and leaves forwarding open where Docker or a VPN is detected
+//! (see docs/hardening.md). Conversely rampart cannot open what another table drops.
+//!
+//! ## The live tables
 //!
 //! rampart cannot work out what the kernel will list for a ruleset without loading it, so the
-//! live ruleset is compared with a record: after each load the apply writes
+//! live tables are compared with a record: after each load the apply writes
 //! `/var/lib/rampart/nftables.loaded`, a line `rampart-nftables-loaded <sha1 of the ruleset
-//! text>` followed by `nft -s list ruleset` as it was right after the load (`-s`: without
-//! counters, which change with every packet). The live ruleset is in line when the record
-//! names this ruleset and the live listing is still the recorded one. So a ruleset flushed
-//! or edited by hand (`nft flush ruleset`, `nft add rule …`) is drift, shown as a unified
-//! diff of the listings; so is a ruleset that tools change at run time (fail2ban, Docker),
-//! and a host where rampart never loaded the ruleset. After a reboot the boot-time load of
-//! the same file lists the same, so it stays in line.
+//! text>` followed by `nft -s list table F N` of each owned table as it was right after the
+//! load (`-s`: without counters, which change with every packet). The live tables are in line
+//! when the record names this ruleset and their live listing is still the recorded one. So a
+//! table deleted or edited by hand (`nft delete table inet rampart`, `nft add rule inet
+//! rampart …`) is drift, shown as a unified diff of the listings; so is a host where rampart
+//! never loaded the ruleset. Other tables changing (Docker starting a container, fail2ban
+//! banning) is not. After a reboot the boot-time load of the same file lists the same, so it
+//! stays in line.
 //!
 //! ## Apply
 //!
 //! 1. `nft -c -f` checks the new ruleset; if nft refuses it, nothing changes and the step fails
 //!    with nft's message (line numbers as in the ruleset).
-//! 2. When the live ruleset changes: the live ruleset is saved (`nft list ruleset`), with
-//!    copies of the file and of the record; the dead-man switch is armed (its restore loads
-//!    the saved ruleset, `flush ruleset` first, or, should that fail, flushes the ruleset
-//!    altogether, access coming before filtering; then puts the file and the record back);
-//!    the ruleset is loaded in one transaction and the record written.
+//! 2. When the live tables change: the owned tables are saved (`nft -s list table`), with
+//!    copies of the file and of the record; the dead-man switch is armed (its restore deletes
+//!    the owned tables and loads the saved ones in one transaction, or, should that fail,
+//!    deletes the owned tables, access coming before filtering; then puts the file and the
+//!    record back); the ruleset is loaded in one transaction and the record written.
 //! 3. The file is written (atomically, the old one backed up) when its content differs.
 //! 4. `systemctl enable` (or `disable`) `nftables.service` when that differs.
 //!
@@ -52,7 +70,7 @@
 //! rampart-nftables 1
 //! nft /usr/sbin/nft                # or: nft none (not installed)
 //! file content <base64>            # or: file none | file other
-//! live ok <sha1 of `nft -s list ruleset`>   # or: live failed <base64 of nft's stderr>
+//! live ok <sha1 of the owned tables' listing>   # or: live failed <base64 of nft's stderr>
 //! record <sha1 of the ruleset> <sha1 of the recorded listing>   # or: record none
 //! listing <base64>                 # when the listings differ: the live one
 //! recorded <base64>                #   and the recorded one
@@ -107,6 +125,8 @@ pub struct Nftables {
     pub path: String,
     pub ruleset: String,
     pub enabled: bool,
+    /// The tables the ruleset declares (family, name): the only ones this step touches.
+    pub tables: Vec<(String, String)>,
     /// The record of the last load (a test points it elsewhere).
     pub record: String,
 }
@@ -126,13 +146,148 @@ impl TryFrom<NftablesParams> for Nftables {
         if p.ruleset.contains('\0') {
             return Err(ParamError("nftables: ruleset contains a NUL byte".into()));
         }
+        let tables = owned_tables(&p.ruleset)?;
         Ok(Nftables {
             path,
             ruleset: p.ruleset,
             enabled: p.enabled,
+            tables,
             record: RECORD.to_string(),
         })
     }
+}
+
+/// The address families of nftables tables.
+const FAMILIES: &[&str] = &["ip", "ip6", "inet", "arp", "bridge", "netdev"];
+
+/// The tables a ruleset declares at its top level (`table inet rampart { … }`, `add table …`,
+/// `create table …`), in order, without repeats. Pure.
+///
+/// The step owns these tables and nothing else, so the top level may hold only table
+/// declarations, `delete table` of one of them, and `define`/`redefine`/`undefine`: anything
+/// else (`flush ruleset`, `add rule ip filter …`, `include`) would reach tables other tools
+/// own (Docker's, Tailscale's, UFW's, fail2ban's) and is refused with its line number.
+pub fn owned_tables(ruleset: &str) -> Result<Vec<(String, String)>, ParamError> {
+    let mut tables: Vec<(String, String)> = Vec::new();
+    let mut deleted: Vec<((String, String), usize)> = Vec::new();
+    let refuse = |line: usize, what: &str, why: &str| {
+        ParamError(format!(
+            "nftables: ruleset line {line}: `{what}` {why}; rampart replaces only the tables \
+             its ruleset declares (say `table inet rampart {{ … }}`) and leaves every other \
+             table (Docker's, Tailscale's, UFW's, fail2ban's) alone"
+        ))
+    };
+    let mut statement = |text: &str, line: usize| -> Result<(), ParamError> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let table = |rest: &[&str]| -> Option<(String, String)> {
+            let (family, name) = match rest {
+                [f, n] if FAMILIES.contains(f) => (*f, *n),
+                [n] => ("ip", *n),
+                _ => return None,
+            };
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            ok.then(|| (family.to_string(), name.to_string()))
+        };
+        match words.as_slice() {
+            [] => Ok(()),
+            ["define" | "redefine" | "undefine", ..] => Ok(()),
+            ["table", rest @ ..] | ["add" | "create", "table", rest @ ..] => match table(rest) {
+                Some(t) => {
+                    if !tables.contains(&t) {
+                        tables.push(t);
+                    }
+                    Ok(())
+                }
+                None => Err(refuse(
+                    line,
+                    text.trim(),
+                    "is not a table this step can own",
+                )),
+            },
+            ["delete", "table", rest @ ..] => match table(rest) {
+                Some(t) => {
+                    deleted.push((t, line));
+                    Ok(())
+                }
+                None => Err(refuse(
+                    line,
+                    text.trim(),
+                    "is not a table this step can own",
+                )),
+            },
+            _ => Err(refuse(line, text.trim(), "is not a table declaration")),
+        }
+    };
+    let (mut depth, mut line, mut start_line) = (0usize, 1usize, 1usize);
+    let (mut head, mut comment, mut quoted) = (String::new(), false, false);
+    for c in ruleset.chars() {
+        if c == '\n' {
+            comment = false;
+            quoted = false;
+        } else if comment {
+            continue;
+        } else if quoted {
+            if c == '"' {
+                quoted = false;
+            }
+            if depth == 0 {
+                head.push(c);
+            }
+            continue;
+        }
+        match c {
+            '#' => comment = true,
+            '"' => {
+                quoted = true;
+                if depth == 0 {
+                    head.push(c);
+                }
+            }
+            '{' => {
+                if depth == 0 {
+                    statement(&head, start_line)?;
+                    head.clear();
+                }
+                depth += 1;
+            }
+            '}' => depth = depth.saturating_sub(1),
+            '\n' | ';' if depth == 0 => {
+                statement(&head, start_line)?;
+                head.clear();
+            }
+            _ if depth == 0 => {
+                if head.trim().is_empty() {
+                    start_line = line;
+                }
+                head.push(c);
+            }
+            _ => {}
+        }
+        if c == '\n' {
+            line += 1;
+        }
+    }
+    statement(&head, start_line)?;
+    for (t, line) in deleted {
+        if !tables.contains(&t) {
+            return Err(refuse(
+                line,
+                &format!("delete table {} {}", t.0, t.1),
+                "names a table the ruleset does not declare",
+            ));
+        }
+    }
+    if tables.is_empty() {
+        return Err(ParamError(
+            "nftables: the ruleset declares no table; write rampart's rules in their own \
+             table (`table inet rampart { … }`), which is all this step replaces"
+                .into(),
+        ));
+    }
+    Ok(tables)
 }
 
 fn is_sha1(s: &str) -> bool {
@@ -291,10 +446,33 @@ const RECORD_ASIDE: Aside = Aside {
 };
 
 impl Nftables {
-    /// What an apply loads: the ruleset after a `flush ruleset;` on its first line (so that
-    /// nft's line numbers are the ruleset's own).
+    /// `add table F N; delete table F N;` for each owned table, on one line: in one nft
+    /// transaction it removes the table whether or not it exists, and nothing else.
+    fn deletes(&self) -> String {
+        self.tables
+            .iter()
+            .map(|(f, n)| format!("add table {f} {n}; delete table {f} {n};"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// What an apply loads: the owned tables deleted, then the ruleset, in one transaction
+    /// (the deletes on the first line, so that nft's line numbers are the ruleset's own).
     fn load_text(&self) -> String {
-        format!("flush ruleset; {}", self.ruleset)
+        format!("{} {}", self.deletes(), self.ruleset)
+    }
+
+    /// Shell text defining `owned`: prints `nft -s list table` of each owned table that
+    /// exists, in the ruleset's order (the "live listing" this step compares).
+    fn owned_fn(&self) -> Script {
+        let mut s = Script::new().raw(
+            "lt() { if nft list tables 2>/dev/null | grep -qxF \"table $1 $2\"; then \
+             nft -s list table \"$1\" \"$2\"; fi; }\nowned() { :",
+        );
+        for (f, n) in &self.tables {
+            s = s.raw("; lt ").arg(f).raw(" ").arg(n);
+        }
+        s.raw("; }\n")
     }
 
     fn loaded(&self) -> String {
@@ -311,17 +489,21 @@ impl Nftables {
             .arg(&self.record)
             .raw("\ndm=")
             .arg(dm)
+            .raw("\ndel=")
+            .arg(&self.deletes())
             .raw("\n")
+            .then(self.owned_fn())
     }
 
-    /// The dead-man switch's restore: the saved live ruleset back first (access), then the
-    /// file and the record.
+    /// The dead-man switch's restore: the owned tables as they were saved back first
+    /// (access), then the file and the record. Other tables are never touched; should the
+    /// saved tables not load, the owned tables are deleted (access before filtering).
     fn restore(&self, dm: &str) -> Script {
         self.vars(dm)
             .raw(
-                "if ! { echo 'flush ruleset'; cat \"$dm/nftables.saved\"; } | nft -f -; then\n\
-                 \x20 logger -t rampart 'dead-man switch: the saved ruleset did not load; flushing the ruleset' 2>/dev/null\n\
-                 \x20 nft flush ruleset\n\
+                "if ! { printf '%s\\n' \"$del\"; cat \"$dm/nftables.saved\"; } | nft -f -; then\n\
+                 \x20 logger -t rampart 'dead-man switch: the saved tables did not load; deleting rampart'\\''s tables' 2>/dev/null\n\
+                 \x20 printf '%s\\n' \"$del\" | nft -f -\n\
                  fi\n",
             )
             .then(FILE_ASIDE.put_back())
@@ -347,28 +529,30 @@ impl Resource for Nftables {
             .arg(&self.path)
             .raw("\nst=")
             .arg(&self.record)
+            .raw("\n")
+            .then(self.owned_fn())
             .raw(
-                "\necho 'rampart-nftables 1'\n\
+                "echo 'rampart-nftables 1'\n\
                  if command -v nft >/dev/null 2>&1; then printf 'nft %s\\n' \"$(command -v nft)\"; \
                  else echo 'nft none'; fi\n",
             )
             .raw(FILE_PROBE)
             .raw(
                 "if command -v nft >/dev/null 2>&1; then\n\
-                 \x20 if nft -s list ruleset >/dev/null 2>&1; then\n\
-                 \x20   ls=$(nft -s list ruleset | sha1sum | cut -d ' ' -f 1)\n\
+                 \x20 if nft list tables >/dev/null 2>&1; then\n\
+                 \x20   ls=$(owned | sha1sum | cut -d ' ' -f 1)\n\
                  \x20   printf 'live ok %s\\n' \"$ls\"\n\
                  \x20   if [ -f \"$st\" ]; then\n\
                  \x20     h=$(head -n 1 \"$st\")\n\
                  \x20     rs=$(tail -n +2 \"$st\" | sha1sum | cut -d ' ' -f 1)\n\
                  \x20     printf 'record %s %s\\n' \"$(printf '%s' \"${h#rampart-nftables-loaded }\" | tr -c '0-9a-f' x)\" \"$rs\"\n\
                  \x20     if [ \"$rs\" != \"$ls\" ]; then\n\
-                 \x20       printf 'listing %s\\n' \"$(nft -s list ruleset | b64)\"\n\
+                 \x20       printf 'listing %s\\n' \"$(owned | b64)\"\n\
                  \x20       printf 'recorded %s\\n' \"$(tail -n +2 \"$st\" | b64)\"\n\
                  \x20     fi\n\
                  \x20   else echo 'record none'; fi\n\
                  \x20 else\n\
-                 \x20   printf 'live failed %s\\n' \"$(nft -s list ruleset 2>&1 >/dev/null | b64)\"\n\
+                 \x20   printf 'live failed %s\\n' \"$(nft list tables 2>&1 >/dev/null | b64)\"\n\
                  \x20 fi\n\
                  fi\n\
                  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then\n\
@@ -480,7 +664,7 @@ impl Typed for Nftables {
         if has(NftField::Live) {
             let record_dir = parent(&self.record).unwrap_or("/");
             s = s
-                .raw("nft list ruleset >\"$dm/nftables.saved\" || die \"cannot save the live ruleset\"\n")
+                .raw("owned >\"$dm/nftables.saved\" || die \"cannot save rampart's live tables\"\n")
                 .then(FILE_ASIDE.keep())
                 .then(RECORD_ASIDE.keep())
                 .then(deadman_arm(ctx, "nftables", self.restore(&dm)))
@@ -499,7 +683,7 @@ impl Typed for Nftables {
                 .raw(" ")
                 .arg(&sha1_hex(self.ruleset.as_bytes()))
                 .raw(
-                    "; nft -s list ruleset; } >\"$st.tmp\" && mv -f \"$st.tmp\" \"$st\"; } || \
+                    "; owned; } >\"$st.tmp\" && mv -f \"$st.tmp\" \"$st\"; } || \
                      die \"cannot record the loaded ruleset in $st\"\n",
                 );
         }
@@ -528,11 +712,11 @@ mod tests {
     use serde_json::{Value, json};
     use std::time::Duration;
 
-    const RULESET: &str = "flush ruleset\n\ntable inet filter {\n  chain input {\n    \
+    const RULESET: &str = "table inet filter {\n  chain input {\n    \
         type filter hook input priority filter; policy drop;\n    ct state established,related accept\n    \
         tcp dport 22 accept\n  }\n}\n";
 
-    /// `nft -s list ruleset` of `RULESET` on a testbed host.
+    /// `nft -s list table inet filter` of `RULESET` on a testbed host.
     const LISTING: &str = "table inet filter {\n\tchain input {\n\t\t\
         type filter hook input priority filter; policy drop;\n\t\tct state established,related accept\n\t\t\
         tcp dport 22 accept\n\t}\n}\n";
@@ -605,10 +789,58 @@ mod tests {
                 json!({"ruleset": "x", "enabled": "yes"}),
                 "expected a boolean",
             ),
+            (
+                json!({"ruleset": format!("flush ruleset\n{RULESET}")}),
+                "ruleset line 1: `flush ruleset` is not a table declaration; rampart replaces \
+                 only the tables its ruleset declares",
+            ),
+            (
+                json!({"ruleset": format!("{RULESET}\n\nadd rule ip filter DOCKER-USER drop\n")}),
+                "ruleset line 10: `add rule ip filter DOCKER-USER drop` is not a table",
+            ),
+            (
+                json!({"ruleset": format!("{RULESET}delete table ip nat\n")}),
+                "line 8: `delete table ip nat` names a table the ruleset does not declare",
+            ),
+            (
+                json!({"ruleset": "# only a comment\n"}),
+                "declares no table",
+            ),
+            (
+                json!({"ruleset": "table inet a$b { }"}),
+                "not a table this step can own",
+            ),
         ] {
             let e = err(v.clone());
             assert!(e.contains(want), "{v}: {e}");
         }
+    }
+
+    #[test]
+    fn the_step_owns_the_tables_its_ruleset_declares() {
+        let t = |f: &str, n: &str| (f.to_string(), n.to_string());
+        let text = "#!/usr/sbin/nft -f\n# table ip nat { in a comment }\ndefine ssh = 22\n\
+            table inet rampart {}\ndelete table inet rampart\n\
+            table inet rampart {\n  chain input { type filter hook input priority filter; policy drop;\n\
+            \x20   iifname \"tailscale0\" tcp dport $ssh accept; }\n}\n\
+            add table bridge br; table extra { chain c { } }\n";
+        assert_eq!(
+            owned_tables(text).unwrap(),
+            vec![t("inet", "rampart"), t("bridge", "br"), t("ip", "extra")]
+        );
+        let n = nft(json!({"ruleset": text}));
+        assert_eq!(
+            n.load_text().lines().next().unwrap(),
+            "add table inet rampart; delete table inet rampart; add table bridge br; \
+             delete table bridge br; add table ip extra; delete table ip extra; #!/usr/sbin/nft -f"
+        );
+        // The probe lists those tables only, never the whole ruleset.
+        let probe = n.probe().render().unwrap();
+        assert!(
+            probe.contains("lt 'inet' 'rampart'; lt 'bridge' 'br'; lt 'ip' 'extra'"),
+            "{probe}"
+        );
+        assert!(!probe.contains("list ruleset"), "{probe}");
     }
 
     #[test]
@@ -778,28 +1010,52 @@ mod tests {
 
     // ---- the scripts, on this machine, with a stand-in for nft that keeps a "live" file ----
 
-    /// A bed whose `nft` keeps the "live" ruleset in a file.
+    /// A bed whose `nft` keeps each "live" table in a file of `live.d` (`FAMILY_NAME`), with
+    /// a foreign table (Docker's `ip nat`) and a table `inet before` of another tool loaded.
     fn nft_bed(deadman_seconds: u32) -> Bed {
         let bed = Bed::new(deadman_seconds);
-        std::fs::write(bed.path("live"), "table inet before {\n}\n").unwrap();
-        // -c refuses "Bogus"; -f loads (flush ruleset dropped); list prints the live file.
+        std::fs::create_dir_all(bed.path("live.d")).unwrap();
+        std::fs::write(bed.path("live.d/ip_nat"), DOCKER).unwrap();
+        std::fs::write(bed.path("live.d/inet_before"), "table inet before {\n}\n").unwrap();
+        // -c refuses "Bogus"; -f deletes the tables it names in `delete table`, then stores
+        // each `table F N {` … `}` it declares; list prints the table files.
         bed.stub(
             "nft",
             &format!(
-                "#!/bin/sh\nlive={d}/live\n\
-                 load() {{ sed -e 's/^flush ruleset;\\{{0,1\\}} *//' -e '/^$/d' \"$1\" >\"$live.new\" && mv \"$live.new\" \"$live\"; }}\n\
+                "#!/bin/sh\nd={d}/live.d\n\
+                 load() {{\n\
+                 \x20 grep -o 'delete table [a-z0-9]* [A-Za-z0-9_.-]*' \"$1\" | while read -r _ _ f n; do rm -f \"$d/${{f}}_$n\"; done\n\
+                 \x20 sed -e 's/add table [^;]*; delete table [^;]*; *//g' -e '/^delete table /d' -e '/^#/d' -e '/^ *$/d' \"$1\" >\"$1.rest\"\n\
+                 \x20 awk -v d=\"$d\" '/^table /{{f=d \"/\" $2 \"_\" $3}} f{{print >f}} /^}}/{{if (f) close(f); f=\"\"}}' \"$1.rest\"\n\
+                 }}\n\
                  case \"$*\" in\n\
                  \x20 '-c -f '*) if grep -n Bogus \"$3\" >&2; then echo \"$3:2:1-5: Error: syntax error\" >&2; exit 1; fi ;;\n\
-                 \x20 '-f -') cat >\"$live.in\"; load \"$live.in\" ;;\n\
+                 \x20 '-f -') cat >\"$d.in\"; load \"$d.in\" ;;\n\
                  \x20 '-f '*) load \"$2\" ;;\n\
-                 \x20 'list ruleset'|'-s list ruleset') cat \"$live\" ;;\n\
-                 \x20 'flush ruleset') : >\"$live\" ;;\n\
+                 \x20 'list tables') for f in \"$d\"/*; do [ -f \"$f\" ] && head -n 1 \"$f\" | sed 's/ {{$//'; done; : ;;\n\
+                 \x20 '-s list table '*) cat \"$d/${{4}}_$5\" ;;\n\
                  \x20 *) echo \"nft stub: $*\" >&2; exit 2 ;;\n\
                  esac\n",
                 d = bed.dir.path().display()
             ),
         );
         bed
+    }
+
+    /// Docker's nat table, as another tool left it: never touched by the step.
+    const DOCKER: &str = "table ip nat {\n\tchain DOCKER {\n\t}\n}\n";
+
+    /// Every live table, in the stub's file order.
+    fn live(bed: &Bed) -> String {
+        let mut names: Vec<_> = std::fs::read_dir(bed.path("live.d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| bed.read(&format!("live.d/{n}")))
+            .collect()
     }
 
     fn resource(bed: &Bed, ruleset: &str) -> Nftables {
@@ -814,37 +1070,66 @@ mod tests {
     #[tokio::test]
     async fn load_record_drift_and_an_unconfirmed_restore() {
         let bed = nft_bed(1);
-        std::fs::write(bed.path("nftables.conf"), "table inet before {\n}\n").unwrap();
-        let n = resource(&bed, "table inet after {\n}\n");
+        let old = "table inet rampart {\n\tchain old {\n\t}\n}\n";
+        std::fs::write(bed.path("live.d/inet_rampart"), old).unwrap();
+        std::fs::write(bed.path("nftables.conf"), old).unwrap();
+        let n = resource(&bed, "table inet rampart {\n}\n");
         let v = bed.diff(&n).await;
         assert_eq!(v.action(), "modify");
         let out = bed.run(n.apply(&v, &bed.ctx)).await;
         assert!(out.success(), "{}", out.stderr_block());
-        assert_eq!(bed.read("live"), "table inet after {\n}\n");
-        assert_eq!(bed.read("nftables.conf"), "table inet after {\n}\n");
+        // Only the owned table was replaced: the others are as they were.
+        let before = "table inet before {\n}\n";
+        assert_eq!(
+            live(&bed),
+            format!("{before}table inet rampart {{\n}}\n{DOCKER}")
+        );
+        assert_eq!(bed.read("nftables.conf"), "table inet rampart {\n}\n");
         assert_eq!(
             bed.read("state/nftables.loaded"),
             format!(
-                "rampart-nftables-loaded {}\ntable inet after {{\n}}\n",
+                "rampart-nftables-loaded {}\ntable inet rampart {{\n}}\n",
                 sha(&n.ruleset)
             )
         );
         assert!(bed.diff(&n).await.is_in_line());
-        // Flushed by hand: drift, shown as the listing that comes back.
-        std::fs::write(bed.path("live"), "").unwrap();
+        // Other tools' tables change at run time: no drift.
+        std::fs::write(
+            bed.path("live.d/ip_nat"),
+            "table ip nat {\n\tchain DOCKER2 {\n\t}\n}\n",
+        )
+        .unwrap();
+        assert!(bed.diff(&n).await.is_in_line());
+        std::fs::write(bed.path("live.d/ip_nat"), DOCKER).unwrap();
+        // rampart's table deleted by hand: drift, shown as the listing that comes back.
+        std::fs::remove_file(bed.path("live.d/inet_rampart")).unwrap();
         assert_eq!(
             bed.diff(&n).await,
             Verdict::Modify(vec![change(
                 "live ruleset",
                 Some("(an empty ruleset)\n"),
-                Some("table inet after {\n}\n")
+                Some("table inet rampart {\n}\n")
             )])
         );
-        // Nobody confirmed the load: a second after it, everything is as before.
+        // Nobody confirmed the load: a second after it, the owned table is as before and the
+        // others untouched.
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_eq!(bed.read("live"), "table inet before {\n}\n");
-        assert_eq!(bed.read("nftables.conf"), "table inet before {\n}\n");
+        assert_eq!(live(&bed), format!("{before}{old}{DOCKER}"));
+        assert_eq!(bed.read("nftables.conf"), old);
         assert_eq!(bed.read("state/nftables.loaded"), "<none>");
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_first_load_deletes_only_its_table() {
+        let bed = nft_bed(1);
+        let n = resource(&bed, "table inet rampart {\n}\n");
+        let v = bed.diff(&n).await;
+        assert_eq!(v.action(), "create");
+        assert!(bed.run(n.apply(&v, &bed.ctx)).await.success());
+        assert!(live(&bed).contains("table inet rampart"));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(live(&bed), format!("table inet before {{\n}}\n{DOCKER}"));
+        assert_eq!(bed.read("nftables.conf"), "<none>");
     }
 
     #[tokio::test]
@@ -860,11 +1145,10 @@ mod tests {
                 .success()
         );
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_eq!(bed.read("live"), "table inet after {\n}\n");
+        assert_eq!(bed.read("live.d/inet_after"), "table inet after {\n}\n");
         assert!(bed.diff(&n).await.is_in_line());
 
         std::fs::write(bed.path("nftables.conf"), "# edited\n").unwrap();
-        std::fs::write(bed.path("live"), "table inet after {\n}\n").unwrap();
         let v = bed.diff(&n).await;
         assert_eq!(v.changes().len(), 1, "{v:?}");
         let mut ctx = bed.ctx.clone();
@@ -897,7 +1181,7 @@ mod tests {
                 && stderr.contains("nftables.rules:2:1-5: Error: syntax error"),
             "{stderr}"
         );
-        assert_eq!(bed.read("live"), "table inet before {\n}\n");
+        assert_eq!(live(&bed), format!("table inet before {{\n}}\n{DOCKER}"));
         assert_eq!(bed.read("nftables.conf"), "table inet before {\n}\n");
         assert_eq!(bed.read("state/nftables.loaded"), "<none>");
         assert!(!bed.path("state/deadman/t1/nftables.armed").exists());

@@ -99,7 +99,6 @@ fn assert_rolled_back(host: &Value) {
 }
 
 const GOOD_RULESET: &str = "#!/usr/sbin/nft -f
-flush ruleset
 table inet filter {
   chain input {
     type filter hook input priority filter; policy drop;
@@ -116,8 +115,7 @@ table inet filter {
 ";
 
 /// The classic mistake: default drop, established connections kept, SSH forgotten.
-const NO_SSH_RULESET: &str = "flush ruleset
-table inet filter {
+const NO_SSH_RULESET: &str = "table inet filter {
   chain input {
     type filter hook input priority filter; policy drop;
     iif \"lo\" accept
@@ -127,8 +125,7 @@ table inet filter {
 ";
 
 /// Drops every packet to port 22, those of rampart's open connection too.
-const DROP_22_RULESET: &str = "flush ruleset
-table inet filter {
+const DROP_22_RULESET: &str = "table inet filter {
   chain input {
     type filter hook input priority filter; policy accept;
     tcp dport 22 drop

@@ -1,4 +1,5 @@
 mod agent_health;
+mod coexist;
 mod common;
 mod deadman;
 mod drift;
