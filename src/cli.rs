@@ -18,6 +18,7 @@ use crate::facts::{self, Facts};
 use crate::fleet;
 use crate::inventory::{Host, Inventory};
 use crate::transport::ssh::ConnectOptions;
+use crate::transport::ssh_config::SshConfig;
 use crate::transport::{Session, StatsSnapshot};
 
 /// Declarative hardening provisioner and fleet controller over SSH.
@@ -75,7 +76,12 @@ struct HostArgs {
     /// How many hosts run at once (1 to 4096).
     #[arg(long, default_value_t = 64, value_parser = in_range::<usize>(1, MAX_FORKS))]
     forks: usize,
-    /// The known_hosts file host keys are checked against [default: ~/.ssh/known_hosts].
+    /// The OpenSSH client config to read, as `ssh -F` [default: ~/.ssh/config, then
+    /// /etc/ssh/ssh_config]. Inventory hosts are looked up in it as `ssh NAME` would.
+    #[arg(short = 'F', long, value_name = "FILE", env = "RAMPART_SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
+    /// The known_hosts file host keys are checked against [default: the ssh config's
+    /// UserKnownHostsFile, else ~/.ssh/known_hosts].
     #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_HOSTS")]
     known_hosts: Option<PathBuf>,
     /// Record the keys of hosts not yet in known_hosts (hashed) instead of refusing them.
@@ -302,12 +308,17 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
         inventory,
         limit,
         forks: _,
+        ssh_config,
         known_hosts,
         accept_new,
         connect_timeout,
         timeout: _,
     } = args;
-    let inv = Inventory::load(inventory)?;
+    let mut inv = Inventory::load(inventory)?;
+    inv.apply_ssh_config(
+        &SshConfig::load(ssh_config.as_deref())?,
+        known_hosts.is_some(),
+    )?;
     let hosts: Vec<Host> = inv.limit(limit)?.into_iter().cloned().collect();
     // A run over no host would report a healthy fleet (exit 0, an all-clear Prometheus file).
     if hosts.is_empty() {
@@ -768,7 +779,12 @@ struct TunnelArgs {
     /// OpenClaw, 18860 for agent_flavor: starter].
     #[arg(long, value_name = "PORT")]
     agent_port: Option<u16>,
-    /// The known_hosts file host keys are checked against [default: ~/.ssh/known_hosts].
+    /// The OpenSSH client config to read, as `ssh -F` [default: ~/.ssh/config, then
+    /// /etc/ssh/ssh_config]. Inventory hosts are looked up in it as `ssh NAME` would.
+    #[arg(short = 'F', long, value_name = "FILE", env = "RAMPART_SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
+    /// The known_hosts file host keys are checked against [default: the ssh config's
+    /// UserKnownHostsFile, else ~/.ssh/known_hosts].
     #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_HOSTS")]
     known_hosts: Option<PathBuf>,
     /// Record the key of a host not yet in known_hosts (hashed) instead of refusing it.
@@ -786,11 +802,16 @@ async fn tunnel_command(args: TunnelArgs) -> anyhow::Result<Outcome> {
         host,
         port,
         agent_port,
+        ssh_config,
         known_hosts,
         accept_new,
         connect_timeout,
     } = args;
-    let inv = Inventory::load(&inventory)?;
+    let mut inv = Inventory::load(&inventory)?;
+    inv.apply_ssh_config(
+        &SshConfig::load(ssh_config.as_deref())?,
+        known_hosts.is_some(),
+    )?;
     let Some(target) = inv.hosts.iter().find(|h| h.name == host).cloned() else {
         let known: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
         anyhow::bail!(

@@ -23,7 +23,8 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use crate::glob::{Syntax, glob_match};
-use crate::transport::ssh::{Endpoint, Target};
+use crate::transport::ssh::{Endpoint, FromConfig, Target};
+use crate::transport::ssh_config::{self, SshConfig};
 
 /// Variables as written, each with where it was written.
 type RawVars = IndexMap<String, Spanned<Value>>;
@@ -66,8 +67,14 @@ pub struct Host {
     /// Run remote scripts under `sudo -n` (when the login is not root). Default: true for a
     /// login other than root.
     pub become_root: bool,
-    /// A bastion, `[user@]host[:port]` or the name of another inventory host.
-    pub jump: Option<Endpoint>,
+    /// The inventory's `jump`, as written: `[user@]host[:port]` or the name of another
+    /// inventory host (the user is empty when not written).
+    pub jump_spec: Option<Endpoint>,
+    /// The bastions to go through, the first one reached first: from `jump` (with the jump
+    /// host's own `jump`), else from the ssh config's ProxyJump.
+    pub jump: Vec<Endpoint>,
+    /// What the operator's ssh config adds to the login (identity files, known_hosts, …).
+    pub ssh: FromConfig,
     /// `backup_keep`: how many runs' backups the host keeps (`--keep-backups` beats it).
     pub backup_keep: Option<u32>,
 }
@@ -100,6 +107,8 @@ pub enum InventoryError {
     },
     #[error("{}: {message}", .path.display())]
     Structure { path: PathBuf, message: String },
+    #[error("host `{host}`: {message}")]
+    SshConfig { host: String, message: String },
     #[error(
         "--limit names no pattern (it is empty)\n\
          hint: give host or group names, or leave --limit out to run on every host"
@@ -221,6 +230,232 @@ impl Inventory {
     }
 }
 
+impl Inventory {
+    /// Fills in what the inventory leaves unset from the operator's OpenSSH config, as `ssh
+    /// NAME` would: the host's `address` (else its name) is looked up; HostName, Port and User
+    /// apply where the inventory names none; IdentityFile, IdentitiesOnly, ProxyCommand,
+    /// ConnectTimeout, StrictHostKeyChecking and (unless `--known-hosts` was given,
+    /// `cli_known_hosts`) UserKnownHostsFile are added; ProxyJump applies when the inventory
+    /// has no `jump` (each hop resolved through the config too, with its own ProxyJump).
+    pub fn apply_ssh_config(
+        &mut self,
+        config: &SshConfig,
+        cli_known_hosts: bool,
+    ) -> Result<(), InventoryError> {
+        let ctx = Ctx {
+            config,
+            cli_known_hosts,
+        };
+        for host in &mut self.hosts {
+            let has = |key: &str| host.vars.contains_key(key);
+            let lookup = if has("address") {
+                host.address.clone()
+            } else {
+                host.name.clone()
+            };
+            let explicit_user = has("user").then(|| host.user.clone());
+            let config_error = |e: ssh_config::ConfigError| InventoryError::SshConfig {
+                host: host.name.clone(),
+                message: e.to_string(),
+            };
+            let r = config
+                .resolve(&lookup, explicit_user.as_deref())
+                .map_err(config_error)?;
+            if !has("address") {
+                host.address = r.hostname.clone().unwrap_or(lookup);
+            }
+            if !has("port")
+                && let Some(port) = r.port
+            {
+                host.port = port;
+            }
+            if !has("user")
+                && let Some(user) = &r.user
+            {
+                host.user = user.clone();
+                if !has("become") {
+                    host.become_root = user != "root";
+                }
+            }
+            host.ssh = ctx.settings_of(&r);
+            host.jump = Vec::new();
+            if host.jump_spec.is_some() {
+                // The inventory's `jump` beats the config's ProxyJump and ProxyCommand.
+                host.ssh.proxy_command = None;
+            } else if let Some(hops) = &r.proxy_jump
+                && !hops.is_empty()
+            {
+                host.jump = ctx
+                    .hop_chain(hops, &host.user, host.identity.as_ref(), 0)
+                    .map_err(|message| InventoryError::SshConfig {
+                        host: host.name.clone(),
+                        message,
+                    })?;
+            }
+        }
+        resolve_jumps(&mut self.hosts, &ctx, &self.path)
+    }
+}
+
+/// The ssh config and whether `--known-hosts` was given (it beats UserKnownHostsFile).
+struct Ctx<'a> {
+    config: &'a SshConfig,
+    cli_known_hosts: bool,
+}
+
+/// How many jump hosts deep a chain may go before it is taken for a loop.
+const MAX_HOPS: usize = 16;
+
+impl Ctx<'_> {
+    fn settings_of(&self, r: &ssh_config::Resolved) -> FromConfig {
+        FromConfig {
+            identities: r.identity_files.clone(),
+            identities_only: r.identities_only.unwrap_or(false),
+            known_hosts: if self.cli_known_hosts {
+                None
+            } else {
+                r.user_known_hosts.as_ref().and_then(|f| f.first().cloned())
+            },
+            accept_new: r.strict.map(|s| s == ssh_config::Strict::AcceptNew),
+            proxy_command: r.proxy_command.clone().filter(|c| !c.is_empty()),
+            connect_timeout: r.connect_timeout,
+        }
+    }
+
+    /// The endpoints of a ProxyJump list (`a,b`: `a` first), as `ssh -J a,b` reaches them:
+    /// each hop resolved through the config; the first hop's own ProxyJump (or ProxyCommand)
+    /// honoured, the later hops' overridden by the list.
+    fn hop_chain(
+        &self,
+        hops: &[String],
+        fallback_user: &str,
+        fallback_identity: Option<&PathBuf>,
+        depth: usize,
+    ) -> Result<Vec<Endpoint>, String> {
+        if depth > MAX_HOPS {
+            return Err(format!(
+                "ProxyJump goes more than {MAX_HOPS} hosts deep (a loop?)
+hint: check the ProxyJump lines of the ssh config"
+            ));
+        }
+        let Some((last, before)) = hops.split_last() else {
+            return Ok(Vec::new());
+        };
+        let (user, name, port) = ssh_config::parse_jump(last).ok_or_else(|| {
+            format!(
+                "ProxyJump hop `{last}` is not `[user@]host[:port]`
+hint: fix the ssh config's ProxyJump"
+            )
+        })?;
+        let r = self
+            .config
+            .resolve(&name, user.as_deref())
+            .map_err(|e| e.to_string())?;
+        let user = user
+            .or_else(|| r.user.clone())
+            .unwrap_or_else(|| fallback_user.to_string());
+        let mut ep = Endpoint {
+            name: name.clone(),
+            address: r.hostname.clone().unwrap_or_else(|| name.clone()),
+            port: port.or(r.port).unwrap_or(22),
+            user: user.clone(),
+            identity: fallback_identity.cloned(),
+            ssh: self.settings_of(&r),
+        };
+        let mut chain = if !before.is_empty() {
+            ep.ssh.proxy_command = None;
+            self.hop_chain(before, &user, fallback_identity, depth + 1)?
+        } else {
+            match &r.proxy_jump {
+                Some(own) if !own.is_empty() => {
+                    ep.ssh.proxy_command = None;
+                    self.hop_chain(own, &user, fallback_identity, depth + 1)?
+                }
+                _ => Vec::new(),
+            }
+        };
+        chain.push(ep);
+        Ok(chain)
+    }
+}
+
+/// Turns each host's `jump` into its chain of endpoints: a `jump` naming another inventory
+/// host goes through that host's own chain, then that host (with its address and login); a
+/// `jump` naming no inventory host is resolved like a ProxyJump hop.
+fn resolve_jumps(hosts: &mut [Host], ctx: &Ctx<'_>, path: &Path) -> Result<(), InventoryError> {
+    let by_name: HashMap<String, usize> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.name.clone(), i))
+        .collect();
+    let mut chains = Vec::with_capacity(hosts.len());
+    for i in 0..hosts.len() {
+        chains.push(chain_of(i, hosts, ctx, &by_name, &mut Vec::new(), path)?);
+    }
+    for (host, chain) in hosts.iter_mut().zip(chains) {
+        host.jump = chain;
+    }
+    Ok(())
+}
+
+fn chain_of(
+    i: usize,
+    hosts: &[Host],
+    ctx: &Ctx<'_>,
+    by_name: &HashMap<String, usize>,
+    seen: &mut Vec<String>,
+    path: &Path,
+) -> Result<Vec<Endpoint>, InventoryError> {
+    let host = &hosts[i];
+    if seen.contains(&host.name) {
+        return Err(InventoryError::Structure {
+            path: path.to_path_buf(),
+            message: format!(
+                "jump hosts form a loop: {} -> {}
+hint: a host cannot be reached through itself",
+                seen.join(" -> "),
+                host.name
+            ),
+        });
+    }
+    let Some(spec) = &host.jump_spec else {
+        return Ok(host.jump.clone());
+    };
+    seen.push(host.name.clone());
+    let chain = if let Some(&j) = by_name.get(&spec.address) {
+        let mut chain = chain_of(j, hosts, ctx, by_name, seen, path)?;
+        let other = &hosts[j];
+        let user = if spec.user.is_empty() {
+            &other.user
+        } else {
+            &spec.user
+        };
+        let mut ep = other.target(user).endpoint;
+        if spec.port != 22 {
+            ep.port = spec.port;
+        }
+        chain.push(ep);
+        chain
+    } else {
+        let mut hop = String::new();
+        if !spec.user.is_empty() {
+            hop.push_str(&spec.user);
+            hop.push('@');
+        }
+        hop.push_str(&spec.address);
+        if spec.port != 22 {
+            hop.push_str(&format!(":{}", spec.port));
+        }
+        ctx.hop_chain(&[hop], &host.user, host.identity.as_ref(), 0)
+            .map_err(|message| InventoryError::SshConfig {
+                host: host.name.clone(),
+                message,
+            })?
+    };
+    seen.pop();
+    Ok(chain)
+}
+
 impl Host {
     /// The SSH target for logging in as `user` (the admin login or the bootstrap login).
     pub fn target(&self, user: &str) -> Target {
@@ -231,6 +466,7 @@ impl Host {
                 port: self.port,
                 user: user.to_string(),
                 identity: self.identity.clone(),
+                ssh: self.ssh.clone(),
             },
             jump: self.jump.clone(),
         }
@@ -357,32 +593,15 @@ impl Walk {
             }
             hosts.push(settings(name, groups, vars, path)?);
         }
-        // A jump naming another inventory host takes that host's address and login.
-        let by_name: HashMap<String, Host> =
-            hosts.iter().map(|h| (h.name.clone(), h.clone())).collect();
-        for host in &mut hosts {
-            if let Some(jump) = &mut host.jump
-                && let Some(other) = by_name.get(&jump.address)
-            {
-                jump.name = other.name.clone();
-                jump.address = other.address.clone();
-                if jump.port == 22 {
-                    jump.port = other.port;
-                }
-                if jump.user.is_empty() {
-                    jump.user = other.user.clone();
-                }
-                if jump.identity.is_none() {
-                    jump.identity = other.identity.clone();
-                }
-            }
-            if let Some(jump) = &mut host.jump
-                && jump.user.is_empty()
-            {
-                jump.user = host.user.clone();
-                jump.identity = jump.identity.take().or_else(|| host.identity.clone());
-            }
-        }
+        let no_config = SshConfig::default();
+        resolve_jumps(
+            &mut hosts,
+            &Ctx {
+                config: &no_config,
+                cli_known_hosts: true,
+            },
+            path,
+        )?;
         // A group holds its own hosts and its children's, in inventory order (as Ansible's
         // `groups['all']` holds every host).
         let mut groups: IndexMap<String, Vec<String>> = self
@@ -523,7 +742,9 @@ fn settings(
         bootstrap_user: text("bootstrap_user")?,
         identity,
         become_root,
-        jump,
+        jump_spec: jump,
+        jump: Vec::new(),
+        ssh: FromConfig::default(),
         backup_keep,
         vars,
     })
@@ -548,7 +769,7 @@ fn parse_jump(spec: &str) -> Option<Endpoint> {
         address: host.to_string(),
         port,
         user,
-        identity: None,
+        ..Endpoint::default()
     })
 }
 
@@ -608,7 +829,7 @@ all:
         let vps = inv.hosts.iter().find(|h| h.name == "vps-1").unwrap();
         assert_eq!(vps.user, "root");
         assert_eq!(vps.address, "vps-1");
-        let jump = vps.jump.as_ref().unwrap();
+        let jump = vps.jump.last().unwrap();
         assert_eq!(
             (jump.address.as_str(), jump.port, jump.user.as_str()),
             ("192.0.2.10", 2222, "admin")
