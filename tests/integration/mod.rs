@@ -18,5 +18,6 @@ mod resources_user;
 mod resources_wireguard;
 mod schedule;
 mod site;
+mod ssh_config;
 mod transport;
 mod wireguard_mesh;

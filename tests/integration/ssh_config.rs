@@ -1,0 +1,344 @@
+//! The operator's OpenSSH setup carried over: an inventory that names hosts only by
+//! `~/.ssh/config` aliases converges (HostName, User, Port, IdentityFile, a two-hop
+//! ProxyJump), many targets behind one bastion share ONE connection to it, and the resolved
+//! settings agree with `ssh -G`. Hosts h50..h53 (made fresh here).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rampart::transport::ssh_config::SshConfig;
+
+use super::common::*;
+
+const HOSTS: &[&str] = &["h50", "h51", "h52", "h53"];
+
+fn testbed(args: &[&str]) {
+    let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/testbed"))
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "testbed {args:?} failed");
+}
+
+/// A HOME whose `.ssh/config` is `config`, with the testbed key under a name OpenSSH would
+/// not try by itself (only IdentityFile leads to it) and the testbed's known_hosts.
+fn home_with(config: &str) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let ssh = home.path().join(".ssh");
+    std::fs::create_dir_all(home.path().join("keys")).unwrap();
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::copy(test_key(), home.path().join("keys/fleet")).unwrap();
+    // The testbed's known_hosts, and the same keys for sshd's second port on h51 and h52.
+    let mut known = std::fs::read_to_string(known_hosts()).unwrap();
+    for h in ["h51", "h52"] {
+        let a = addr(h);
+        let extra: String = known
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{a} ")))
+            .map(|rest| format!("[{a}]:2222 {rest}\n"))
+            .collect();
+        known.push_str(&extra);
+    }
+    std::fs::write(ssh.join("fleet_known_hosts"), known).unwrap();
+    std::fs::write(ssh.join("config"), config).unwrap();
+    home
+}
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    rampart(home)
+        .env("USER", "root")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn accepted(host: &str, from: &str, user: &str) -> usize {
+    ssh_root(
+        host,
+        &format!(
+            "journalctl -u ssh --no-pager -o cat | grep -c 'Accepted publickey for {user} from {from} ' || true"
+        ),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The controller's address as the testbed hosts see it.
+fn controller_addr() -> String {
+    let addr = addr("h50");
+    let out = Command::new("ip")
+        .args(["-o", "route", "get", &addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            return words.next().unwrap().to_string();
+        }
+    }
+    panic!("no source address to {addr}: {text}")
+}
+
+fn config_for_aliases() -> String {
+    format!(
+        "# names only: the inventory has no addresses\n\
+         Host bastion-a\n  HostName {h50}\n\
+         Host bastion-b\n  HostName {h51}\n  Port 2222\n\
+         Host app\n  HostName {h52}\n  User ops\n  Port 2222\n\
+         Host deep\n  HostName {h53}\n  ProxyJump bastion-a,bastion-b\n\
+         Host *\n  User root\n  IdentityFile ~/keys/fleet\n  IdentitiesOnly yes\n  \
+         UserKnownHostsFile ~/.ssh/fleet_known_hosts\n  StrictHostKeyChecking yes\n\
+         Match originalhost deep\n  User nobody-first-value-wins\n",
+        h50 = addr("h50"),
+        h51 = addr("h51"),
+        h52 = addr("h52"),
+        h53 = addr("h53"),
+    )
+}
+
+/// sshd on a second port, and a sudo login `ops` with the testbed key.
+fn prepare_hosts() {
+    let key = std::fs::read_to_string(format!("{}.pub", test_key().display())).unwrap();
+    for h in ["h51", "h52"] {
+        ssh_root(
+            h,
+            "grep -q '^Port 2222' /etc/ssh/sshd_config || { printf 'Port 22\\nPort 2222\\n' >> /etc/ssh/sshd_config; systemctl restart ssh; }",
+        );
+    }
+    ssh_root(
+        "h52",
+        &format!(
+            "id ops >/dev/null 2>&1 || useradd -m -s /bin/bash ops; \
+             install -d -m 700 -o ops -g ops ~ops/.ssh; \
+             printf '%s\\n' '{}' > ~ops/.ssh/authorized_keys; chown ops:ops ~ops/.ssh/authorized_keys; \
+             echo 'ops ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/ops; chmod 440 /etc/sudoers.d/ops",
+            key.trim()
+        ),
+    );
+}
+
+const PLAYBOOK: &str = "steps:\n  - name: marker folder\n    directory: {path: /srv/w6-sshcfg, mode: \"0755\"}\n  - name: marker\n    lines: {path: /srv/w6-sshcfg/note, present: [\"reached by alias\"]}\n";
+
+#[test]
+fn ssh_config_aliases_two_hop_jump_and_one_bastion_connection_for_twenty_targets() {
+    testbed(&["fresh", "h50", "h51", "h52", "h53"]);
+    prepare_hosts();
+    let config = config_for_aliases();
+    let home = home_with(&config);
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. The resolved settings agree with `ssh -G` for each alias.
+    let parsed = SshConfig::parse_str(&home.path().join(".ssh/config"), &config).unwrap();
+    for alias in ["bastion-a", "bastion-b", "app", "deep"] {
+        let out = Command::new("ssh")
+            .env("HOME", home.path())
+            .env("USER", "root")
+            .args(["-F"])
+            .arg(home.path().join(".ssh/config"))
+            .args(["-G", alias])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh -G {alias}: {}", stderr(&out));
+        let g = String::from_utf8_lossy(&out.stdout).to_string();
+        let get = |k: &str| -> Vec<String> {
+            g.lines()
+                .filter_map(|l| l.strip_prefix(&format!("{k} ")))
+                .map(str::to_string)
+                .collect()
+        };
+        let r = parsed.resolve(alias, None).unwrap();
+        assert_eq!(
+            get("hostname"),
+            vec![r.hostname.clone().unwrap()],
+            "{alias}"
+        );
+        assert_eq!(get("user"), vec![r.user.clone().unwrap()], "{alias}");
+        assert_eq!(
+            get("port"),
+            vec![r.port.unwrap_or(22).to_string()],
+            "{alias}"
+        );
+        // ssh -G prints `~` unexpanded; the parser here expands it with this process's HOME.
+        let home_now = std::env::var("HOME").unwrap();
+        assert_eq!(
+            get("identityfile")
+                .iter()
+                .map(|f| f.replacen('~', &home_now, 1))
+                .collect::<Vec<_>>(),
+            r.identity_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>(),
+            "{alias}"
+        );
+        assert_eq!(get("identitiesonly"), vec!["yes".to_string()]);
+        let jump = get("proxyjump");
+        assert_eq!(
+            jump,
+            r.proxy_jump
+                .clone()
+                .map(|j| vec![j.join(",")])
+                .unwrap_or_default(),
+            "{alias}"
+        );
+    }
+
+    // 2. An inventory of aliases only converges: apply, then plan finds nothing to change.
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        "all:\n  hosts:\n    bastion-a:\n    app:\n    deep:\n",
+    )
+    .unwrap();
+    let book = dir.path().join("book.yaml");
+    std::fs::write(&book, PLAYBOOK).unwrap();
+    let from_h51 = accepted("h53", &addr("h51"), "root");
+    let out = run(
+        home.path(),
+        &[
+            "apply",
+            "-q",
+            "-i",
+            inv.to_str().unwrap(),
+            book.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = run(
+        home.path(),
+        &[
+            "plan",
+            "-q",
+            "-i",
+            inv.to_str().unwrap(),
+            book.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "not converged: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    for h in ["h50", "h52", "h53"] {
+        assert_eq!(
+            ssh_root(h, "cat /srv/w6-sshcfg/note").trim(),
+            "reached by alias",
+            "{h}"
+        );
+    }
+    // `app` logged in as ops (the config's User) on port 2222; `deep` came through h51.
+    assert!(accepted("h52", &controller_addr(), "ops") >= 2);
+    assert!(accepted("h53", &addr("h51"), "root") >= from_h51 + 2);
+
+    // 3. Twenty targets behind one bastion: ONE connection to the bastion for the run.
+    let mut cfg = config.clone();
+    let mut inv_text = String::from("all:\n  hosts:\n");
+    for i in 1..=20 {
+        cfg = format!(
+            "Host t{i:02}\n  HostName {}\n  ProxyJump bastion-a\n{cfg}",
+            addr(HOSTS[1 + i % 3])
+        );
+        inv_text.push_str(&format!("    t{i:02}:\n"));
+    }
+    std::fs::write(home.path().join(".ssh/config"), &cfg).unwrap();
+    std::fs::write(&inv, &inv_text).unwrap();
+    let controller = controller_addr();
+    let before = accepted("h50", &controller, "root");
+    let behind: Vec<usize> = HOSTS[1..]
+        .iter()
+        .map(|h| accepted(h, &addr("h50"), "root"))
+        .collect();
+    let out = run(
+        home.path(),
+        &[
+            "facts",
+            "--format",
+            "json",
+            "--forks",
+            "64",
+            "-i",
+            inv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let report = json(&out);
+    assert_eq!(report["hosts"].as_array().unwrap().len(), 20);
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["status"], "ok", "{h}");
+    }
+    // The count itself logs in once from the controller (ssh_root): that is the +1.
+    let after = accepted("h50", &controller, "root");
+    assert_eq!(
+        after - before,
+        2,
+        "the bastion saw {} logins from the controller for 20 targets",
+        after - before - 1
+    );
+    let through: usize = HOSTS[1..]
+        .iter()
+        .zip(&behind)
+        .map(|(h, b)| accepted(h, &addr("h50"), "root") - b)
+        .sum();
+    assert_eq!(through, 20, "every target was reached through the bastion");
+}
+
+/// `-F FILE` is read instead of ~/.ssh/config, a bad line names file and line, and an
+/// unsupported `Match` is an error, not ignored.
+#[test]
+fn dash_f_replaces_the_user_config_and_bad_lines_are_named() {
+    let home = home_with("Host app\n  HostName 192.0.2.1\n");
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(&inv, "all:\n  hosts:\n    app:\n").unwrap();
+    let other: PathBuf = dir.path().join("other_config");
+    std::fs::write(&other, "Host app\n  Port banana\n").unwrap();
+    let out = run(
+        home.path(),
+        &[
+            "facts",
+            "-F",
+            other.to_str().unwrap(),
+            "-i",
+            inv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}:2:", other.display())) && err.contains("Port banana"),
+        "{err}"
+    );
+    std::fs::write(&other, "Match exec \"true\"\n  User x\n").unwrap();
+    let out = run(
+        home.path(),
+        &[
+            "facts",
+            "-F",
+            other.to_str().unwrap(),
+            "-i",
+            inv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`Match exec` is not supported"),
+        "{}",
+        stderr(&out)
+    );
+}
