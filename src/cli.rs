@@ -315,6 +315,9 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
         timeout: _,
     } = args;
     let mut inv = Inventory::load(inventory)?;
+    for warning in &inv.warnings {
+        eprintln!("warning: {warning}");
+    }
     inv.apply_ssh_config(
         &SshConfig::load(ssh_config.as_deref())?,
         known_hosts.is_some(),

@@ -47,6 +47,54 @@ pub struct Var {
     pub value: Value,
     pub line: u64,
     pub column: u64,
+    /// The file it was written in, when not the inventory itself (a `group_vars/` file).
+    pub file: Option<PathBuf>,
+}
+
+/// Variables with where each was written.
+pub type Vars = IndexMap<String, Var>;
+
+/// One group as rampart reads it, from the YAML or the INI layout.
+#[derive(Debug, Default, Clone)]
+pub struct Group {
+    pub hosts: IndexMap<String, Vars>,
+    pub vars: Vars,
+    pub children: IndexMap<String, Group>,
+}
+
+fn vars_of(raw: Option<RawVars>) -> Vars {
+    raw.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let var = Var {
+                value: v.value,
+                line: v.referenced.line(),
+                column: v.referenced.column(),
+                file: None,
+            };
+            (k, var)
+        })
+        .collect()
+}
+
+impl From<RawGroup> for Group {
+    fn from(raw: RawGroup) -> Group {
+        Group {
+            hosts: raw
+                .hosts
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(h, v)| (h, vars_of(v)))
+                .collect(),
+            vars: vars_of(raw.vars),
+            children: raw
+                .children
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(c, g)| (c, Group::from(g.unwrap_or_default())))
+                .collect(),
+        }
+    }
 }
 
 /// A host with its merged variables and connection settings.
@@ -83,6 +131,9 @@ pub struct Host {
 #[derive(Debug)]
 pub struct Inventory {
     pub path: PathBuf,
+    /// Things to tell the operator that do not stop the run (`ansible_*` keys rampart does
+    /// not use).
+    pub warnings: Vec<String>,
     pub hosts: Vec<Host>,
     pub groups: IndexMap<String, Vec<String>>,
 }
@@ -132,18 +183,50 @@ const ALIASES: &[(&str, &str)] = &[
     ("user", "ansible_user"),
     ("identity", "ansible_ssh_private_key_file"),
     ("become", "ansible_become"),
+    ("address", "ansible_ssh_host"),
+    ("port", "ansible_ssh_port"),
+    ("user", "ansible_ssh_user"),
 ];
 
 impl Inventory {
+    /// Reads an inventory in Ansible's YAML layout or its INI layout (told apart by the first
+    /// line that says something: `[group]` or `host key=value` is INI), with the
+    /// `group_vars/` and `host_vars/` beside it.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
         let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Inventory::parse(path, &text)
+        let all = if crate::ini_inventory::looks_like_ini(&text) {
+            crate::ini_inventory::parse(path, &text)?
+        } else {
+            Inventory::parse_yaml(path, &text)?
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let extra = crate::ini_inventory::vars_dirs(dir)?;
+        Inventory::build(path, all, extra)
     }
 
+    /// A YAML inventory's text (no `group_vars/` read).
     pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+        let all = Inventory::parse_yaml(path, text)?;
+        Inventory::build(path, all, Default::default())
+    }
+
+    fn build(
+        path: &Path,
+        all: Group,
+        extra: crate::ini_inventory::VarsDirs,
+    ) -> Result<Inventory, InventoryError> {
+        let mut walk = Walk {
+            extra,
+            ..Walk::default()
+        };
+        walk.group("all", all, &[], 0, path)?;
+        walk.finish(path)
+    }
+
+    fn parse_yaml(path: &Path, text: &str) -> Result<Group, InventoryError> {
         let top: IndexMap<String, Option<RawGroup>> =
             serde_saphyr::from_str(text).map_err(|e| InventoryError::Syntax {
                 path: path.to_path_buf(),
@@ -151,7 +234,6 @@ impl Inventory {
                     "{e}\nhint: the layout is Ansible's YAML inventory: `all:` with `hosts:`, `vars:` and `children:`"
                 ),
             })?;
-        let mut walk = Walk::default();
         // Top-level groups other than `all` are children of `all`, as in Ansible.
         let mut all = RawGroup::default();
         let mut others = IndexMap::new();
@@ -167,8 +249,7 @@ impl Inventory {
                 .get_or_insert_with(IndexMap::new)
                 .extend(others);
         }
-        walk.group("all", all, &[], 0, path)?;
-        walk.finish(path)
+        Ok(Group::from(all))
     }
 
     /// The hosts that `--limit` patterns select (names of hosts or groups, `*` and `?` globs,
@@ -477,9 +558,11 @@ impl Host {
 #[derive(Default)]
 struct Walk {
     /// Host names in first-seen order, with their own variables.
-    hosts: IndexMap<String, RawVars>,
+    hosts: IndexMap<String, Vars>,
     /// Group name -> (depth, own vars, member hosts).
-    groups: IndexMap<String, (usize, RawVars, Vec<String>)>,
+    groups: IndexMap<String, (usize, Vars, Vec<String>)>,
+    /// `group_vars/` and `host_vars/` beside the inventory.
+    extra: crate::ini_inventory::VarsDirs,
     /// Group name -> parent groups.
     parents: HashMap<String, Vec<String>>,
 }
@@ -488,7 +571,7 @@ impl Walk {
     fn group(
         &mut self,
         name: &str,
-        raw: RawGroup,
+        raw: Group,
         ancestry: &[String],
         depth: usize,
         path: &Path,
@@ -514,22 +597,18 @@ impl Walk {
             .or_insert_with(|| (depth, IndexMap::new(), Vec::new()));
         // A group reached along a longer path is deeper: its vars beat its shallower peers.
         entry.0 = entry.0.max(depth);
-        if let Some(vars) = raw.vars {
-            entry.1.extend(vars);
-        }
-        for (host, vars) in raw.hosts.unwrap_or_default() {
+        entry.1.extend(raw.vars);
+        for (host, vars) in raw.hosts {
             if !entry.2.contains(&host) {
                 entry.2.push(host.clone());
             }
             let own = self.hosts.entry(host).or_default();
-            if let Some(vars) = vars {
-                own.extend(vars);
-            }
+            own.extend(vars);
         }
         let mut below = ancestry.to_vec();
         below.push(name.to_string());
-        for (child, group) in raw.children.unwrap_or_default() {
-            self.group(&child, group.unwrap_or_default(), &below, depth + 1, path)?;
+        for (child, group) in raw.children {
+            self.group(&child, group, &below, depth + 1, path)?;
         }
         Ok(())
     }
@@ -566,13 +645,20 @@ impl Walk {
 
     fn finish(self, path: &Path) -> Result<Inventory, InventoryError> {
         let mut hosts = Vec::new();
+        let mut warnings = Vec::new();
         for (name, own) in &self.hosts {
             let groups = self.groups_of(name);
             let mut vars: IndexMap<String, Var> = IndexMap::new();
-            let layers = groups
+            // Ansible's order: the inventory's group vars (by depth), group_vars/all,
+            // group_vars/GROUP (by depth), the inventory's host vars, host_vars/HOST.
+            let inline = groups
                 .iter()
-                .filter_map(|g| self.groups.get(g).map(|entry| &entry.1))
-                .chain(std::iter::once(own));
+                .filter_map(|g| self.groups.get(g).map(|entry| &entry.1));
+            let files = groups.iter().filter_map(|g| self.extra.groups.get(g));
+            let layers = inline
+                .chain(files)
+                .chain(std::iter::once(own))
+                .chain(self.extra.hosts.get(name));
             for layer in layers {
                 for (key, value) in layer {
                     // An Ansible alias and rampart's own name are one setting.
@@ -581,16 +667,10 @@ impl Walk {
                         .find(|(_, alias)| alias == key)
                         .map(|(own, _)| own.to_string())
                         .unwrap_or_else(|| key.clone());
-                    vars.insert(
-                        key,
-                        Var {
-                            value: value.value.clone(),
-                            line: value.referenced.line(),
-                            column: value.referenced.column(),
-                        },
-                    );
+                    vars.insert(key, value.clone());
                 }
             }
+            ansible_keys(name, &vars, path, &mut warnings)?;
             hosts.push(settings(name, groups, vars, path)?);
         }
         let no_config = SshConfig::default();
@@ -618,10 +698,91 @@ impl Walk {
         }
         Ok(Inventory {
             path: path.to_path_buf(),
+            warnings,
             hosts,
             groups,
         })
     }
+}
+
+/// `ansible_*` keys rampart does not read: ones that would change how Ansible connects or
+/// becomes root are errors (never silently ignored), others a warning.
+fn ansible_keys(
+    host: &str,
+    vars: &IndexMap<String, Var>,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(), InventoryError> {
+    const HARMLESS: &[&str] = &["ansible_python_interpreter"];
+    let mut unknown = Vec::new();
+    for (key, var) in vars {
+        if !key.starts_with("ansible_") || HARMLESS.contains(&key.as_str()) {
+            continue;
+        }
+        let text = match &var.value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let refuse = |message: &str| InventoryError::Value {
+            path: var.file.clone().unwrap_or_else(|| path.to_path_buf()),
+            line: var.line,
+            column: var.column,
+            host: host.to_string(),
+            message: format!("`{key}`: {message}"),
+        };
+        match key.as_str() {
+            "ansible_ssh_common_args" | "ansible_ssh_extra_args" | "ansible_ssh_args" => {
+                return Err(refuse(
+                    "rampart does not pass extra arguments to SSH (it is not OpenSSH)
+hint: for a bastion set `jump: [user@]host[:port]` (or ProxyJump in ~/.ssh/config, which rampart reads); put other options in ~/.ssh/config",
+                ));
+            }
+            "ansible_become_password" | "ansible_become_pass" | "ansible_sudo_pass" => {
+                return Err(refuse(
+                    "a sudo password is not supported: rampart runs `sudo -n`
+hint: give the login passwordless sudo (NOPASSWD) or log in as root (`ansible_user: root`)",
+                ));
+            }
+            "ansible_password" | "ansible_ssh_pass" | "ansible_ssh_password" => {
+                return Err(refuse(
+                    "password logins are not supported
+hint: log in with a key: `ansible_ssh_private_key_file`, ssh-agent or IdentityFile in ~/.ssh/config",
+                ));
+            }
+            "ansible_connection" if !matches!(text.as_str(), "ssh" | "smart" | "paramiko") => {
+                return Err(refuse(&format!(
+                    "rampart connects over SSH only, not `{text}`
+hint: remove the host or set `ansible_connection: ssh`"
+                )));
+            }
+            "ansible_become_user" if text != "root" => {
+                return Err(refuse(&format!(
+                    "rampart becomes root, not `{text}`
+hint: remove it (hardening needs root)"
+                )));
+            }
+            "ansible_become_method" if text != "sudo" => {
+                return Err(refuse(&format!(
+                    "rampart becomes root with sudo, not `{text}`
+hint: use sudo, or log in as root"
+                )));
+            }
+            "ansible_connection" | "ansible_become_user" | "ansible_become_method" => {}
+            _ => unknown.push(key.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "{}: host `{host}`: rampart does not use {}",
+            path.display(),
+            unknown
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn settings(
@@ -631,7 +792,7 @@ fn settings(
     path: &Path,
 ) -> Result<Host, InventoryError> {
     let bad = |var: &Var, message: String| InventoryError::Value {
-        path: path.to_path_buf(),
+        path: var.file.clone().unwrap_or_else(|| path.to_path_buf()),
         line: var.line,
         column: var.column,
         host: name.to_string(),

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod glob;
 #[cfg(test)]
 mod hostile_output;
+pub mod ini_inventory;
 pub mod inspect;
 pub mod inventory;
 #[cfg(test)]
