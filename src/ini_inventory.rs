@@ -170,7 +170,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Group, InventoryError> {
         children: IndexMap::new(),
     };
     for name in decls.keys() {
-        if name == "all" || child_of.contains_key(name) {
+        if name == "all"
+            || child_of.contains_key(name)
+            || (name == "ungrouped" && decls[name].hosts.is_empty())
+        {
             continue;
         }
         let g = build(name, &decls, &mut Vec::new(), path)?;

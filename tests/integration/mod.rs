@@ -1,4 +1,5 @@
 mod agent_health;
+mod ansible_inventory;
 mod common;
 mod deadman;
 mod drift;
