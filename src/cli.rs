@@ -70,7 +70,9 @@ struct HostArgs {
     /// The inventory (Ansible's YAML layout).
     #[arg(short, long, value_name = "FILE")]
     inventory: PathBuf,
-    /// Only these hosts or groups (names or globs, comma-separated; repeatable).
+    /// Only these hosts or groups, with Ansible's syntax: names or globs separated by `,` or
+    /// `:`, `&PATTERN` intersects, `!PATTERN` excludes, `@FILE` reads names from a file
+    /// (repeatable).
     #[arg(short, long, value_name = "PATTERN")]
     limit: Vec<String>,
     /// How many hosts run at once (1 to 4096).

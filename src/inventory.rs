@@ -252,16 +252,39 @@ impl Inventory {
         Ok(Group::from(all))
     }
 
-    /// The hosts that `--limit` patterns select (names of hosts or groups, `*` and `?` globs,
-    /// comma-separated); all hosts when there is no `--limit`. A `--limit` with no pattern in
-    /// it (`''`) or a pattern that names nothing is an error.
+    /// The hosts that `--limit` patterns select, with Ansible's syntax: names of hosts or
+    /// groups and `*`/`?` globs, separated by `,` or `:`; `&pattern` keeps only hosts also in
+    /// it, `!pattern` removes its hosts (regular patterns are taken first, then `&`, then `!`,
+    /// as Ansible orders them; with only `&`/`!` patterns the start is every host);
+    /// `@FILE` reads host names from a file, one a line (a retry file). All hosts when there
+    /// is no `--limit`. A `--limit` with no pattern in it (`''`) or a pattern that names
+    /// nothing is an error.
     pub fn limit(&self, raw: &[String]) -> Result<Vec<&Host>, InventoryError> {
-        let patterns: Vec<&str> = raw
-            .iter()
-            .flat_map(|p| p.split(','))
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .collect();
+        let mut patterns: Vec<String> = Vec::new();
+        for piece in raw.iter().flat_map(|p| p.split(',')) {
+            let piece = piece.trim();
+            if let Some(file) = piece.strip_prefix('@') {
+                let text =
+                    std::fs::read_to_string(file).map_err(|source| InventoryError::Read {
+                        path: PathBuf::from(file),
+                        source,
+                    })?;
+                patterns.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string),
+                );
+                continue;
+            }
+            // `web:!db` is two patterns; an IPv6 address is one.
+            if piece.contains(':') && piece.parse::<std::net::Ipv6Addr>().is_err() {
+                patterns.extend(piece.split(':').map(|p| p.trim().to_string()));
+            } else {
+                patterns.push(piece.to_string());
+            }
+        }
+        patterns.retain(|p| !p.is_empty() && p != "!" && p != "&");
         if patterns.is_empty() {
             // `--limit ''` is a mistake (an unset shell variable), not "every host".
             if !raw.is_empty() {
@@ -269,45 +292,74 @@ impl Inventory {
             }
             return Ok(self.hosts.iter().collect());
         }
-        let mut chosen = BTreeSet::new();
-        for pattern in patterns {
-            let before = chosen.len();
-            let mut matched = false;
-            for (i, host) in self.hosts.iter().enumerate() {
-                if glob_match(pattern, &host.name, Syntax::Names) {
-                    chosen.insert(i);
-                    matched = true;
-                }
+        let regular: Vec<&str> = patterns
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !p.starts_with(['!', '&']))
+            .collect();
+        let mut chosen: BTreeSet<usize> = if regular.is_empty() {
+            (0..self.hosts.len()).collect()
+        } else {
+            let mut chosen = BTreeSet::new();
+            for pattern in regular {
+                chosen.extend(self.matching(pattern)?);
             }
-            for (group, members) in &self.groups {
-                if glob_match(pattern, group, Syntax::Names) {
-                    matched = true;
-                    for m in members {
-                        if let Some(i) = self.hosts.iter().position(|h| &h.name == m) {
-                            chosen.insert(i);
-                        }
-                    }
-                }
+            chosen
+        };
+        for pattern in &patterns {
+            if let Some(p) = pattern.strip_prefix('&') {
+                let keep = self.matching(p)?;
+                chosen.retain(|i| keep.contains(i));
             }
-            if !matched && chosen.len() == before {
-                return Err(InventoryError::LimitMatchesNothing {
-                    pattern: pattern.to_string(),
-                    hosts: self
-                        .hosts
-                        .iter()
-                        .map(|h| h.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    groups: self
-                        .groups
-                        .keys()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
+        }
+        for pattern in &patterns {
+            if let Some(p) = pattern.strip_prefix('!') {
+                for i in self.matching(p)? {
+                    chosen.remove(&i);
+                }
             }
         }
         Ok(chosen.into_iter().map(|i| &self.hosts[i]).collect())
+    }
+
+    /// The hosts one pattern names (a host, a group, or a glob over either).
+    fn matching(&self, pattern: &str) -> Result<BTreeSet<usize>, InventoryError> {
+        let mut chosen = BTreeSet::new();
+        let mut matched = false;
+        for (i, host) in self.hosts.iter().enumerate() {
+            if glob_match(pattern, &host.name, Syntax::Names) {
+                chosen.insert(i);
+                matched = true;
+            }
+        }
+        for (group, members) in &self.groups {
+            if glob_match(pattern, group, Syntax::Names) {
+                matched = true;
+                for m in members {
+                    if let Some(i) = self.hosts.iter().position(|h| &h.name == m) {
+                        chosen.insert(i);
+                    }
+                }
+            }
+        }
+        if !matched {
+            return Err(InventoryError::LimitMatchesNothing {
+                pattern: pattern.to_string(),
+                hosts: self
+                    .hosts
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                groups: self
+                    .groups
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(chosen)
     }
 }
 
@@ -1023,6 +1075,19 @@ all:
             let p: Vec<String> = empty.iter().map(|s| s.to_string()).collect();
             assert!(matches!(inv.limit(&p), Err(InventoryError::LimitEmpty)));
         }
+        // Ansible's operators: `:` and `,` separate, `&` intersects, `!` excludes, in that
+        // order whatever the order written.
+        assert_eq!(names(&["!pis:all"]), ["solo", "vps-1"]);
+        assert_eq!(names(&["all:&pis:!pi-1"]), ["pi-2"]);
+        assert_eq!(names(&["&lab"]), ["pi-2"]);
+        let retry = std::env::temp_dir().join(format!("rampart-retry-{}", std::process::id()));
+        std::fs::write(&retry, "vps-1\n\n# a comment\nsolo\n").unwrap();
+        assert_eq!(
+            names(&[&format!("@{}", retry.display())]),
+            ["solo", "vps-1"]
+        );
+        std::fs::remove_file(&retry).unwrap();
+        assert!(inv.limit(&["pis:!nope".to_string()]).is_err());
         // A pattern that makes a backtracking matcher explode is a regex here.
         assert!(inv.limit(&["*a*a*a*a*a*a*a*a*c".to_string()]).is_err());
     }
