@@ -67,9 +67,16 @@ enum Command {
 /// Which hosts, and how to reach them.
 #[derive(Debug, Args)]
 struct HostArgs {
-    /// The inventory (Ansible's YAML layout).
-    #[arg(short, long, value_name = "FILE")]
-    inventory: PathBuf,
+    /// The inventory: Ansible's YAML or INI layout, with group_vars/ and host_vars/ beside
+    /// it (repeatable: several are merged, as Ansible does).
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "RAMPART_INVENTORY",
+        required = true
+    )]
+    inventory: Vec<PathBuf>,
     /// Only these hosts or groups, with Ansible's syntax: names or globs separated by `,` or
     /// `:`, `&PATTERN` intersects, `!PATTERN` excludes, `@FILE` reads names from a file
     /// (repeatable).
@@ -316,7 +323,7 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
         connect_timeout,
         timeout: _,
     } = args;
-    let mut inv = Inventory::load(inventory)?;
+    let mut inv = Inventory::load_all(inventory)?;
     for warning in &inv.warnings {
         eprintln!("warning: {warning}");
     }

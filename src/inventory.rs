@@ -77,6 +77,21 @@ fn vars_of(raw: Option<RawVars>) -> Vars {
         .collect()
 }
 
+impl Group {
+    fn set_file(&mut self, path: &Path) {
+        let vars = self
+            .hosts
+            .values_mut()
+            .chain(std::iter::once(&mut self.vars));
+        for v in vars.flat_map(|v| v.values_mut()) {
+            v.file.get_or_insert_with(|| path.to_path_buf());
+        }
+        for c in self.children.values_mut() {
+            c.set_file(path);
+        }
+    }
+}
+
 impl From<RawGroup> for Group {
     fn from(raw: RawGroup) -> Group {
         Group {
@@ -193,18 +208,45 @@ impl Inventory {
     /// line that says something: `[group]` or `host key=value` is INI), with the
     /// `group_vars/` and `host_vars/` beside it.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let all = if crate::ini_inventory::looks_like_ini(&text) {
-            crate::ini_inventory::parse(path, &text)?
-        } else {
-            Inventory::parse_yaml(path, &text)?
+        Inventory::load_all(&[path.to_path_buf()])
+    }
+
+    /// Several inventories as one, as Ansible merges several `-i`: hosts and groups are
+    /// joined, a later file's values win, each file's `group_vars/` and `host_vars/` count.
+    pub fn load_all(paths: &[PathBuf]) -> Result<Inventory, InventoryError> {
+        let Some(first) = paths.first() else {
+            return Err(InventoryError::Structure {
+                path: PathBuf::from("-i"),
+                message: "no inventory given\nhint: pass -i FILE (or set RAMPART_INVENTORY)"
+                    .to_string(),
+            });
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let extra = crate::ini_inventory::vars_dirs(dir)?;
-        Inventory::build(path, all, extra)
+        let mut walk = Walk::default();
+        for (n, path) in paths.iter().enumerate() {
+            let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let mut all = if crate::ini_inventory::looks_like_ini(&text) {
+                crate::ini_inventory::parse(path, &text)?
+            } else {
+                Inventory::parse_yaml(path, &text)?
+            };
+            if n > 0 {
+                // Errors name the file a value came from.
+                all.set_file(path);
+            }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let extra = crate::ini_inventory::vars_dirs(dir)?;
+            for (g, vars) in extra.groups {
+                walk.extra.groups.entry(g).or_default().extend(vars);
+            }
+            for (h, vars) in extra.hosts {
+                walk.extra.hosts.entry(h).or_default().extend(vars);
+            }
+            walk.group("all", all, &[], 0, path)?;
+        }
+        walk.finish(first)
     }
 
     /// A YAML inventory's text (no `group_vars/` read).
@@ -1090,6 +1132,23 @@ all:
         assert!(inv.limit(&["pis:!nope".to_string()]).is_err());
         // A pattern that makes a backtracking matcher explode is a regex here.
         assert!(inv.limit(&["*a*a*a*a*a*a*a*a*c".to_string()]).is_err());
+    }
+
+    #[test]
+    fn several_inventories_merge_and_later_values_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.ini");
+        std::fs::write(&a, "web:\n  hosts:\n    w1: {port: 2201}\n").unwrap();
+        std::fs::write(&b, "[web]\nw1 port=2202\nw2\n[db]\nd1 port=banana\n").unwrap();
+        let err = Inventory::load_all(&[a.clone(), b.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&format!("{}:5:4:", b.display())), "{err}");
+        std::fs::write(&b, "[web]\nw1 port=2202\nw2\n").unwrap();
+        let inv = Inventory::load_all(&[a, b]).unwrap();
+        assert_eq!(inv.groups["web"], ["w1", "w2"]);
+        assert_eq!(inv.hosts[0].port, 2202);
     }
 
     #[test]
