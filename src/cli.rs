@@ -62,6 +62,14 @@ enum Command {
     /// print the local URL, and stay until Ctrl-C or SIGTERM (exit 0). The firewall never
     /// opens the agent's port: this is the way in.
     Tunnel(TunnelArgs),
+    /// Print a shell completion script: `rampart completions bash >
+    /// /etc/bash_completion.d/rampart` (also zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `rampart man > /usr/local/share/man/man1/rampart.1`.
+    Man,
 }
 
 /// Which hosts, and how to reach them.
@@ -250,6 +258,25 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "rampart", &mut std::io::stdout());
+            return Outcome::Ok.into();
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => Outcome::Ok.into(),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Outcome::Ok.into(),
+                Err(e) => {
+                    eprintln!("error: cannot write the manual page: {e}");
+                    Outcome::Failed.into()
+                }
+            };
+        }
+        _ => {}
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -274,6 +301,7 @@ pub fn main() -> ExitCode {
             }
             Command::Schedule(args) => crate::schedule::run(args),
             Command::Tunnel(args) => tunnel_command(args).await,
+            Command::Completions { .. } | Command::Man => Ok(Outcome::Ok),
         }
     });
     match result {

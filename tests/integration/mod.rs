@@ -9,6 +9,7 @@ mod fail_closed;
 mod hostile_fs;
 mod hostile_host;
 mod hostile_secrets;
+mod install;
 mod openclaw;
 mod report_html;
 mod report_machine;
