@@ -76,23 +76,18 @@ enum Command {
 #[derive(Debug, Args)]
 struct HostArgs {
     /// The inventory: Ansible's YAML or INI layout, with group_vars/ and host_vars/ beside
-    /// it (repeatable: several are merged, as Ansible does).
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        env = "RAMPART_INVENTORY",
-        required = true
-    )]
+    /// it (repeatable: several are merged, as Ansible does) [default: `inventory` in
+    /// ~/.config/rampart/rampart.toml].
+    #[arg(short, long, value_name = "FILE", env = "RAMPART_INVENTORY")]
     inventory: Vec<PathBuf>,
     /// Only these hosts or groups, with Ansible's syntax: names or globs separated by `,` or
     /// `:`, `&PATTERN` intersects, `!PATTERN` excludes, `@FILE` reads names from a file
     /// (repeatable).
     #[arg(short, long, value_name = "PATTERN")]
     limit: Vec<String>,
-    /// How many hosts run at once (1 to 4096).
-    #[arg(long, default_value_t = 64, value_parser = in_range::<usize>(1, MAX_FORKS))]
-    forks: usize,
+    /// How many hosts run at once (1 to 4096) [default: rampart.toml's `forks`, else 64].
+    #[arg(long, value_parser = in_range::<usize>(1, MAX_FORKS))]
+    forks: Option<usize>,
     /// The OpenSSH client config to read, as `ssh -F` [default: ~/.ssh/config, then
     /// /etc/ssh/ssh_config]. Inventory hosts are looked up in it as `ssh NAME` would.
     #[arg(short = 'F', long, value_name = "FILE", env = "RAMPART_SSH_CONFIG")]
@@ -105,14 +100,126 @@ struct HostArgs {
     /// A changed key is refused all the same.
     #[arg(long)]
     accept_new: bool,
-    /// Seconds to connect, exchange keys and log in (1 to 3600).
-    #[arg(long, default_value_t = 10, value_name = "SECS",
-          value_parser = in_range::<u64>(1, 3600))]
-    connect_timeout: u64,
+    /// Seconds to connect, exchange keys and log in (1 to 3600) [default: rampart.toml's
+    /// `connect_timeout`, else the ssh config's ConnectTimeout, else 10].
+    #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 3600))]
+    connect_timeout: Option<u64>,
     /// Seconds a remote script may run (1 to 604800, a week). Default 300, and 1800 for
     /// `apply`, whose script may install packages and the agent (minutes on a Pi).
     #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 604_800))]
     timeout: Option<u64>,
+}
+
+/// `--connect-timeout` when nothing says.
+const DEFAULT_CONNECT_TIMEOUT: u64 = 10;
+
+/// `--forks` when neither the command line nor rampart.toml says.
+const DEFAULT_FORKS: usize = 64;
+
+/// Defaults users would otherwise repeat: `rampart.toml` beside the (first) inventory, and
+/// `~/.config/rampart/rampart.toml` ($XDG_CONFIG_HOME). Paths in it are relative to the file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    inventory: Option<Inventories>,
+    known_hosts: Option<PathBuf>,
+    ssh_config: Option<PathBuf>,
+    forks: Option<usize>,
+    connect_timeout: Option<u64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Inventories {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl ConfigFile {
+    fn read(path: &std::path::Path) -> anyhow::Result<Option<ConfigFile>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        };
+        let mut config: ConfigFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}\nhint: rampart.toml knows `inventory`, `known_hosts`, `ssh_config`, `forks` and `connect_timeout`",
+                path.display()
+            )
+        })?;
+        if let Some(forks) = config.forks
+            && !(1..=MAX_FORKS).contains(&(forks as u64))
+        {
+            anyhow::bail!(
+                "{}: `forks = {forks}` is not from 1 to {MAX_FORKS}",
+                path.display()
+            );
+        }
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let fix = |p: PathBuf| -> PathBuf {
+            let text = p.to_string_lossy();
+            if let Some(rest) = text.strip_prefix("~/")
+                && let Some(home) = std::env::var_os("HOME")
+            {
+                PathBuf::from(home).join(rest)
+            } else if p.is_relative() {
+                dir.join(p)
+            } else {
+                p
+            }
+        };
+        config.inventory = config.inventory.map(|i| match i {
+            Inventories::One(p) => Inventories::Many(vec![fix(p)]),
+            Inventories::Many(v) => Inventories::Many(v.into_iter().map(fix).collect()),
+        });
+        config.known_hosts = config.known_hosts.map(fix);
+        config.ssh_config = config.ssh_config.map(fix);
+        Ok(Some(config))
+    }
+}
+
+impl HostArgs {
+    /// Fills what the command line (and the environment) left unset from rampart.toml files:
+    /// the one beside the inventory beats the user's.
+    fn apply_config_files(&mut self) -> anyhow::Result<()> {
+        let user_dir = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        let user = match user_dir {
+            Some(d) => ConfigFile::read(&d.join("rampart/rampart.toml"))?,
+            None => None,
+        };
+        if self.inventory.is_empty()
+            && let Some(Inventories::Many(list)) = user.as_ref().and_then(|u| u.inventory.as_ref())
+        {
+            self.inventory = list.clone();
+        }
+        if self.inventory.is_empty() {
+            anyhow::bail!(
+                "no inventory given\nhint: pass -i FILE, set RAMPART_INVENTORY, or write `inventory = \"FILE\"` in ~/.config/rampart/rampart.toml"
+            );
+        }
+        let beside = match self.inventory[0].parent() {
+            Some(d) => ConfigFile::read(&d.join("rampart.toml"))?,
+            None => None,
+        };
+        for config in [beside, user].into_iter().flatten() {
+            if self.known_hosts.is_none() {
+                self.known_hosts = config.known_hosts;
+            }
+            if self.ssh_config.is_none() {
+                self.ssh_config = config.ssh_config;
+            }
+            if self.forks.is_none() {
+                self.forks = config.forks;
+            }
+            if self.connect_timeout.is_none() {
+                self.connect_timeout = config.connect_timeout;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `--timeout`'s default for scripts that only read (facts, plan, drift, audit; an audit waits
@@ -359,6 +466,15 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
         &SshConfig::load(ssh_config.as_deref())?,
         known_hosts.is_some(),
     )?;
+    // `--connect-timeout` (or rampart.toml's) beats the ssh config's ConnectTimeout.
+    if connect_timeout.is_some() {
+        for host in &mut inv.hosts {
+            host.ssh.connect_timeout = None;
+            for hop in &mut host.jump {
+                hop.ssh.connect_timeout = None;
+            }
+        }
+    }
     let hosts: Vec<Host> = inv.limit(limit)?.into_iter().cloned().collect();
     // A run over no host would report a healthy fleet (exit 0, an all-clear Prometheus file).
     if hosts.is_empty() {
@@ -385,7 +501,7 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
     let options = ConnectOptions::new(
         known_hosts.clone().unwrap_or_else(default_known_hosts),
         *accept_new,
-        Duration::from_secs(*connect_timeout),
+        Duration::from_secs(connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
     );
     Ok((inv, hosts, options))
 }
@@ -421,10 +537,12 @@ struct HostFacts {
 }
 
 async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
+    let mut args = args;
+    args.hosts.apply_config_files()?;
     let (_, hosts, options) = resolve(&args.hosts)?;
     let options = std::sync::Arc::new(options);
     let timeout = Duration::from_secs(args.hosts.timeout.unwrap_or(READ_TIMEOUT));
-    let results = fleet::for_each_host(&hosts, args.hosts.forks, |host| {
+    let results = fleet::for_each_host(&hosts, args.hosts.forks.unwrap_or(DEFAULT_FORKS), |host| {
         let options = options.clone();
         async move { host_facts(host, &options, timeout).await }
     })
@@ -637,6 +755,8 @@ async fn playbook_command(
     apply: bool,
     inspect: Option<crate::inspect::Kind>,
 ) -> anyhow::Result<Outcome> {
+    let mut args = args;
+    args.hosts.apply_config_files()?;
     let PlaybookArgs {
         hosts: host_args,
         playbook,
@@ -698,7 +818,7 @@ async fn playbook_command(
             keep_backups,
             inspect,
         },
-        forks: host_args.forks,
+        forks: host_args.forks.unwrap_or(DEFAULT_FORKS),
     };
     let run = std::sync::Arc::new(run);
     let mut summary = crate::fleet::run_playbook(run.clone()).await;

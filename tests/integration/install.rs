@@ -52,3 +52,70 @@ fn bash_loads_the_completions_and_the_man_page_names_every_command() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `rampart.toml` supplies what users would repeat: the inventory (from the user's file), the
+/// known_hosts and forks (from the one beside the inventory); the command line beats both.
+#[test]
+fn rampart_toml_supplies_inventory_known_hosts_and_forks() {
+    let home = tempfile::tempdir().unwrap();
+    let fleet = home.path().join("fleet");
+    std::fs::create_dir_all(home.path().join("xdg/rampart")).unwrap();
+    std::fs::create_dir_all(&fleet).unwrap();
+    std::fs::write(
+        fleet.join("hosts.ini"),
+        format!(
+            "h50 ansible_host={} ansible_user=root ansible_ssh_private_key_file={}\n",
+            addr("h50"),
+            test_key().display()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(known_hosts(), fleet.join("known")).unwrap();
+    std::fs::write(
+        home.path().join("xdg/rampart/rampart.toml"),
+        "inventory = \"../../fleet/hosts.ini\"\nknown_hosts = \"/nonexistent\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        fleet.join("rampart.toml"),
+        "known_hosts = \"known\"\nforks = 3\n",
+    )
+    .unwrap();
+    let out = rampart(home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("xdg"))
+        .args(["facts", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(json(&out)["hosts"][0]["status"], "ok");
+    // The command line beats the file: a known_hosts without h50 refuses it.
+    let empty = home.path().join("empty_known");
+    std::fs::write(&empty, "").unwrap();
+    let out = rampart(home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("xdg"))
+        .args(["facts", "--format", "json", "--known-hosts"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["hosts"][0]["status"], "host key");
+    // An unknown key is an error naming the file.
+    std::fs::write(fleet.join("rampart.toml"), "forkz = 3\n").unwrap();
+    let out = rampart(home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("xdg"))
+        .args(["facts"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("rampart.toml") && stderr(&out).contains("forkz"),
+        "{}",
+        stderr(&out)
+    );
+}
