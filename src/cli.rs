@@ -85,6 +85,10 @@ struct HostArgs {
     /// (repeatable).
     #[arg(short, long, value_name = "PATTERN")]
     limit: Vec<String>,
+    /// Variables above every other, as Ansible's: `key=value ...`, a YAML/JSON mapping, or
+    /// `@FILE` (repeatable).
+    #[arg(short = 'e', long, value_name = "VARS")]
+    extra_vars: Vec<String>,
     /// How many hosts run at once (1 to 4096) [default: rampart.toml's `forks`, else 64].
     #[arg(long, value_parser = in_range::<usize>(1, MAX_FORKS))]
     forks: Option<usize>,
@@ -450,6 +454,7 @@ fn default_known_hosts() -> PathBuf {
 fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOptions)> {
     let HostArgs {
         inventory,
+        extra_vars,
         limit,
         forks: _,
         ssh_config,
@@ -458,7 +463,7 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
         connect_timeout,
         timeout: _,
     } = args;
-    let mut inv = Inventory::load_all(inventory)?;
+    let mut inv = Inventory::load_with(inventory, crate::ini_inventory::extra_vars(extra_vars)?)?;
     for warning in &inv.warnings {
         eprintln!("warning: {warning}");
     }

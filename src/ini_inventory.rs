@@ -462,6 +462,59 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// `-e/--extra-vars` values as Ansible reads them: `key=value ...` (values are strings), a
+/// YAML or JSON mapping (`{"k": 1}`), or `@FILE` holding one.
+pub fn extra_vars(args: &[String]) -> Result<Vars, InventoryError> {
+    let mut out = Vars::new();
+    for arg in args {
+        let arg = arg.trim();
+        if let Some(file) = arg.strip_prefix('@') {
+            out.extend(read_vars_file(Path::new(file))?);
+        } else if arg.starts_with('{') || arg.starts_with('[') {
+            let raw: IndexMap<String, Value> =
+                serde_saphyr::from_str(arg).map_err(|e| InventoryError::Syntax {
+                    path: PathBuf::from("-e"),
+                    message: format!("{e}\nhint: -e takes key=value, a YAML/JSON mapping or @FILE"),
+                })?;
+            for (k, v) in raw {
+                out.insert(
+                    k,
+                    Var {
+                        value: v,
+                        line: 1,
+                        column: 1,
+                        file: Some(PathBuf::from("-e")),
+                    },
+                );
+            }
+        } else {
+            for word in shlex(arg).map_err(|m| InventoryError::Syntax {
+                path: PathBuf::from("-e"),
+                message: m,
+            })? {
+                let Some((k, v)) = word.split_once('=') else {
+                    return Err(InventoryError::Syntax {
+                        path: PathBuf::from("-e"),
+                        message: format!(
+                            "`{word}` is not key=value\nhint: -e takes key=value, a YAML/JSON mapping or @FILE"
+                        ),
+                    });
+                };
+                out.insert(
+                    k.to_string(),
+                    Var {
+                        value: Value::String(v.to_string()),
+                        line: 1,
+                        column: 1,
+                        file: Some(PathBuf::from("-e")),
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn read_vars_file(path: &Path) -> Result<Vars, InventoryError> {
     let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
         path: path.to_path_buf(),

@@ -214,6 +214,12 @@ impl Inventory {
     /// Several inventories as one, as Ansible merges several `-i`: hosts and groups are
     /// joined, a later file's values win, each file's `group_vars/` and `host_vars/` count.
     pub fn load_all(paths: &[PathBuf]) -> Result<Inventory, InventoryError> {
+        Inventory::load_with(paths, Vars::new())
+    }
+
+    /// [`Inventory::load_all`] with `-e` variables, which beat every other (as Ansible's
+    /// extra vars do).
+    pub fn load_with(paths: &[PathBuf], extra_vars: Vars) -> Result<Inventory, InventoryError> {
         let Some(first) = paths.first() else {
             return Err(InventoryError::Structure {
                 path: PathBuf::from("-i"),
@@ -221,7 +227,10 @@ impl Inventory {
                     .to_string(),
             });
         };
-        let mut walk = Walk::default();
+        let mut walk = Walk {
+            extra_vars,
+            ..Walk::default()
+        };
         for (n, path) in paths.iter().enumerate() {
             let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
                 path: path.to_path_buf(),
@@ -657,6 +666,8 @@ struct Walk {
     groups: IndexMap<String, (usize, Vars, Vec<String>)>,
     /// `group_vars/` and `host_vars/` beside the inventory.
     extra: crate::ini_inventory::VarsDirs,
+    /// `-e`: above everything.
+    extra_vars: Vars,
     /// Group name -> parent groups.
     parents: HashMap<String, Vec<String>>,
 }
@@ -752,7 +763,8 @@ impl Walk {
             let layers = inline
                 .chain(files)
                 .chain(std::iter::once(own))
-                .chain(self.extra.hosts.get(name));
+                .chain(self.extra.hosts.get(name))
+                .chain(std::iter::once(&self.extra_vars));
             for layer in layers {
                 for (key, value) in layer {
                     // An Ansible alias and rampart's own name are one setting.
@@ -1149,6 +1161,29 @@ all:
         let inv = Inventory::load_all(&[a, b]).unwrap();
         assert_eq!(inv.groups["web"], ["w1", "w2"]);
         assert_eq!(inv.hosts[0].port, 2202);
+    }
+
+    #[test]
+    fn extra_vars_beat_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("hosts");
+        std::fs::write(&a, "w1 port=2201 note=inline\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("host_vars")).unwrap();
+        std::fs::write(dir.path().join("host_vars/w1.yml"), "note: file\n").unwrap();
+        let vars_file = dir.path().join("extra.yml");
+        std::fs::write(&vars_file, "ansible_port: 2203\n").unwrap();
+        let extra = crate::ini_inventory::extra_vars(&[
+            "note='from -e' other=x".to_string(),
+            r#"{"list": [1, 2]}"#.to_string(),
+            format!("@{}", vars_file.display()),
+        ])
+        .unwrap();
+        let inv = Inventory::load_with(&[a], extra).unwrap();
+        let w1 = &inv.hosts[0];
+        assert_eq!(w1.vars["note"].value, Value::from("from -e"));
+        assert_eq!(w1.vars["list"].value, serde_json::json!([1, 2]));
+        assert_eq!(w1.port, 2203);
+        assert!(crate::ini_inventory::extra_vars(&["novalue".to_string()]).is_err());
     }
 
     #[test]
