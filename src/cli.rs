@@ -354,6 +354,13 @@ struct FactsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = FactsFormat::Text)]
     format: FactsFormat,
+    /// Also write the facts to FILE (repeatable): JSON for `.json` or `json:FILE`, else
+    /// text. Opened before any host is touched, written atomically (mode 0600).
+    #[arg(short, long, value_name = "[FORMAT:]FILE")]
+    output: Vec<String>,
+    /// No progress on stderr (facts prints none; accepted like the other commands' `-q`).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -545,6 +552,20 @@ async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
     let mut args = args;
     args.hosts.apply_config_files()?;
     let (_, hosts, options) = resolve(&args.hosts)?;
+    let _ = args.quiet;
+    // Each file is opened before any host is touched: a bad path fails the run first.
+    let mut files = Vec::new();
+    for spec in &args.output {
+        let (format, path) = match spec.split_once(':') {
+            Some(("json", p)) => (FactsFormat::Json, p),
+            Some(("text", p)) => (FactsFormat::Text, p),
+            _ if spec.ends_with(".json") => (FactsFormat::Json, spec.as_str()),
+            _ => (FactsFormat::Text, spec.as_str()),
+        };
+        let file = crate::localfs::PendingWrite::create(std::path::Path::new(path))
+            .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
+        files.push((format, file));
+    }
     let options = std::sync::Arc::new(options);
     let timeout = Duration::from_secs(args.hosts.timeout.unwrap_or(READ_TIMEOUT));
     let results = fleet::for_each_host(&hosts, args.hosts.forks.unwrap_or(DEFAULT_FORKS), |host| {
@@ -553,14 +574,24 @@ async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
     })
     .await;
 
-    let mut out = std::io::stdout().lock();
-    match args.format {
-        FactsFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "hosts": results }))?;
-            writeln!(out)?;
+    let render = |format: FactsFormat| -> anyhow::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        match format {
+            FactsFormat::Json => {
+                serde_json::to_writer_pretty(&mut buf, &serde_json::json!({ "hosts": results }))?;
+                writeln!(buf)?;
+            }
+            FactsFormat::Text => write_facts_table(&mut buf, &results)?,
         }
-        FactsFormat::Text => write_facts_table(&mut out, &results)?,
+        Ok(buf)
+    };
+    for (format, file) in files {
+        let path = file.path().display().to_string();
+        file.commit(&render(format)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
     }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&render(args.format)?)?;
     out.flush()?;
     Ok(if results.iter().all(|r| r.status == "ok") {
         Outcome::Ok

@@ -119,3 +119,47 @@ fn rampart_toml_supplies_inventory_known_hosts_and_forks() {
         stderr(&out)
     );
 }
+
+/// `facts` writes files like the other commands: `-o x.json`, `-o text:FILE`, and `-q`.
+#[test]
+fn facts_writes_its_report_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(
+        dir.path(),
+        &[("h50", &format!("ansible_host: {}", addr("h50")))],
+    );
+    let json_file = dir.path().join("facts.json");
+    let text_file = dir.path().join("facts.out");
+    let out = rampart(dir.path())
+        .args(["facts", "-q", "--format", "json", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .arg("-o")
+        .arg(&json_file)
+        .arg("-o")
+        .arg(format!("text:{}", text_file.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_file).unwrap()).unwrap();
+    assert_eq!(written["hosts"][0]["status"], "ok");
+    assert_eq!(written["hosts"][0]["name"], json(&out)["hosts"][0]["name"]);
+    let text = std::fs::read_to_string(&text_file).unwrap();
+    assert!(
+        text.contains("h50") && !text.trim_start().starts_with('{'),
+        "{text}"
+    );
+    // A file that cannot be opened fails the run before any host is touched.
+    let out = rampart(dir.path())
+        .args(["facts", "-i"])
+        .arg(&inv)
+        .arg("--known-hosts")
+        .arg(known_hosts())
+        .args(["-o", "/nonexistent/dir/facts.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
