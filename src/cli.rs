@@ -459,6 +459,14 @@ fn default_known_hosts() -> PathBuf {
 
 /// The hosts chosen by `--limit`, and the options every connection of the run shares.
 fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOptions)> {
+    resolve_for(args, None)
+}
+
+/// [`resolve`] for a playbook: the `group_vars/` and `host_vars/` beside it count too.
+fn resolve_for(
+    args: &HostArgs,
+    playbook: Option<&std::path::Path>,
+) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOptions)> {
     let HostArgs {
         inventory,
         extra_vars,
@@ -470,7 +478,11 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
         connect_timeout,
         timeout: _,
     } = args;
-    let mut inv = Inventory::load_with(inventory, crate::ini_inventory::extra_vars(extra_vars)?)?;
+    let mut inv = Inventory::load_with(
+        inventory,
+        crate::ini_inventory::extra_vars(extra_vars)?,
+        playbook.and_then(std::path::Path::parent),
+    )?;
     for warning in &inv.warnings {
         eprintln!("warning: {warning}");
     }
@@ -829,7 +841,7 @@ async fn playbook_command(
         })?;
         pending.push((out.format, file));
     }
-    let (inventory, hosts, options) = resolve(&host_args)?;
+    let (inventory, hosts, options) = resolve_for(&host_args, Some(&playbook))?;
     let book = crate::playbook::Playbook::load(&playbook)?;
     let progress = crate::progress::Progress::new(hosts.len(), quiet);
     let run = crate::fleet::Run {

@@ -77,6 +77,18 @@ fn vars_of(raw: Option<RawVars>) -> Vars {
         .collect()
 }
 
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let a = if a.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        a
+    };
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 impl Group {
     fn set_file(&mut self, path: &Path) {
         let vars = self
@@ -214,12 +226,17 @@ impl Inventory {
     /// Several inventories as one, as Ansible merges several `-i`: hosts and groups are
     /// joined, a later file's values win, each file's `group_vars/` and `host_vars/` count.
     pub fn load_all(paths: &[PathBuf]) -> Result<Inventory, InventoryError> {
-        Inventory::load_with(paths, Vars::new())
+        Inventory::load_with(paths, Vars::new(), None)
     }
 
     /// [`Inventory::load_all`] with `-e` variables, which beat every other (as Ansible's
-    /// extra vars do).
-    pub fn load_with(paths: &[PathBuf], extra_vars: Vars) -> Result<Inventory, InventoryError> {
+    /// extra vars do), and the `group_vars/` and `host_vars/` beside the playbook (in
+    /// `playbook_dir`), which beat the inventory's for the same group or host.
+    pub fn load_with(
+        paths: &[PathBuf],
+        extra_vars: Vars,
+        playbook_dir: Option<&Path>,
+    ) -> Result<Inventory, InventoryError> {
         let Some(first) = paths.first() else {
             return Err(InventoryError::Structure {
                 path: PathBuf::from("-i"),
@@ -254,6 +271,27 @@ impl Inventory {
                 walk.extra.hosts.entry(h).or_default().extend(vars);
             }
             walk.group("all", all, &[], 0, path)?;
+        }
+        if let Some(dir) = playbook_dir {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            let inventory_dirs: Vec<&Path> = paths
+                .iter()
+                .map(|p| p.parent().unwrap_or(Path::new(".")))
+                .collect();
+            // The same folder is read once.
+            if !inventory_dirs.iter().any(|d| same_dir(d, dir)) {
+                let extra = crate::ini_inventory::vars_dirs(dir)?;
+                for (g, vars) in extra.groups {
+                    walk.extra.groups.entry(g).or_default().extend(vars);
+                }
+                for (h, vars) in extra.hosts {
+                    walk.extra.hosts.entry(h).or_default().extend(vars);
+                }
+            }
         }
         walk.finish(first)
     }
@@ -1178,12 +1216,31 @@ all:
             format!("@{}", vars_file.display()),
         ])
         .unwrap();
-        let inv = Inventory::load_with(&[a], extra).unwrap();
+        let inv = Inventory::load_with(&[a], extra, None).unwrap();
         let w1 = &inv.hosts[0];
         assert_eq!(w1.vars["note"].value, Value::from("from -e"));
         assert_eq!(w1.vars["list"].value, serde_json::json!([1, 2]));
         assert_eq!(w1.port, 2203);
         assert!(crate::ini_inventory::extra_vars(&["novalue".to_string()]).is_err());
+    }
+
+    #[test]
+    fn group_vars_beside_the_playbook_beat_the_inventorys() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv_dir = dir.path().join("inv");
+        let book_dir = dir.path().join("book");
+        std::fs::create_dir_all(inv_dir.join("group_vars")).unwrap();
+        std::fs::create_dir_all(book_dir.join("group_vars")).unwrap();
+        std::fs::write(inv_dir.join("hosts"), "[web]\nw1\n").unwrap();
+        std::fs::write(inv_dir.join("group_vars/web.yml"), "a: inv\nb: inv\n").unwrap();
+        std::fs::write(book_dir.join("group_vars/all.yml"), "a: book-all\n").unwrap();
+        std::fs::write(book_dir.join("group_vars/web.yml"), "b: book\n").unwrap();
+        let inv =
+            Inventory::load_with(&[inv_dir.join("hosts")], Vars::new(), Some(&book_dir)).unwrap();
+        let w1 = &inv.hosts[0];
+        // group_vars/web (either folder) beats group_vars/all; the playbook's beats the inventory's.
+        assert_eq!(w1.vars["a"].value, Value::from("inv"));
+        assert_eq!(w1.vars["b"].value, Value::from("book"));
     }
 
     #[test]
