@@ -163,3 +163,39 @@ fn facts_writes_its_report_files() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
 }
+
+/// `schedule --format json`: the job and its files, for tools that install them their way.
+#[test]
+fn schedule_prints_its_job_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("hosts.ini");
+    let book = dir.path().join("site.yaml");
+    std::fs::write(&inv, "w1\n").unwrap();
+    std::fs::write(&book, "steps: []\n").unwrap();
+    for (extra, scheduler, file) in [
+        (None, "systemd", "/etc/systemd/system/rampart-drift.service"),
+        (Some("--cron"), "cron", "/etc/cron.d/rampart-drift"),
+    ] {
+        let mut cmd = rampart(dir.path());
+        cmd.args(["schedule", "--format", "json", "-i"])
+            .arg(&inv)
+            .arg(&book);
+        if let Some(e) = extra {
+            cmd.arg(e);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let job = json(&out);
+        assert_eq!(job["scheduler"], scheduler);
+        assert_eq!(job["files"][0]["path"], file);
+        let command: Vec<&str> = job["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(command.contains(&"drift"), "{command:?}");
+        let content = job["files"][0]["content"].as_str().unwrap();
+        assert!(content.contains(inv.to_str().unwrap()), "{content}");
+    }
+}
