@@ -342,3 +342,145 @@ fn dash_f_replaces_the_user_config_and_bad_lines_are_named() {
         stderr(&out)
     );
 }
+
+/// Harder configs, resolved here and by `ssh -G` (which connects nowhere): Include with a
+/// glob, negated patterns, Match host/originalhost/user, `Key=value`, quotes, tokens,
+/// ProxyJump none, several IdentityFiles, first value wins across files.
+#[test]
+fn resolution_matches_ssh_dash_g_on_tricky_configs() {
+    let home = tempfile::tempdir().unwrap();
+    let ssh = home.path().join(".ssh");
+    std::fs::create_dir_all(ssh.join("conf.d")).unwrap();
+    std::fs::write(
+        ssh.join("conf.d/10-lab.conf"),
+        "Host *.lab !secret.lab\n  User lab\n  Port 2201\nHost secret.lab\n  Port 2299\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ssh.join("conf.d/20-more.conf"),
+        "Host *.lab\n  User ignored-second\n  IdentityFile ~/.ssh/lab_%r_%h\n",
+    )
+    .unwrap();
+    std::fs::write(ssh.join("conf.d/.hidden"), "Host *\n  User hidden\n").unwrap();
+    // An absolute Include: ssh expands `~` and relative paths with the passwd home, not
+    // $HOME, so a relative one would read the real ~/.ssh.
+    let config = format!(
+        "\
+# top
+Host=pi
+  HostName \"10.0.0.%h\"
+  Port=2022
+Host bastion?
+  HostName bastion.example.net
+  ProxyJump none
+Host *
+Include {}/conf.d/*.conf
+Match originalhost web* !originalhost web9
+  User webber
+  ProxyJump bastion1,admin@bastion2:2222
+Match host 10.0.0.*
+  IdentityFile ~/.ssh/pi_key
+Match user lab
+  IdentitiesOnly yes
+Host *
+  User fallback
+  IdentityFile ~/.ssh/id_default
+  ConnectTimeout 7
+",
+        ssh.display()
+    );
+    std::fs::write(ssh.join("config"), config).unwrap();
+    let parsed = SshConfig::load(Some(&ssh.join("config"))).unwrap();
+    let home_now = std::env::var("HOME").unwrap();
+    for host in [
+        "pi",
+        "bastion1",
+        "web1",
+        "web9",
+        "db.lab",
+        "secret.lab",
+        "other",
+    ] {
+        let out = Command::new("ssh")
+            .env("HOME", home.path())
+            .env("USER", "root")
+            .arg("-F")
+            .arg(ssh.join("config"))
+            .args(["-G", host])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh -G {host}: {}", stderr(&out));
+        let g = String::from_utf8_lossy(&out.stdout).to_string();
+        let get = |k: &str| -> Vec<String> {
+            g.lines()
+                .filter_map(|l| l.strip_prefix(&format!("{k} ")))
+                .map(|v| v.replacen('~', &home_now, 1))
+                .collect()
+        };
+        let r = parsed.resolve(host, None).unwrap();
+        let ctx = format!("{host}:\n{g}");
+        assert_eq!(
+            get("hostname"),
+            vec![r.hostname.clone().unwrap_or(host.to_string())],
+            "{ctx}"
+        );
+        assert_eq!(
+            get("user"),
+            vec![r.user.clone().unwrap_or("root".into())],
+            "{ctx}"
+        );
+        assert_eq!(get("port"), vec![r.port.unwrap_or(22).to_string()], "{ctx}");
+        let files: Vec<String> = r
+            .identity_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        // ssh -G prints IdentityFile's tokens as written; ssh expands %r and %h with the
+        // user and hostname it prints.
+        let (user, hostname) = (get("user")[0].clone(), get("hostname")[0].clone());
+        let expanded: Vec<String> = get("identityfile")
+            .iter()
+            .map(|f| f.replace("%r", &user).replace("%h", &hostname))
+            .collect();
+        assert_eq!(expanded, files, "{ctx}");
+        assert_eq!(
+            get("identitiesonly"),
+            vec![
+                if r.identities_only == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string()
+            ],
+            "{ctx}"
+        );
+        let jump = r.proxy_jump.clone().filter(|j| !j.is_empty());
+        assert_eq!(
+            get("proxyjump"),
+            jump.map(|j| vec![j.join(",")]).unwrap_or_default(),
+            "{ctx}"
+        );
+        // The cases say something (so the comparison above cannot pass by both being empty).
+        match host {
+            "db.lab" => assert_eq!(
+                (get("user"), get("port")),
+                (vec!["lab".into()], vec!["2201".into()])
+            ),
+            "secret.lab" => assert_eq!(get("port"), vec!["2299".to_string()]),
+            "web1" => assert_eq!(
+                get("proxyjump"),
+                vec!["bastion1,admin@bastion2:2222".to_string()]
+            ),
+            "pi" => assert_eq!(get("hostname"), vec!["10.0.0.pi".to_string()]),
+            _ => {}
+        }
+        assert_eq!(
+            get("connecttimeout"),
+            r.connect_timeout
+                .map(|t| vec![t.as_secs().to_string()])
+                .unwrap_or_else(|| vec!["none".into()]),
+            "{ctx}"
+        );
+    }
+}
