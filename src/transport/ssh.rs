@@ -709,7 +709,11 @@ async fn authenticate(
         }
     }
     let configured = !files.is_empty();
-    if !configured && !ep.ssh.identities_only {
+    // The inventory's own `identity` is the only key offered (rampart has always done so:
+    // a fleet key must not be preceded by every agent key up to sshd's MaxAuthTries), as
+    // `IdentitiesOnly yes` is for the ssh config's.
+    let only = ep.ssh.identities_only || ep.identity.is_some();
+    if !configured && !only {
         files = default_identities();
     }
     let publics: Vec<Option<PublicKey>> = files.iter().map(|f| public_half(f)).collect();
@@ -724,7 +728,7 @@ async fn authenticate(
     let mut agent_offers: Vec<Offer> = Vec::new();
     for (cert, comment) in &agent_certs {
         let key = PublicKey::new(cert.public_key().clone(), "");
-        if wanted(&key) || !ep.ssh.identities_only {
+        if wanted(&key) || !only {
             agent_offers.push(Offer::AgentCert(Box::new(cert.clone()), comment.clone()));
         }
     }
@@ -733,7 +737,7 @@ async fn authenticate(
             agent_offers.push(Offer::AgentKey(key.clone(), comment.clone()));
         }
     }
-    if !ep.ssh.identities_only {
+    if !only {
         for (key, comment) in &agent_keys {
             if !wanted(key) {
                 agent_offers.push(Offer::AgentKey(key.clone(), comment.clone()));
