@@ -253,6 +253,7 @@ const PLAYBOOK: &str = "steps:\n  - name: marker folder\n    directory: {path: /
 
 #[test]
 fn an_ini_inventory_of_a_host_range_with_group_and_host_vars_converges() {
+    let _hosts = super::ssh_config::hosts_lock();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let first = addr("h50");

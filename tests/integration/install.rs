@@ -57,6 +57,7 @@ fn bash_loads_the_completions_and_the_man_page_names_every_command() {
 /// known_hosts and forks (from the one beside the inventory); the command line beats both.
 #[test]
 fn rampart_toml_supplies_inventory_known_hosts_and_forks() {
+    let _hosts = super::ssh_config::hosts_lock();
     let home = tempfile::tempdir().unwrap();
     let fleet = home.path().join("fleet");
     std::fs::create_dir_all(home.path().join("xdg/rampart")).unwrap();
@@ -123,6 +124,7 @@ fn rampart_toml_supplies_inventory_known_hosts_and_forks() {
 /// `facts` writes files like the other commands: `-o x.json`, `-o text:FILE`, and `-q`.
 #[test]
 fn facts_writes_its_report_files() {
+    let _hosts = super::ssh_config::hosts_lock();
     let dir = tempfile::tempdir().unwrap();
     let inv = write_inventory(
         dir.path(),

@@ -12,6 +12,14 @@ use super::common::*;
 
 const HOSTS: &[&str] = &["h50", "h51", "h52", "h53"];
 
+/// h50..h53 are shared by the tests of ssh_config, ansible_inventory and install: one at a
+/// time (one of them makes them fresh).
+pub static HOSTS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn hosts_lock() -> std::sync::MutexGuard<'static, ()> {
+    HOSTS_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn testbed(args: &[&str]) {
     let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/testbed"))
         .args(args)
@@ -123,6 +131,7 @@ const PLAYBOOK: &str = "steps:\n  - name: marker folder\n    directory: {path: /
 
 #[test]
 fn ssh_config_aliases_two_hop_jump_and_one_bastion_connection_for_twenty_targets() {
+    let _hosts = hosts_lock();
     testbed(&["fresh", "h50", "h51", "h52", "h53"]);
     prepare_hosts();
     let config = config_for_aliases();
@@ -483,4 +492,159 @@ Host *
             "{ctx}"
         );
     }
+}
+
+fn keygen(args: &[&str]) {
+    let out = Command::new("ssh-keygen").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        stderr(&out)
+    );
+}
+
+/// A user certificate is used, from ssh-agent and from `KEY-cert.pub` beside an identity
+/// file: h53 trusts only the CA (the key itself is authorized nowhere), so only the
+/// certificate can log in.
+#[test]
+fn user_certificates_log_in_from_the_agent_and_from_a_cert_file() {
+    let _hosts = hosts_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = d.join("ca");
+    let user = d.join("user");
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-f", ca.to_str().unwrap()]);
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        user.to_str().unwrap(),
+    ]);
+    keygen(&[
+        "-q",
+        "-s",
+        ca.to_str().unwrap(),
+        "-I",
+        "rampart-test",
+        "-n",
+        "root",
+        "-V",
+        "+1h",
+        &format!("{}.pub", user.display()),
+    ]);
+    assert!(d.join("user-cert.pub").exists());
+    let ca_pub = std::fs::read_to_string(format!("{}.pub", ca.display())).unwrap();
+    ssh_root(
+        "h53",
+        &format!(
+            "printf '%s\\n' '{}' > /etc/ssh/rampart_test_ca.pub && \
+             (grep -q '^TrustedUserCAKeys' /etc/ssh/sshd_config || echo 'TrustedUserCAKeys /etc/ssh/rampart_test_ca.pub' >> /etc/ssh/sshd_config) && \
+             systemctl restart ssh",
+            ca_pub.trim()
+        ),
+    );
+    let user_pub = std::fs::read_to_string(format!("{}.pub", user.display())).unwrap();
+    let key_b64 = user_pub.split_whitespace().nth(1).unwrap().to_string();
+    assert!(
+        !ssh_root("h53", "cat /root/.ssh/authorized_keys").contains(&key_b64),
+        "the user key itself must not be authorized"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let inv = d.join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  hosts:\n    h53: {{ansible_host: {}, ansible_user: root}}\n",
+            addr("h53")
+        ),
+    )
+    .unwrap();
+
+    // 1. From ssh-agent (an agent this test starts, on its own socket).
+    let sock = d.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while !sock.exists() && waited < 500 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    let added = Command::new("ssh-add")
+        .env("SSH_AUTH_SOCK", &sock)
+        .arg(&user)
+        .output()
+        .unwrap();
+    let listed = Command::new("ssh-add")
+        .env("SSH_AUTH_SOCK", &sock)
+        .arg("-l")
+        .output()
+        .unwrap();
+    let facts = |extra_env: Option<&Path>| {
+        let mut cmd = rampart(home.path());
+        if let Some(sock) = extra_env {
+            cmd.env("SSH_AUTH_SOCK", sock);
+        }
+        cmd.args(["facts", "--format", "json", "-i"])
+            .arg(&inv)
+            .arg("--known-hosts")
+            .arg(known_hosts())
+            .output()
+            .unwrap()
+    };
+    let out = facts(Some(&sock));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(added.status.success(), "ssh-add: {}", stderr(&added));
+    assert!(
+        stdout(&listed).contains("CERT"),
+        "the agent holds the certificate: {}",
+        stdout(&listed)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(json(&out)["hosts"][0]["status"], "ok");
+    let log = ssh_root(
+        "h53",
+        "journalctl -u ssh --no-pager -o cat | grep -c 'Accepted publickey for root .*ED25519-CERT.*rampart-test' || true",
+    );
+    assert!(
+        log.trim().parse::<u32>().unwrap() >= 1,
+        "no certificate login in h53's log: {log}"
+    );
+
+    // 2. From `KEY-cert.pub` beside the inventory's identity (no agent).
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  hosts:\n    h53: {{ansible_host: {}, ansible_user: root, ansible_ssh_private_key_file: {}}}\n",
+            addr("h53"),
+            user.display()
+        ),
+    )
+    .unwrap();
+    let out = facts(None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // Without the certificate file the key alone is refused.
+    std::fs::remove_file(d.join("user-cert.pub")).unwrap();
+    let out = facts(None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(json(&out)["hosts"][0]["status"], "auth");
 }
