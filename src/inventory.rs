@@ -483,9 +483,8 @@ impl Inventory {
             let r = config
                 .resolve(&lookup, explicit_user.as_deref())
                 .map_err(config_error)?;
-            if !has("address") {
-                host.address = r.hostname.clone().unwrap_or(lookup);
-            }
+            // The address (or name) is what `ssh` is given: the config's HostName maps it.
+            host.address = r.hostname.clone().unwrap_or(lookup);
             if !has("port")
                 && let Some(port) = r.port
             {
@@ -1241,6 +1240,79 @@ all:
         // group_vars/web (either folder) beats group_vars/all; the playbook's beats the inventory's.
         assert_eq!(w1.vars["a"].value, Value::from("inv"));
         assert_eq!(w1.vars["b"].value, Value::from("book"));
+    }
+
+    #[test]
+    fn ssh_config_fills_unset_settings_and_builds_jump_chains() {
+        let config = SshConfig::parse_str(
+            Path::new("config"),
+            "Host pi\n  HostName 10.0.0.5\n  User pi\n  Port 2022\n  ProxyJump gw\n\
+             Host gw\n  HostName 192.0.2.1\n  ProxyJump edge\n\
+             Host edge\n  User jumper\n\
+             Host deep\n  ProxyJump a,b\n\
+             Host a\n  ProxyJump a-own-jump\n\
+             Host b\n  ProxyJump ignored-for-the-last-hop\n\
+             Host loop1\n  ProxyJump loop2\nHost loop2\n  ProxyJump loop1\n",
+        )
+        .unwrap();
+        let mut inv = parse(
+            "all:\n  hosts:\n    pi:\n    deep:\n    vps: {ansible_host: 198.51.100.7, ansible_user: admin, jump: pi}\n    pinned: {ansible_host: pi, ansible_port: 22}\n",
+        );
+        inv.apply_ssh_config(&config, false).unwrap();
+        let host = |n: &str| inv.hosts.iter().find(|h| h.name == n).unwrap().clone();
+        let pi = host("pi");
+        assert_eq!(
+            (pi.address.as_str(), pi.port, pi.user.as_str()),
+            ("10.0.0.5", 2022, "pi")
+        );
+        assert!(pi.become_root, "a login other than root becomes root");
+        // pi's ProxyJump gw, whose own ProxyJump edge is honoured.
+        let hops: Vec<(String, String)> = pi
+            .jump
+            .iter()
+            .map(|e| (e.address.clone(), e.user.clone()))
+            .collect();
+        assert_eq!(
+            hops,
+            [
+                ("edge".into(), "jumper".into()),
+                ("192.0.2.1".into(), "pi".into())
+            ]
+        );
+        // `a,b` as `ssh -J a,b` reaches it (`ssh -J a -W … b`): the first hop's own ProxyJump
+        // applies, the last hop's is overridden by the list.
+        let deep: Vec<String> = host("deep")
+            .jump
+            .iter()
+            .map(|e| e.address.clone())
+            .collect();
+        assert_eq!(deep, ["a-own-jump", "a", "b"]);
+        // The inventory's `jump` names an inventory host: its chain, then it.
+        let vps: Vec<String> = host("vps").jump.iter().map(|e| e.address.clone()).collect();
+        assert_eq!(vps, ["edge", "192.0.2.1", "10.0.0.5"]);
+        assert_eq!(
+            host("vps").user,
+            "admin",
+            "the inventory's user beats the config's"
+        );
+        // The inventory's own values win over the config's.
+        assert_eq!(host("pinned").port, 22);
+        assert_eq!(host("pinned").address, "10.0.0.5");
+        // A loop of ProxyJumps is an error, not a hang.
+        let mut looped = parse("all:\n  hosts:\n    loop1:\n");
+        let err = looped
+            .apply_ssh_config(&config, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loop1") && err.contains("deep"), "{err}");
+        // An inventory `jump` loop too.
+        let err = Inventory::parse(
+            Path::new("inv.yaml"),
+            "all:\n  hosts:\n    hx: {jump: hy}\n    hy: {jump: hx}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("loop"), "{err}");
     }
 
     #[test]
