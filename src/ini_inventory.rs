@@ -55,6 +55,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Group, InventoryError> {
     let mut group = "ungrouped".to_string();
     let mut state = "hosts";
     let mut child_of: HashMap<String, Vec<String>> = HashMap::new();
+    // Groups seen only in `[name:vars]` so far (with the line), and groups defined.
+    let mut vars_only: IndexMap<String, usize> = IndexMap::new();
+    let mut defined: std::collections::HashSet<String> =
+        ["all".to_string(), "ungrouped".to_string()].into();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         let line = raw.trim();
@@ -87,6 +91,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Group, InventoryError> {
             };
             group = name.to_string();
             decls.entry(group.clone()).or_default();
+            if state == "vars" {
+                vars_only.entry(group.clone()).or_insert(n);
+            } else {
+                vars_only.shift_remove(&group);
+                defined.insert(group.clone());
+            }
             continue;
         }
         let at = |col: usize, value: Value| Var {
@@ -146,6 +156,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Group, InventoryError> {
                     decl.children.push(child);
                 }
             }
+        }
+    }
+    // As Ansible: `[name:vars]` for a group nothing defines is an error (a typo).
+    for (g, line) in &vars_only {
+        if !defined.contains(g) && !child_of.contains_key(g) {
+            return Err(syntax(
+                path,
+                *line,
+                format!("`[{g}:vars]` is for a group that no `[{g}]` or `[…:children]` defines"),
+            ));
         }
     }
     for (child, parents) in &child_of {
@@ -590,5 +610,8 @@ mod tests {
         assert_eq!(prod.children["db"].vars["x"].value, Value::from(1));
         assert!(!g.children.contains_key("web"), "web is under prod only");
         assert!(parse(Path::new("h"), "[a:children]\nnope\n").is_err());
+        assert!(parse(Path::new("h"), "[web]\nw1\n[wbe:vars]\nx=1\n").is_err());
+        assert!(parse(Path::new("h"), "[web:vars]\nx=1\n[web]\nw1\n").is_ok());
+        assert!(parse(Path::new("h"), "[all:vars]\nx=1\n").is_ok());
     }
 }
