@@ -18,6 +18,7 @@ use crate::facts::{self, Facts};
 use crate::fleet;
 use crate::inventory::{Host, Inventory};
 use crate::transport::ssh::ConnectOptions;
+use crate::transport::ssh_config::SshConfig;
 use crate::transport::{Session, StatsSnapshot};
 
 /// Declarative hardening provisioner and fleet controller over SSH.
@@ -73,6 +74,14 @@ enum Command {
     /// Undo `quarantine`: remove its firewall table and start the agent again. Exit 0 every host
     /// released, 1 otherwise.
     Release(IncidentArgs),
+    /// Print a shell completion script: `rampart completions bash >
+    /// /etc/bash_completion.d/rampart` (also zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `rampart man > /usr/local/share/man/man1/rampart.1`.
+    Man,
 }
 
 /// The hosts of `quarantine` and `release`.
@@ -125,30 +134,155 @@ struct CollectArgs {
 /// Which hosts, and how to reach them.
 #[derive(Debug, Args)]
 struct HostArgs {
-    /// The inventory (Ansible's YAML layout).
-    #[arg(short, long, value_name = "FILE")]
-    inventory: PathBuf,
-    /// Only these hosts or groups (names or globs, comma-separated; repeatable).
+    /// The inventory: Ansible's YAML or INI layout, with group_vars/ and host_vars/ beside
+    /// it (repeatable: several are merged, as Ansible does) [default: `inventory` in
+    /// ~/.config/rampart/rampart.toml].
+    #[arg(short, long, value_name = "FILE", env = "RAMPART_INVENTORY")]
+    inventory: Vec<PathBuf>,
+    /// Only these hosts or groups, with Ansible's syntax: names or globs separated by `,` or
+    /// `:`, `&PATTERN` intersects, `!PATTERN` excludes, `@FILE` reads names from a file
+    /// (repeatable).
     #[arg(short, long, value_name = "PATTERN")]
     limit: Vec<String>,
-    /// How many hosts run at once (1 to 4096).
-    #[arg(long, default_value_t = 64, value_parser = in_range::<usize>(1, MAX_FORKS))]
-    forks: usize,
-    /// The known_hosts file host keys are checked against [default: ~/.ssh/known_hosts].
+    /// Variables above every other, as Ansible's: `key=value ...`, a YAML/JSON mapping, or
+    /// `@FILE` (repeatable).
+    #[arg(short = 'e', long, value_name = "VARS")]
+    extra_vars: Vec<String>,
+    /// How many hosts run at once (1 to 4096) [default: rampart.toml's `forks`, else 64].
+    #[arg(long, value_parser = in_range::<usize>(1, MAX_FORKS))]
+    forks: Option<usize>,
+    /// The OpenSSH client config to read, as `ssh -F` [default: ~/.ssh/config, then
+    /// /etc/ssh/ssh_config]. Inventory hosts are looked up in it as `ssh NAME` would.
+    #[arg(short = 'F', long, value_name = "FILE", env = "RAMPART_SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
+    /// The known_hosts file host keys are checked against [default: the ssh config's
+    /// UserKnownHostsFile, else ~/.ssh/known_hosts].
     #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_HOSTS")]
     known_hosts: Option<PathBuf>,
     /// Record the keys of hosts not yet in known_hosts (hashed) instead of refusing them.
     /// A changed key is refused all the same.
     #[arg(long)]
     accept_new: bool,
-    /// Seconds to connect, exchange keys and log in (1 to 3600).
-    #[arg(long, default_value_t = 10, value_name = "SECS",
-          value_parser = in_range::<u64>(1, 3600))]
-    connect_timeout: u64,
+    /// Seconds to connect, exchange keys and log in (1 to 3600) [default: rampart.toml's
+    /// `connect_timeout`, else the ssh config's ConnectTimeout, else 10].
+    #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 3600))]
+    connect_timeout: Option<u64>,
     /// Seconds a remote script may run (1 to 604800, a week). Default 300, 600 for `collect`,
     /// and 1800 for `apply`, whose script may install packages and the agent (minutes on a Pi).
     #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 604_800))]
     timeout: Option<u64>,
+}
+
+/// `--connect-timeout` when nothing says.
+const DEFAULT_CONNECT_TIMEOUT: u64 = 10;
+
+/// `--forks` when neither the command line nor rampart.toml says.
+const DEFAULT_FORKS: usize = 64;
+
+/// Defaults users would otherwise repeat: `rampart.toml` beside the (first) inventory, and
+/// `~/.config/rampart/rampart.toml` ($XDG_CONFIG_HOME). Paths in it are relative to the file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    inventory: Option<Inventories>,
+    known_hosts: Option<PathBuf>,
+    ssh_config: Option<PathBuf>,
+    forks: Option<usize>,
+    connect_timeout: Option<u64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Inventories {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl ConfigFile {
+    fn read(path: &std::path::Path) -> anyhow::Result<Option<ConfigFile>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        };
+        let mut config: ConfigFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}\nhint: rampart.toml knows `inventory`, `known_hosts`, `ssh_config`, `forks` and `connect_timeout`",
+                path.display()
+            )
+        })?;
+        if let Some(forks) = config.forks
+            && !(1..=MAX_FORKS).contains(&(forks as u64))
+        {
+            anyhow::bail!(
+                "{}: `forks = {forks}` is not from 1 to {MAX_FORKS}",
+                path.display()
+            );
+        }
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let fix = |p: PathBuf| -> PathBuf {
+            let text = p.to_string_lossy();
+            if let Some(rest) = text.strip_prefix("~/")
+                && let Some(home) = std::env::var_os("HOME")
+            {
+                PathBuf::from(home).join(rest)
+            } else if p.is_relative() {
+                dir.join(p)
+            } else {
+                p
+            }
+        };
+        config.inventory = config.inventory.map(|i| match i {
+            Inventories::One(p) => Inventories::Many(vec![fix(p)]),
+            Inventories::Many(v) => Inventories::Many(v.into_iter().map(fix).collect()),
+        });
+        config.known_hosts = config.known_hosts.map(fix);
+        config.ssh_config = config.ssh_config.map(fix);
+        Ok(Some(config))
+    }
+}
+
+impl HostArgs {
+    /// Fills what the command line (and the environment) left unset from rampart.toml files:
+    /// the one beside the inventory beats the user's.
+    fn apply_config_files(&mut self) -> anyhow::Result<()> {
+        let user_dir = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        let user = match user_dir {
+            Some(d) => ConfigFile::read(&d.join("rampart/rampart.toml"))?,
+            None => None,
+        };
+        if self.inventory.is_empty()
+            && let Some(Inventories::Many(list)) = user.as_ref().and_then(|u| u.inventory.as_ref())
+        {
+            self.inventory = list.clone();
+        }
+        if self.inventory.is_empty() {
+            anyhow::bail!(
+                "no inventory given\nhint: pass -i FILE, set RAMPART_INVENTORY, or write `inventory = \"FILE\"` in ~/.config/rampart/rampart.toml"
+            );
+        }
+        let beside = match self.inventory[0].parent() {
+            Some(d) => ConfigFile::read(&d.join("rampart.toml"))?,
+            None => None,
+        };
+        for config in [beside, user].into_iter().flatten() {
+            if self.known_hosts.is_none() {
+                self.known_hosts = config.known_hosts;
+            }
+            if self.ssh_config.is_none() {
+                self.ssh_config = config.ssh_config;
+            }
+            if self.forks.is_none() {
+                self.forks = config.forks;
+            }
+            if self.connect_timeout.is_none() {
+                self.connect_timeout = config.connect_timeout;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `--timeout`'s default for scripts that only read (facts, plan, drift, audit; an audit waits
@@ -279,6 +413,13 @@ struct FactsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = FactsFormat::Text)]
     format: FactsFormat,
+    /// Also write the facts to FILE (repeatable): JSON for `.json` or `json:FILE`, else
+    /// text. Opened before any host is touched, written atomically (mode 0600).
+    #[arg(short, long, value_name = "[FORMAT:]FILE")]
+    output: Vec<String>,
+    /// No progress on stderr (facts prints none; accepted like the other commands' `-q`).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -294,6 +435,25 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "rampart", &mut std::io::stdout());
+            return Outcome::Ok.into();
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => Outcome::Ok.into(),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Outcome::Ok.into(),
+                Err(e) => {
+                    eprintln!("error: cannot write the manual page: {e}");
+                    Outcome::Failed.into()
+                }
+            };
+        }
+        _ => {}
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -321,6 +481,7 @@ pub fn main() -> ExitCode {
             Command::Collect(args) => collect_command(args).await,
             Command::Quarantine(args) => quarantine_command(args, true).await,
             Command::Release(args) => quarantine_command(args, false).await,
+            Command::Completions { .. } | Command::Man => Ok(Outcome::Ok),
         }
     });
     match result {
@@ -360,16 +521,46 @@ fn default_known_hosts() -> PathBuf {
 
 /// The hosts chosen by `--limit`, and the options every connection of the run shares.
 fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOptions)> {
+    resolve_for(args, None)
+}
+
+/// [`resolve`] for a playbook: the `group_vars/` and `host_vars/` beside it count too.
+fn resolve_for(
+    args: &HostArgs,
+    playbook: Option<&std::path::Path>,
+) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOptions)> {
     let HostArgs {
         inventory,
+        extra_vars,
         limit,
         forks: _,
+        ssh_config,
         known_hosts,
         accept_new,
         connect_timeout,
         timeout: _,
     } = args;
-    let inv = Inventory::load(inventory)?;
+    let mut inv = Inventory::load_with(
+        inventory,
+        crate::ini_inventory::extra_vars(extra_vars)?,
+        playbook.and_then(std::path::Path::parent),
+    )?;
+    for warning in &inv.warnings {
+        eprintln!("warning: {warning}");
+    }
+    inv.apply_ssh_config(
+        &SshConfig::load(ssh_config.as_deref())?,
+        known_hosts.is_some(),
+    )?;
+    // `--connect-timeout` (or rampart.toml's) beats the ssh config's ConnectTimeout.
+    if connect_timeout.is_some() {
+        for host in &mut inv.hosts {
+            host.ssh.connect_timeout = None;
+            for hop in &mut host.jump {
+                hop.ssh.connect_timeout = None;
+            }
+        }
+    }
     let hosts: Vec<Host> = inv.limit(limit)?.into_iter().cloned().collect();
     // A run over no host would report a healthy fleet (exit 0, an all-clear Prometheus file).
     if hosts.is_empty() {
@@ -396,7 +587,7 @@ fn resolve(args: &HostArgs) -> anyhow::Result<(Inventory, Vec<Host>, ConnectOpti
     let options = ConnectOptions::new(
         known_hosts.clone().unwrap_or_else(default_known_hosts),
         *accept_new,
-        Duration::from_secs(*connect_timeout),
+        Duration::from_secs(connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
     );
     Ok((inv, hosts, options))
 }
@@ -432,23 +623,49 @@ struct HostFacts {
 }
 
 async fn facts_command(args: FactsArgs) -> anyhow::Result<Outcome> {
+    let mut args = args;
+    args.hosts.apply_config_files()?;
     let (_, hosts, options) = resolve(&args.hosts)?;
+    let _ = args.quiet;
+    // Each file is opened before any host is touched: a bad path fails the run first.
+    let mut files = Vec::new();
+    for spec in &args.output {
+        let (format, path) = match spec.split_once(':') {
+            Some(("json", p)) => (FactsFormat::Json, p),
+            Some(("text", p)) => (FactsFormat::Text, p),
+            _ if spec.ends_with(".json") => (FactsFormat::Json, spec.as_str()),
+            _ => (FactsFormat::Text, spec.as_str()),
+        };
+        let file = crate::localfs::PendingWrite::create(std::path::Path::new(path))
+            .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
+        files.push((format, file));
+    }
     let options = std::sync::Arc::new(options);
     let timeout = Duration::from_secs(args.hosts.timeout.unwrap_or(READ_TIMEOUT));
-    let results = fleet::for_each_host(&hosts, args.hosts.forks, |host| {
+    let results = fleet::for_each_host(&hosts, args.hosts.forks.unwrap_or(DEFAULT_FORKS), |host| {
         let options = options.clone();
         async move { host_facts(host, &options, timeout).await }
     })
     .await;
 
-    let mut out = std::io::stdout().lock();
-    match args.format {
-        FactsFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "hosts": results }))?;
-            writeln!(out)?;
+    let render = |format: FactsFormat| -> anyhow::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        match format {
+            FactsFormat::Json => {
+                serde_json::to_writer_pretty(&mut buf, &serde_json::json!({ "hosts": results }))?;
+                writeln!(buf)?;
+            }
+            FactsFormat::Text => write_facts_table(&mut buf, &results)?,
         }
-        FactsFormat::Text => write_facts_table(&mut out, &results)?,
+        Ok(buf)
+    };
+    for (format, file) in files {
+        let path = file.path().display().to_string();
+        file.commit(&render(format)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
     }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&render(args.format)?)?;
     out.flush()?;
     Ok(if results.iter().all(|r| r.status == "ok") {
         Outcome::Ok
@@ -648,6 +865,8 @@ async fn playbook_command(
     apply: bool,
     inspect: Option<crate::inspect::Kind>,
 ) -> anyhow::Result<Outcome> {
+    let mut args = args;
+    args.hosts.apply_config_files()?;
     let PlaybookArgs {
         hosts: host_args,
         playbook,
@@ -684,7 +903,7 @@ async fn playbook_command(
         })?;
         pending.push((out.format, file));
     }
-    let (inventory, hosts, options) = resolve(&host_args)?;
+    let (inventory, hosts, options) = resolve_for(&host_args, Some(&playbook))?;
     let book = crate::playbook::Playbook::load(&playbook)?;
     let progress = crate::progress::Progress::new(hosts.len(), quiet);
     let run = crate::fleet::Run {
@@ -709,7 +928,7 @@ async fn playbook_command(
             keep_backups,
             inspect,
         },
-        forks: host_args.forks,
+        forks: host_args.forks.unwrap_or(DEFAULT_FORKS),
     };
     let run = std::sync::Arc::new(run);
     let mut summary = crate::fleet::run_playbook(run.clone()).await;
@@ -830,7 +1049,12 @@ struct TunnelArgs {
     /// OpenClaw, 18860 for agent_flavor: starter].
     #[arg(long, value_name = "PORT")]
     agent_port: Option<u16>,
-    /// The known_hosts file host keys are checked against [default: ~/.ssh/known_hosts].
+    /// The OpenSSH client config to read, as `ssh -F` [default: ~/.ssh/config, then
+    /// /etc/ssh/ssh_config]. Inventory hosts are looked up in it as `ssh NAME` would.
+    #[arg(short = 'F', long, value_name = "FILE", env = "RAMPART_SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
+    /// The known_hosts file host keys are checked against [default: the ssh config's
+    /// UserKnownHostsFile, else ~/.ssh/known_hosts].
     #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_HOSTS")]
     known_hosts: Option<PathBuf>,
     /// Record the key of a host not yet in known_hosts (hashed) instead of refusing it.
@@ -848,11 +1072,16 @@ async fn tunnel_command(args: TunnelArgs) -> anyhow::Result<Outcome> {
         host,
         port,
         agent_port,
+        ssh_config,
         known_hosts,
         accept_new,
         connect_timeout,
     } = args;
-    let inv = Inventory::load(&inventory)?;
+    let mut inv = Inventory::load(&inventory)?;
+    inv.apply_ssh_config(
+        &SshConfig::load(ssh_config.as_deref())?,
+        known_hosts.is_some(),
+    )?;
     let Some(target) = inv.hosts.iter().find(|h| h.name == host).cloned() else {
         let known: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
         anyhow::bail!(
@@ -880,6 +1109,7 @@ async fn collect_command(args: CollectArgs) -> anyhow::Result<Outcome> {
         changed_days,
         format,
     } = args;
+    hosts.apply_config_files()?;
     hosts.limit.extend(targets);
     let (_, selected, mut options) = resolve(&hosts)?;
     options.max_output = max_size << 20;
@@ -903,7 +1133,7 @@ async fn collect_command(args: CollectArgs) -> anyhow::Result<Outcome> {
         ..Default::default()
     };
     let shared = std::sync::Arc::new((options, output, limits));
-    let results = fleet::for_each_host(&selected, hosts.forks, |host| {
+    let results = fleet::for_each_host(&selected, hosts.forks.unwrap_or(DEFAULT_FORKS), |host| {
         let shared = shared.clone();
         async move {
             let (options, dir, limits) = &*shared;
@@ -957,11 +1187,12 @@ async fn quarantine_command(args: IncidentArgs, quarantine: bool) -> anyhow::Res
         deadman_seconds,
         format,
     } = args;
+    hosts.apply_config_files()?;
     hosts.limit.extend(targets);
     let (_, selected, options) = resolve(&hosts)?;
     let timeout = Duration::from_secs(hosts.timeout.unwrap_or(READ_TIMEOUT));
     let options = std::sync::Arc::new(options);
-    let results = fleet::for_each_host(&selected, hosts.forks, |host| {
+    let results = fleet::for_each_host(&selected, hosts.forks.unwrap_or(DEFAULT_FORKS), |host| {
         let options = options.clone();
         async move {
             crate::incident::quarantine::run_host(

@@ -16,6 +16,7 @@ pub mod glob;
 mod hostile_output;
 pub mod hostvars;
 pub mod incident;
+pub mod ini_inventory;
 pub mod inspect;
 pub mod inventory;
 #[cfg(test)]

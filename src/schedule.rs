@@ -77,6 +77,60 @@ pub struct ScheduleArgs {
     /// Where --install --cron writes the cron.d file.
     #[arg(long, value_name = "DIR", default_value = "/etc/cron.d")]
     pub cron_dir: PathBuf,
+    /// What to print without --install: the files as text, or (json) the job and each file's
+    /// path and content: `{"name", "scheduler": "systemd"|"cron", "when": {"calendar",
+    /// "randomized_delay"} | {"cron"}, "user", "command": [...], "inventory", "playbook",
+    /// "textfile", "json", "known_hosts", "files": [{"path", "content"}]}`.
+    #[arg(long, value_enum, default_value_t = ScheduleFormat::Text)]
+    pub format: ScheduleFormat,
+}
+
+/// `rampart schedule --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleFormat {
+    Text,
+    Json,
+}
+
+/// The job and its files as JSON (`--format json`).
+fn job_json(job: &Job) -> serde_json::Value {
+    let (scheduler, when, files) = match &job.when {
+        When::Systemd { calendar, delay } => (
+            "systemd",
+            serde_json::json!({"calendar": calendar, "randomized_delay": delay}),
+            vec![
+                (
+                    format!("/etc/systemd/system/{}.service", job.name),
+                    service_unit(job),
+                ),
+                (
+                    format!("/etc/systemd/system/{}.timer", job.name),
+                    timer_unit(job),
+                ),
+            ],
+        ),
+        When::Cron(time) => (
+            "cron",
+            serde_json::json!({"cron": time}),
+            vec![(format!("/etc/cron.d/{}", job.name), cron_file(job))],
+        ),
+    };
+    serde_json::json!({
+        "name": job.name,
+        "scheduler": scheduler,
+        "when": when,
+        "user": job.user,
+        "command": job.args(),
+        "inventory": job.inventory,
+        "playbook": job.playbook,
+        "textfile": job.textfile,
+        "json": job.json,
+        "known_hosts": job.known_hosts,
+        "files": files
+            .into_iter()
+            .map(|(path, content)| serde_json::json!({"path": path, "content": content}))
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// When the drift runs, for the chosen scheduler.
@@ -113,7 +167,14 @@ struct Install {
 
 pub fn run(args: ScheduleArgs) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let format = args.format;
     let (job, install) = resolve(args, exe)?;
+    if !install.enabled && format == ScheduleFormat::Json {
+        let mut text = serde_json::to_string_pretty(&job_json(&job))?;
+        text.push('\n');
+        std::io::stdout().write_all(text.as_bytes())?;
+        return Ok(Outcome::Ok);
+    }
     if !install.enabled {
         let text = match job.when {
             When::Systemd { .. } => print_systemd(&job),
@@ -146,6 +207,7 @@ fn resolve(args: ScheduleArgs, exe: PathBuf) -> anyhow::Result<(Job, Install)> {
         no_enable,
         unit_dir,
         cron_dir,
+        format: _,
     } = args;
     let existing = |what: &str, p: &Path| -> anyhow::Result<PathBuf> {
         let abs = absolute(p)?;

@@ -8,6 +8,7 @@
 pub mod known_hosts;
 pub mod local;
 pub mod ssh;
+pub mod ssh_config;
 
 use std::future::Future;
 use std::sync::Arc;

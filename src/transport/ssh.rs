@@ -12,7 +12,7 @@ use std::time::Duration;
 use russh::client::{self, Handle};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
-use russh::keys::ssh_key::{HashAlg, PrivateKey, PublicKey};
+use russh::keys::ssh_key::{Certificate, HashAlg, PrivateKey, PublicKey};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 
@@ -23,7 +23,7 @@ use super::{ExecError, ExecOutput, Session, Stats};
 pub const PASSPHRASE_ENV: &str = "RAMPART_KEY_PASSPHRASE";
 
 /// One SSH login: where, as whom, with which key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// The inventory name, for messages.
     pub name: String,
@@ -33,6 +33,28 @@ pub struct Endpoint {
     pub user: String,
     /// An identity file; `None` means the agent, then `~/.ssh/id_{ed25519,ecdsa,rsa}`.
     pub identity: Option<PathBuf>,
+    /// What the operator's ssh config adds.
+    pub ssh: FromConfig,
+}
+
+/// What an endpoint takes from the operator's OpenSSH config (`~/.ssh/config`, `-F`) beyond
+/// address, port, login and the inventory's identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct FromConfig {
+    /// `IdentityFile`s, offered after `identity` (OpenSSH offers the agent's keys and then
+    /// these).
+    pub identities: Vec<PathBuf>,
+    /// `IdentitiesOnly yes`: only the configured files (and the agent's copies of them).
+    pub identities_only: bool,
+    /// `UserKnownHostsFile`, when `--known-hosts` does not say.
+    pub known_hosts: Option<PathBuf>,
+    /// `StrictHostKeyChecking accept-new` (or `no`): record unknown keys, as `--accept-new`.
+    pub accept_new: Option<bool>,
+    /// `ProxyCommand` (tokens expanded): run locally with `sh -c`, its stdin and stdout carry
+    /// the connection.
+    pub proxy_command: Option<String>,
+    /// `ConnectTimeout`.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl Endpoint {
@@ -42,11 +64,13 @@ impl Endpoint {
     }
 }
 
-/// A host to reach, maybe through a bastion (like OpenSSH's ProxyJump).
+/// A host to reach, maybe through bastions (like OpenSSH's ProxyJump).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub endpoint: Endpoint,
-    pub jump: Option<Endpoint>,
+    /// Jump hosts, the first one reached first; empty for a direct connection. A run opens ONE
+    /// connection to each bastion (per chain that leads to it), shared by every target behind it.
+    pub jump: Vec<Endpoint>,
 }
 
 /// How to connect: shared by every connection of a run.
@@ -61,6 +85,7 @@ pub struct ConnectOptions {
     /// command's channel is closed and the exec fails ([`ExecError::OutputTooLarge`]).
     pub max_output: u64,
     keys: KeyCache,
+    jumps: JumpPool,
 }
 
 impl ConnectOptions {
@@ -71,6 +96,7 @@ impl ConnectOptions {
             connect_timeout,
             max_output: super::DEFAULT_MAX_OUTPUT,
             keys: KeyCache::default(),
+            jumps: JumpPool::default(),
         }
     }
 }
@@ -176,6 +202,9 @@ pub enum ConnectError {
         #[source]
         source: Box<ConnectError>,
     },
+    /// A failure shared by every target behind one bastion.
+    #[error(transparent)]
+    Shared(Arc<ConnectError>),
     /// rampart's own bug (a panic) while connecting or gathering facts.
     #[error("{message}")]
     Bug { message: String },
@@ -224,6 +253,7 @@ impl ConnectError {
                 "for an encrypted key set {PASSPHRASE_ENV} or run from a terminal, or load it into ssh-agent"
             )),
             ConnectError::Jump { source, .. } => source.hint(),
+            ConnectError::Shared(inner) => inner.hint(),
             ConnectError::Bug { .. } => Some(crate::untrusted::PANIC_HINT.to_string()),
             _ => None,
         }
@@ -240,6 +270,7 @@ impl ConnectError {
             | ConnectError::HostCertificate { .. } => "host key",
             ConnectError::AuthRefused { .. } | ConnectError::Identity { .. } => "auth",
             ConnectError::Jump { source, .. } => source.kind(),
+            ConnectError::Shared(inner) => inner.kind(),
             _ => "error",
         }
     }
@@ -380,8 +411,9 @@ fn client_config() -> Arc<client::Config> {
 /// An authenticated connection to one host.
 pub struct SshSession {
     handle: Handle<HostKeyCheck>,
-    /// Kept open for as long as the target connection runs through it.
-    _jump: Option<Handle<HostKeyCheck>>,
+    /// Kept open for as long as the target connection runs through it (shared with the
+    /// other targets behind the same bastion).
+    _jump: Option<SharedHandle>,
     stats: Arc<Stats>,
     /// The identity that was accepted, e.g. `agent: key comment` or a file path.
     pub authenticated_with: String,
@@ -393,61 +425,198 @@ pub struct SshSession {
     pub host_key_fingerprint: String,
 }
 
-/// Connects to `target`, through its jump host if it has one.
+/// A byte stream an SSH connection runs over: TCP, a channel of a jump host, or a
+/// ProxyCommand's stdin and stdout.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type SharedHandle = Arc<Handle<HostKeyCheck>>;
+type Cell = Arc<tokio::sync::OnceCell<Result<SharedHandle, Arc<ConnectError>>>>;
+
+/// The run's connections to jump hosts, one per chain of hops: every target behind a bastion
+/// shares its one connection (64 targets at once must not hit the bastion's MaxStartups). A
+/// bastion that could not be reached is not tried again in the same run; one whose connection
+/// has since ended is.
+#[derive(Default)]
+struct JumpPool {
+    cells: Mutex<HashMap<Vec<Endpoint>, Cell>>,
+}
+
+impl JumpPool {
+    fn cell(&self, chain: &[Endpoint]) -> Cell {
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = cells.entry(chain.to_vec()).or_default();
+        if let Some(Ok(handle)) = cell.get()
+            && handle.is_closed()
+        {
+            *cell = Cell::default();
+        }
+        cell.clone()
+    }
+
+    /// The connection to the last hop of `chain`, made through the ones before it.
+    fn bastion<'a>(
+        &'a self,
+        chain: &'a [Endpoint],
+        options: &'a ConnectOptions,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<SharedHandle, ConnectError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let cell = self.cell(chain);
+            let result = cell
+                .get_or_init(|| async {
+                    let Some((last, before)) = chain.split_last() else {
+                        return Err(Arc::new(ConnectError::Bug {
+                            message: "a jump chain with no hop".to_string(),
+                        }));
+                    };
+                    let wrap = |source: ConnectError| {
+                        Arc::new(ConnectError::Jump {
+                            jump: last.display(),
+                            source: Box::new(source),
+                        })
+                    };
+                    let stream: Box<dyn Io> = if before.is_empty() {
+                        open_stream(last).await.map_err(wrap)?
+                    } else {
+                        let prev = self.bastion(before, options).await.map_err(Arc::new)?;
+                        through(&prev, last).await.map_err(wrap)?
+                    };
+                    let (handle, used, _) = handshake(stream, last, options).await.map_err(wrap)?;
+                    tracing::debug!(jump = %last.display(), %used, "connected to jump host");
+                    Ok(Arc::new(handle))
+                })
+                .await;
+            match result {
+                Ok(handle) => Ok(handle.clone()),
+                Err(e) => Err(ConnectError::Shared(e.clone())),
+            }
+        })
+    }
+}
+
+/// A direct-tcpip channel from `via` to `ep`.
+async fn through(via: &SharedHandle, ep: &Endpoint) -> Result<Box<dyn Io>, ConnectError> {
+    let channel = via
+        .channel_open_direct_tcpip(ep.address.clone(), u32::from(ep.port), "127.0.0.1", 0)
+        .await
+        .map_err(|e| ConnectError::Protocol {
+            addr: format!("{}:{}", ep.address, ep.port),
+            message: format!("the jump host could not open a connection: {e}"),
+        })?;
+    Ok(Box::new(channel.into_stream()))
+}
+
+/// TCP to the endpoint, or its ProxyCommand.
+async fn open_stream(ep: &Endpoint) -> Result<Box<dyn Io>, ConnectError> {
+    match ep.ssh.proxy_command.as_deref() {
+        Some(command) if !command.is_empty() => {
+            let addr = format!("{}:{}", ep.address, ep.port);
+            let mut child = tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(command)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| ConnectError::Unreachable {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+                return Err(ConnectError::Bug {
+                    message: "ProxyCommand without pipes".to_string(),
+                });
+            };
+            Ok(Box::new(ProxyStream {
+                io: tokio::io::join(stdout, stdin),
+                _child: child,
+            }))
+        }
+        _ => Ok(Box::new(tcp_connect(&ep.address, ep.port).await?)),
+    }
+}
+
+/// A ProxyCommand's pipes; the command is killed when the connection is dropped.
+struct ProxyStream {
+    io: tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>,
+    _child: tokio::process::Child,
+}
+
+impl tokio::io::AsyncRead for ProxyStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ProxyStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Connects to `target`, through its jump hosts if it has any (sharing the run's one
+/// connection to each bastion).
 pub async fn connect(
     target: &Target,
     options: &ConnectOptions,
 ) -> Result<SshSession, ConnectError> {
     let ep = &target.endpoint;
+    let after = ep.ssh.connect_timeout.unwrap_or(options.connect_timeout);
     let work = async {
-        match &target.jump {
-            None => {
-                let stream = tcp_connect(&ep.address, ep.port).await?;
-                let (handle, used, fp) = handshake(stream, ep, options).await?;
-                Ok(SshSession {
-                    host_key_fingerprint: fp,
-                    handle,
-                    _jump: None,
-                    stats: Arc::default(),
-                    authenticated_with: used,
-                    host: ep.name.clone(),
-                    max_output: options.max_output,
-                })
-            }
-            Some(jump) => {
-                let wrap = |source: ConnectError| ConnectError::Jump {
-                    jump: jump.display(),
+        let (stream, jump) = if target.jump.is_empty() {
+            (open_stream(ep).await?, None)
+        } else {
+            let bastion = options.jumps.bastion(&target.jump, options).await?;
+            let stream = through(&bastion, ep)
+                .await
+                .map_err(|source| ConnectError::Jump {
+                    jump: target
+                        .jump
+                        .last()
+                        .map(Endpoint::display)
+                        .unwrap_or_default(),
                     source: Box::new(source),
-                };
-                let stream = tcp_connect(&jump.address, jump.port).await.map_err(wrap)?;
-                let (jump_handle, _, _) = handshake(stream, jump, options).await.map_err(wrap)?;
-                let channel = jump_handle
-                    .channel_open_direct_tcpip(ep.address.clone(), ep.port as u32, "127.0.0.1", 0)
-                    .await
-                    .map_err(|e| {
-                        wrap(ConnectError::Protocol {
-                            addr: format!("{}:{}", ep.address, ep.port),
-                            message: format!("the jump host could not open a connection: {e}"),
-                        })
-                    })?;
-                let (handle, used, fp) = handshake(channel.into_stream(), ep, options).await?;
-                Ok(SshSession {
-                    host_key_fingerprint: fp,
-                    handle,
-                    _jump: Some(jump_handle),
-                    stats: Arc::default(),
-                    authenticated_with: used,
-                    host: ep.name.clone(),
-                    max_output: options.max_output,
-                })
-            }
-        }
+                })?;
+            (stream, Some(bastion))
+        };
+        let (handle, used, fp) = handshake(stream, ep, options).await?;
+        Ok(SshSession {
+            host_key_fingerprint: fp,
+            handle,
+            _jump: jump,
+            stats: Arc::default(),
+            authenticated_with: used,
+            host: ep.name.clone(),
+            max_output: options.max_output,
+        })
     };
-    tokio::time::timeout(options.connect_timeout, work)
+    tokio::time::timeout(after, work)
         .await
         .map_err(|_| ConnectError::Timeout {
             addr: format!("{}:{}", ep.address, ep.port),
-            after: options.connect_timeout,
+            after,
         })?
 }
 
@@ -482,8 +651,12 @@ where
         verified: verified.clone(),
         host: ep.address.clone(),
         port: ep.port,
-        known_hosts: options.known_hosts.clone(),
-        accept_new: options.accept_new,
+        known_hosts: ep
+            .ssh
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| options.known_hosts.clone()),
+        accept_new: options.accept_new || ep.ssh.accept_new == Some(true),
         refusal: refusal.clone(),
     };
     let addr = format!("{}:{}", ep.address, ep.port);
@@ -531,74 +704,132 @@ async fn authenticate(
         Some(_) => AgentClient::connect_env().await.ok(),
         None => None,
     };
-    let agent_keys: Vec<(PublicKey, String)> = match agent.as_mut() {
-        Some(agent) => agent
-            .request_identities()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|id| match id {
-                AgentIdentity::PublicKey { key, comment } => Some((key, comment)),
-                AgentIdentity::Certificate { .. } => None,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-
-    let files: Vec<PathBuf> = match &ep.identity {
-        Some(path) => vec![path.clone()],
-        None => default_identities(),
-    };
-    // With no identity configured, every agent key is offered first.
-    let mut agent_offers: Vec<(PublicKey, String)> = if ep.identity.is_none() {
-        agent_keys.clone()
-    } else {
-        Vec::new()
-    };
-    // A configured identity that the agent holds is signed by the agent (no passphrase).
-    let mut file_offers = Vec::new();
-    for path in files {
-        let public = public_half(&path);
-        match public.and_then(|p| {
-            agent_keys
-                .iter()
-                .find(|(k, _)| k.key_data() == p.key_data())
-        }) {
-            Some(held) if ep.identity.is_some() => agent_offers.push(held.clone()),
-            _ => file_offers.push(path),
-        }
-    }
-
-    for (key, comment) in agent_offers {
-        let label = format!("agent key {comment}");
-        tried.push(label.clone());
-        let hash = if key.algorithm().is_rsa() {
-            rsa_hash
-        } else {
-            None
-        };
-        if let Some(agent) = agent.as_mut() {
-            match handle
-                .authenticate_publickey_with(ep.user.clone(), key, hash, agent)
-                .await
-            {
-                Ok(result) if result.success() => return Ok(label),
-                Ok(_) => {}
-                Err(e) => tracing::debug!("agent could not sign: {e}"),
+    let mut agent_keys: Vec<(PublicKey, String)> = Vec::new();
+    let mut agent_certs: Vec<(Certificate, String)> = Vec::new();
+    if let Some(agent) = agent.as_mut() {
+        for id in agent.request_identities().await.unwrap_or_default() {
+            match id {
+                AgentIdentity::PublicKey { key, comment } => agent_keys.push((key, comment)),
+                AgentIdentity::Certificate {
+                    certificate,
+                    comment,
+                } => agent_certs.push((certificate, comment)),
             }
         }
     }
+
+    // The inventory's identity, then the ssh config's IdentityFiles; with none (and without
+    // IdentitiesOnly) the default key files.
+    let mut files: Vec<PathBuf> = ep.identity.iter().cloned().collect();
+    for f in &ep.ssh.identities {
+        if !files.contains(f) {
+            files.push(f.clone());
+        }
+    }
+    let configured = !files.is_empty();
+    // The inventory's own `identity` is the only key offered (rampart has always done so:
+    // a fleet key must not be preceded by every agent key up to sshd's MaxAuthTries), as
+    // `IdentitiesOnly yes` is for the ssh config's.
+    let only = ep.ssh.identities_only || ep.identity.is_some();
+    if !configured && !only {
+        files = default_identities();
+    }
+    let publics: Vec<Option<PublicKey>> = files.iter().map(|f| public_half(f)).collect();
+    let wanted = |key: &PublicKey| {
+        publics
+            .iter()
+            .flatten()
+            .any(|p| p.key_data() == key.key_data())
+    };
+    // Agent keys: the configured ones first (signed by the agent, no passphrase), then, unless
+    // IdentitiesOnly, every other agent key. Certificates the agent holds go with their key.
+    let mut agent_offers: Vec<Offer> = Vec::new();
+    for (cert, comment) in &agent_certs {
+        let key = PublicKey::new(cert.public_key().clone(), "");
+        if wanted(&key) || !only {
+            agent_offers.push(Offer::AgentCert(Box::new(cert.clone()), comment.clone()));
+        }
+    }
+    for (key, comment) in &agent_keys {
+        if wanted(key) {
+            agent_offers.push(Offer::AgentKey(key.clone(), comment.clone()));
+        }
+    }
+    if !only {
+        for (key, comment) in &agent_keys {
+            if !wanted(key) {
+                agent_offers.push(Offer::AgentKey(key.clone(), comment.clone()));
+            }
+        }
+    }
+    let held = |p: &Option<PublicKey>| {
+        p.as_ref()
+            .is_some_and(|p| agent_keys.iter().any(|(k, _)| k.key_data() == p.key_data()))
+    };
+    let file_offers: Vec<PathBuf> = files
+        .iter()
+        .zip(&publics)
+        .filter(|(_, p)| !held(p))
+        .map(|(f, _)| f.clone())
+        .collect();
+
+    let hash_for = |alg: russh::keys::Algorithm| if alg.is_rsa() { rsa_hash } else { None };
+    for offer in agent_offers {
+        let Some(agent) = agent.as_mut() else { break };
+        let (label, outcome) = match offer {
+            Offer::AgentKey(key, comment) => {
+                let hash = hash_for(key.algorithm());
+                (
+                    format!("agent key {comment}"),
+                    handle
+                        .authenticate_publickey_with(ep.user.clone(), key, hash, agent)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            Offer::AgentCert(cert, comment) => {
+                let hash = hash_for(cert.algorithm());
+                (
+                    format!("agent certificate {comment}"),
+                    handle
+                        .authenticate_certificate_with(ep.user.clone(), *cert, hash, agent)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+        };
+        tried.push(label.clone());
+        match outcome {
+            Ok(result) if result.success() => return Ok(label),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("agent could not sign: {e}"),
+        }
+    }
     for path in file_offers {
-        if ep.identity.is_none() && !path.exists() {
+        if !path.exists() && ep.identity.as_ref() != Some(&path) {
+            // OpenSSH skips a missing IdentityFile from the config (it warns); the inventory's
+            // own `identity` must exist.
+            tracing::debug!("identity file {} does not exist", path.display());
             continue;
         }
         let key = options.keys.load(&path).await?;
+        // `KEY-cert.pub` beside the key: the certificate is offered first, as OpenSSH does.
+        let mut cert_path = path.as_os_str().to_owned();
+        cert_path.push("-cert.pub");
+        if let Ok(text) = std::fs::read_to_string(PathBuf::from(&cert_path))
+            && let Ok(cert) = Certificate::from_openssh(text.trim())
+        {
+            tried.push(format!("{} (certificate)", path.display()));
+            let result = handle
+                .authenticate_openssh_cert(ep.user.clone(), key.clone(), cert)
+                .await
+                .map_err(protocol)?;
+            if result.success() {
+                return Ok(format!("{} (certificate)", path.display()));
+            }
+        }
         tried.push(path.display().to_string());
-        let hash = if key.algorithm().is_rsa() {
-            rsa_hash
-        } else {
-            None
-        };
+        let hash = hash_for(key.algorithm());
         let result = handle
             .authenticate_publickey(ep.user.clone(), PrivateKeyWithHashAlg::new(key, hash))
             .await
@@ -611,6 +842,12 @@ async fn authenticate(
         login: format!("{}@{}", ep.user, addr),
         tried,
     })
+}
+
+/// What one authentication attempt offers.
+enum Offer {
+    AgentKey(PublicKey, String),
+    AgentCert(Box<Certificate>, String),
 }
 
 fn default_identities() -> Vec<PathBuf> {

@@ -194,8 +194,9 @@ pub async fn session_as(
             port: 22,
             user: user.into(),
             identity: Some(identity.to_path_buf()),
+            ..Endpoint::default()
         },
-        jump: None,
+        jump: Vec::new(),
     };
     let options = ConnectOptions::new(known_hosts(), false, std::time::Duration::from_secs(10));
     ssh::connect(&target, &options)

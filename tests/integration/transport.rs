@@ -247,8 +247,9 @@ fn target(host: &str, user: &str, identity: Option<&Path>) -> Target {
             port: 22,
             user: user.into(),
             identity: identity.map(Path::to_path_buf),
+            ..Endpoint::default()
         },
-        jump: None,
+        jump: Vec::new(),
     }
 }
 
