@@ -564,12 +564,54 @@ impl WireGuard {
             s = s.then(enable_script(true));
         }
         if restart {
-            s = s.then(systemctl("restart"));
+            s = s.then(start_bounded("restart"));
         } else if has(F_STATE) {
-            s = s.then(systemctl("start"));
+            s = s.then(start_bounded("start"));
         }
         s.raw(") || exit 1\n")
     }
+}
+
+/// Seconds the apply waits for `wg-quick@IF` to come up before it fails, naming the unit.
+const START_WAIT_SECS: u32 = 60;
+
+/// Starts or restarts the unit in `$n` without blocking on `network-online.target`, and waits
+/// a bounded time for it. `wg-quick@.service` wants and is ordered after that target, which
+/// `systemd-networkd-wait-online` holds for up to 2 minutes (until its timeout) on a host
+/// whose links networkd does not manage, longer than an apply's command timeout. The apply
+/// runs over SSH, so the host's network is demonstrably up: while the target is not reached
+/// the job ignores the unit's dependencies (`--job-mode=ignore-dependencies`). The job is
+/// queued with `--no-block` and polled: a unit still starting after [`START_WAIT_SECS`] is an
+/// error that names it and its pending jobs, not a hang.
+fn start_bounded(action: &str) -> Script {
+    Script::new()
+        .raw(
+            "jm=\n\
+             if [ \"$(systemctl is-active network-online.target 2>/dev/null)\" != active ]; then\n\
+             \x20 jm=--job-mode=ignore-dependencies\n\
+             fi\n\
+             systemctl ",
+        )
+        .raw(action)
+        .raw(" --no-block $jm -- \"$n\" || die \"systemctl ")
+        .raw(action)
+        .raw(&format!(
+            " $n failed\"\n\
+             i=0\n\
+             while [ -n \"$(systemctl show -p Job --value -- \"$n\" 2>/dev/null)\" ]; do\n\
+             \x20 i=$((i + 1))\n\
+             \x20 if [ \"$i\" -gt {polls} ]; then\n\
+             \x20   systemctl list-jobs --no-pager >&2 || true\n\
+             \x20   die \"$n did not come up within {START_WAIT_SECS} s (its start job is still waiting; see the jobs above: a unit it is ordered after, such as network-online.target, may be holding it)\"\n\
+             \x20 fi\n\
+             \x20 sleep 0.2\n\
+             done\n\
+             if [ \"$(systemctl show -p ActiveState --value -- \"$n\" 2>/dev/null)\" != active ]; then\n\
+             \x20 systemctl status --no-pager --lines=15 -- \"$n\" >&2 || true\n\
+             \x20 die \"$n failed to start\"\n\
+             fi\n",
+            polls = START_WAIT_SECS * 5
+        ))
 }
 
 impl Resource for WireGuard {

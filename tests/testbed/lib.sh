@@ -34,15 +34,26 @@ flavour_rootfs() {
 
 # Registers qemu-user-static's binfmt handler for ARCH (arm64) with the kernel, so that the
 # arm64 image's programs run here (debootstrap's second stage, and every container of that
-# flavour). The F flag makes the kernel open the interpreter once, at registration: it then
-# works inside chroots and containers, which do not have it. scripts/setup installs it.
+# flavour). Flags: F makes the kernel open the interpreter once, at registration, so that it
+# works inside chroots and containers, which do not have it; C gives a setuid program its
+# owner's rights (without it `sudo` in an arm64 host says "effective uid is not 0"). Debian's
+# file has POF: C is added, and a handler registered without it is registered again.
+# scripts/setup installs qemu-user-static.
 ensure_binfmt() {
-    local name=qemu-${1/arm64/aarch64} d=/proc/sys/fs/binfmt_misc
-    [ -f "/usr/lib/binfmt.d/$name.conf" ] || die "no /usr/lib/binfmt.d/$name.conf; hint: apt-get install qemu-user-static (scripts/setup)"
+    local name=qemu-${1/arm64/aarch64} d=/proc/sys/fs/binfmt_misc conf
+    conf=/usr/lib/binfmt.d/$name.conf
+    [ -f "$conf" ] || die "no $conf; hint: apt-get install qemu-user-static (scripts/setup)"
     mountpoint -q "$d" || mount -t binfmt_misc binfmt_misc "$d"
-    [ -e "$d/$name" ] || grep -v '^#' "/usr/lib/binfmt.d/$name.conf" >"$d/register"
+    if [ -e "$d/$name" ] && ! grep -q '^flags:.*C' "$d/$name"; then
+        echo -1 >"$d/$name"
+    fi
+    if [ ! -e "$d/$name" ]; then
+        # :name:type:offset:magic:mask:interpreter:flags
+        grep -v '^#' "$conf" | sed 's/:\([A-Z]*\)$/:\1C/' | sed 's/C\(.*\)C$/C\1/' >"$d/register"
+    fi
     grep -qx enabled "$d/$name" || die "the binfmt handler $name is not enabled; hint: echo 1 >$d/$name"
-    grep -q '^flags:.*F' "$d/$name" || die "the binfmt handler $name lacks the F flag (containers cannot find the interpreter); hint: re-register it from /usr/lib/binfmt.d/$name.conf"
+    grep -q '^flags:.*F' "$d/$name" && grep -q '^flags:.*C' "$d/$name" ||
+        die "the binfmt handler $name lacks the F or C flag; hint: echo -1 >$d/$name, then testbed again"
 }
 
 log() { printf 'testbed: %s\n' "$*" >&2; }
