@@ -33,6 +33,7 @@ for t in nft wg wg-quick auditctl sshd sudo systemctl; do
 done
 if command -v auditctl >/dev/null 2>&1 && auditctl -s >/dev/null 2>&1; then a=yes; else a=no; fi
 printf 'audit_usable=%s\n' "$a"
+if command -v ssh >/dev/null 2>&1; then printf 'ssh_kex=%s\n' "$(ssh -Q kex 2>/dev/null | tr '\n' ' ')"; fi
 for f in /etc/wireguard/*.key; do
   [ -r "$f" ] || continue
   i=${f##*/}; i=${i%.key}
@@ -61,6 +62,9 @@ pub struct Facts {
     pub tools: Tools,
     /// Whether `auditctl -s` talks to the kernel's audit system (never inside a container).
     pub audit_usable: bool,
+    /// The key exchanges the host's OpenSSH knows (`ssh -Q kex`; sshd is of the same
+    /// package), so that a playbook offers `mlkem768x25519-sha256` only where sshd has it.
+    pub ssh_kex: Vec<String>,
     /// WireGuard interfaces with a key in /etc/wireguard (readable as root) -> public key.
     /// Only public keys: the private key never leaves the host.
     pub wireguard: std::collections::BTreeMap<String, String>,
@@ -124,6 +128,13 @@ pub fn parse(out: &str) -> Result<Facts, FactsError> {
             "tool_sudo" => f.tools.sudo = path(),
             "tool_systemctl" => f.tools.systemctl = path(),
             "audit_usable" => f.audit_usable = value == "yes",
+            "ssh_kex" => {
+                f.ssh_kex = value
+                    .split_whitespace()
+                    .take(64)
+                    .map(str::to_string)
+                    .collect()
+            }
             k if k.starts_with("wireguard_") && !value.is_empty() => {
                 f.wireguard
                     .insert(k["wireguard_".len()..].to_string(), value);

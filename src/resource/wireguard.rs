@@ -41,7 +41,7 @@ use serde_json::Value;
 
 use super::service::{
     DIE, F_STATE, Fields, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, enable_script, parse_systemd,
-    systemctl, systemd_changes, systemd_sentence,
+    systemd_changes, systemd_sentence,
 };
 use super::unit::{
     ConfigFile, F_CONTENT, F_TYPE, FILE_KEYS, config_changes, config_probe, parse_config,
