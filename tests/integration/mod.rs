@@ -5,6 +5,7 @@ mod drift;
 mod engine;
 mod facts;
 mod fail_closed;
+mod flavours;
 mod hostile_fs;
 mod hostile_host;
 mod hostile_secrets;
