@@ -905,6 +905,20 @@ mod tests {
         .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
         assert!(text.starts_with("(\numask 077\n"));
+        // Never blocks on network-online.target: queued, its dependencies ignored while the
+        // target is not reached, then a bounded wait that names the unit.
+        let guard = text
+            .find("systemctl is-active network-online.target")
+            .unwrap();
+        let queued = text
+            .find("systemctl restart --no-block $jm -- \"$n\"")
+            .unwrap();
+        assert!(guard < queued, "{text}");
+        assert!(text.contains("jm=--job-mode=ignore-dependencies"), "{text}");
+        assert!(
+            text.contains(&format!("did not come up within {START_WAIT_SECS} s")),
+            "{text}"
+        );
         let v = Verdict::Modify(vec![Change::new(
             "state",
             Some("inactive".into()),
