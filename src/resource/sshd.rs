@@ -867,6 +867,9 @@ impl Sshd {
                  }\n\
                  sync_socket() {\n\
                  \x20 sd=/etc/systemd/system/$svc.socket.d\n\
+                 \x20 # sshd -T wants its privilege separation folder, which systemd removes with a\n\
+                 \x20 # stopped ssh.service (its RuntimeDirectory): the restore runs then.\n\
+                 \x20 [ -d /run/sshd ] || mkdir -m 0755 /run/sshd || return 1\n\
                  \x20 want=$(sshd -T -f \"$m\" 2>/dev/null | awk '$1 == \"listenaddress\" { n = split($2, a, \":\"); h = substr($2, 1, length($2) - length(a[n]) - 1); \
                  if (h == \"0.0.0.0\" || h == \"[::]\") print \"[::]:\" a[n]; else print $2 }' | sort -u)\n\
                  \x20 [ -n \"$want\" ] || { echo \"sshd -T names no listen address\" >&2; return 1; }\n\
@@ -875,7 +878,7 @@ impl Sshd {
                  \x20 mkdir -p \"$sd\" || return 1\n\
                  \x20 { printf '# Written by rampart: where sshd_config says sshd listens.\\n[Socket]\\nListenStream=\\n'\n\
                  \x20   printf '%s\\n' \"$want\" | sed 's/^\\[::\\]:\\([0-9]*\\)$/\\1/; s/^/ListenStream=/'; } >\"$sd/.rampart-listen.tmp\" &&\n\
-                 \x20   mv -f \"$sd/.rampart-listen.tmp\" \"$sd/rampart-listen.conf\" || return 1\n\
+                 \x20   chmod 0644 \"$sd/.rampart-listen.tmp\" && mv -f \"$sd/.rampart-listen.tmp\" \"$sd/rampart-listen.conf\" || return 1\n\
                  \x20 systemctl daemon-reload || return 1\n\
                  \x20 # A socket-started sshd (Accept=no) holds the old socket too: it goes first. Its\n\
                  \x20 # sessions (ours included) stay: ssh.service kills only its main process.\n\

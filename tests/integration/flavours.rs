@@ -325,6 +325,34 @@ fn an_ssh_port_change_reaches_ssh_socket_and_the_old_port_closes() {
         )
     };
     assert_eq!(listen().unwrap(), "[::]:22 (Stream)\n");
+    // 0. Straight to 2222 while rampart's connection is on 22: the socket moves, so the
+    // confirmation over a new connection to 22 fails and the dead-man switch moves it back.
+    let moved = ssh_step("2222");
+    let out = rampart(dir.path())
+        .args([
+            "apply",
+            "--format",
+            "json",
+            "-q",
+            "--deadman-seconds",
+            "10",
+            "-i",
+        ])
+        .arg(inv(22))
+        .arg("--known-hosts")
+        .arg(&known)
+        .arg(&moved)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    let j = json(&out);
+    let detail = j["hosts"][0]["steps"][0]["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.starts_with("rolled back: lost access"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(listen().unwrap(), "[::]:22 (Stream)\n");
     // 1. Both ports: confirmed over port 22 while 2222 opens.
     let both = ssh_step("[22, 2222]");
     assert_ok(
