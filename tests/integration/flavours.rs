@@ -286,6 +286,43 @@ fn arm64_pi_bootstrap_user_with_sudo_converges_with_audit_rules_for_both_tables(
 
 #[test]
 fn an_ssh_port_change_reaches_ssh_socket_and_the_old_port_closes() {
+    // site.yaml converges with sshd socket-activated (its sshd step restarts no socket when
+    // the port stays).
+    testbed(&["fresh", SOCKET, "--flavour", "socket"]);
+    let site_dir = tempfile::tempdir().unwrap();
+    let playbook = site_playbook(site_dir.path());
+    let site_inv = inventory_for(
+        site_dir.path(),
+        SOCKET,
+        &format!("bootstrap_user: root\n    {AGENT_SOURCES}"),
+    );
+    let start = Instant::now();
+    let first = run(
+        site_dir.path(),
+        &site_inv,
+        &known_hosts(),
+        "apply",
+        &playbook,
+    );
+    assert_ok(&first, "site.yaml with ssh.socket");
+    eprintln!("socket: site apply {:.0} s", start.elapsed().as_secs_f64());
+    assert_in_line(&run(
+        site_dir.path(),
+        &site_inv,
+        &known_hosts(),
+        "apply",
+        &playbook,
+    ));
+    assert_eq!(
+        sudo(
+            SOCKET,
+            "systemctl is-active ssh.socket; systemctl is-enabled ssh.service || true"
+        ),
+        "active\ndisabled\n"
+    );
+    agent_port_closed(SOCKET);
+
+    // The port, on a fresh host.
     testbed(&["fresh", SOCKET, "--flavour", "socket"]);
     let dir = tempfile::tempdir().unwrap();
     // known_hosts with the host's keys on both ports.
