@@ -61,6 +61,65 @@ enum Command {
     /// print the local URL, and stay until Ctrl-C or SIGTERM (exit 0). The firewall never
     /// opens the agent's port: this is the way in.
     Tunnel(TunnelArgs),
+    /// Read-only evidence from each HOST after a suspected compromise, streamed into one tar
+    /// archive per host in DIR (mode 0600) with a manifest: sha256 of every member, the
+    /// collection time, the host key fingerprint rampart verified, rampart's version. Nothing
+    /// on the host changes. Exit 0 every archive complete, 1 otherwise.
+    Collect(CollectArgs),
+    /// Stop and disable the agent on each HOST and block all its traffic, in and out, except
+    /// SSH from this controller's address, under the dead-man switch. Idempotent. Exit 0 every
+    /// host quarantined, 1 otherwise.
+    Quarantine(IncidentArgs),
+    /// Undo `quarantine`: remove its firewall table and start the agent again. Exit 0 every host
+    /// released, 1 otherwise.
+    Release(IncidentArgs),
+}
+
+/// The hosts of `quarantine` and `release`.
+#[derive(Debug, Args)]
+struct IncidentArgs {
+    #[command(flatten)]
+    hosts: HostArgs,
+    /// The hosts or groups (names or globs); at least one: never the whole fleet by default.
+    #[arg(required = true, value_name = "HOST")]
+    targets: Vec<String>,
+    /// Seconds a host waits for the confirmation over a new connection before it lifts the
+    /// quarantine's firewall by itself (5 to 86400).
+    #[arg(long, default_value_t = crate::resource::DEADMAN_SECONDS, value_name = "SECS",
+          value_parser = in_range::<u32>(5, 86_400))]
+    deadman_seconds: u32,
+    /// The format of the report on stdout.
+    #[arg(long, value_enum, default_value_t = FactsFormat::Text)]
+    format: FactsFormat,
+}
+
+/// `rampart collect`.
+#[derive(Debug, Args)]
+struct CollectArgs {
+    #[command(flatten)]
+    hosts: HostArgs,
+    /// The hosts or groups (names or globs); at least one.
+    #[arg(required = true, value_name = "HOST")]
+    targets: Vec<String>,
+    /// The folder the archives go to (made 0700 when missing).
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// The most MiB one host may send (1 to 65536); past it the archive keeps what came and
+    /// is marked incomplete. The controller holds up to twice this per host in memory while
+    /// it arrives (lower --forks for many hosts with a high cap).
+    #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = in_range::<u64>(1, 65_536))]
+    max_size: u64,
+    /// The most KiB of one file or command output (1 to 1048576); longer ones are cut and
+    /// marked.
+    #[arg(long, default_value_t = 8192, value_name = "KIB", value_parser = in_range::<u64>(1, 1_048_576))]
+    member_size: u64,
+    /// Files changed in this many days under /etc /usr/local /home /root /tmp /var/tmp
+    /// /dev/shm are listed (1 to 3650).
+    #[arg(long, default_value_t = 14, value_name = "DAYS", value_parser = in_range::<u32>(1, 3650))]
+    changed_days: u32,
+    /// The format of the report on stdout.
+    #[arg(long, value_enum, default_value_t = FactsFormat::Text)]
+    format: FactsFormat,
 }
 
 /// Which hosts, and how to reach them.
@@ -86,8 +145,8 @@ struct HostArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS",
           value_parser = in_range::<u64>(1, 3600))]
     connect_timeout: u64,
-    /// Seconds a remote script may run (1 to 604800, a week). Default 300, and 1800 for
-    /// `apply`, whose script may install packages and the agent (minutes on a Pi).
+    /// Seconds a remote script may run (1 to 604800, a week). Default 300, 600 for `collect`,
+    /// and 1800 for `apply`, whose script may install packages and the agent (minutes on a Pi).
     #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 604_800))]
     timeout: Option<u64>,
 }
@@ -259,6 +318,9 @@ pub fn main() -> ExitCode {
             }
             Command::Schedule(args) => crate::schedule::run(args),
             Command::Tunnel(args) => tunnel_command(args).await,
+            Command::Collect(args) => collect_command(args).await,
+            Command::Quarantine(args) => quarantine_command(args, true).await,
+            Command::Release(args) => quarantine_command(args, false).await,
         }
     });
     match result {
@@ -806,4 +868,135 @@ async fn tunnel_command(args: TunnelArgs) -> anyhow::Result<Outcome> {
         Duration::from_secs(connect_timeout),
     );
     crate::tunnel::run(target, options, port.unwrap_or(remote), remote).await
+}
+
+async fn collect_command(args: CollectArgs) -> anyhow::Result<Outcome> {
+    let CollectArgs {
+        mut hosts,
+        targets,
+        output,
+        max_size,
+        member_size,
+        changed_days,
+        format,
+    } = args;
+    hosts.limit.extend(targets);
+    let (_, selected, mut options) = resolve(&hosts)?;
+    options.max_output = max_size << 20;
+    if !output.is_dir() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&output)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot make the evidence folder {}: {e}\nhint: -o must name a folder you can write",
+                    output.display()
+                )
+            })?;
+    }
+    let limits = crate::incident::collect::Limits {
+        member: member_size << 10,
+        changed_days,
+        timeout: Duration::from_secs(hosts.timeout.unwrap_or(600)),
+        ..Default::default()
+    };
+    let shared = std::sync::Arc::new((options, output, limits));
+    let results = fleet::for_each_host(&selected, hosts.forks, |host| {
+        let shared = shared.clone();
+        async move {
+            let (options, dir, limits) = &*shared;
+            crate::incident::collect::collect_host(&host, options, dir, limits).await
+        }
+    })
+    .await;
+    let mut out = std::io::stdout().lock();
+    match format {
+        FactsFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "hosts": results }))?;
+            writeln!(out)?;
+        }
+        FactsFormat::Text => {
+            for r in &results {
+                match (&r.archive, &r.error) {
+                    (Some(a), _) => writeln!(
+                        out,
+                        "{}: {}: {} ({} members, {})",
+                        r.host,
+                        r.status,
+                        a.display(),
+                        r.members,
+                        crate::transport::size_text(r.bytes)
+                    )?,
+                    (None, e) => writeln!(
+                        out,
+                        "{}: failed: {}",
+                        r.host,
+                        e.as_deref().unwrap_or("no archive")
+                    )?,
+                }
+                for p in &r.problems {
+                    writeln!(out, "  {}: {p}", r.host)?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if results.iter().all(|r| r.status == "ok") {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}
+
+async fn quarantine_command(args: IncidentArgs, quarantine: bool) -> anyhow::Result<Outcome> {
+    let IncidentArgs {
+        mut hosts,
+        targets,
+        deadman_seconds,
+        format,
+    } = args;
+    hosts.limit.extend(targets);
+    let (_, selected, options) = resolve(&hosts)?;
+    let timeout = Duration::from_secs(hosts.timeout.unwrap_or(READ_TIMEOUT));
+    let options = std::sync::Arc::new(options);
+    let results = fleet::for_each_host(&selected, hosts.forks, |host| {
+        let options = options.clone();
+        async move {
+            crate::incident::quarantine::run_host(
+                &host,
+                &options,
+                quarantine,
+                deadman_seconds,
+                timeout,
+            )
+            .await
+        }
+    })
+    .await;
+    let mut out = std::io::stdout().lock();
+    match format {
+        FactsFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "hosts": results }))?;
+            writeln!(out)?;
+        }
+        FactsFormat::Text => {
+            for r in &results {
+                writeln!(out, "{}: {}", r.host, r.status)?;
+                for line in &r.done {
+                    writeln!(out, "  {line}")?;
+                }
+                if let Some(e) = &r.error {
+                    writeln!(out, "  error: {e}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if results.iter().all(|r| r.error.is_none()) {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
 }

@@ -2,15 +2,18 @@
 //! remote script (with the facts), diffs locally, applies what differs in ONE more script
 //! (under a remote lock, handlers after), and verifies with a final probe.
 //!
-//! Owns the scripts' framing and the verdict of each step. It never prints and never reads
-//! the terminal: it returns a [`HostReport`]. Running many hosts, and the rule that nothing
-//! is applied anywhere while any host's input is bad, belong to `fleet`.
+//! This file owns the scripts (probe, apply, lock, midway confirmation) and the verdict of
+//! each step; [`host`] runs one host's whole sequence over any session a
+//! [`crate::connector::Connector`] opens. It never prints and never reads the terminal: it
+//! emits [`crate::event::HostEvent`]s and returns a [`HostReport`]. Running many hosts, and
+//! the rule that nothing is applied anywhere while any host's input is bad, belong to `fleet`.
+
+pub mod host;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use minijinja::Value as JValue;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::facts::{self, Facts};
@@ -20,7 +23,7 @@ use crate::remote::{self, Script};
 use crate::resource::{ApplyContext, Change, Resource, Verdict};
 use crate::secrets::Secrets;
 use crate::template::{RenderError, Templates};
-use crate::transport::{ExecOutput, Session, StatsSnapshot};
+use crate::transport::{ExecOutput, Session};
 
 /// What one run does, for every host.
 #[derive(Debug, Clone)]
@@ -83,124 +86,7 @@ pub enum StepWork {
     Skip(String),
 }
 
-/// How a step ended on a host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "status", content = "detail")]
-pub enum StepStatus {
-    InLine,
-    /// `plan`: would change.
-    Differs,
-    /// `apply`: changed, and the verify probe shows it in line.
-    Changed,
-    Skipped(String),
-    Failed(String),
-    /// Not run: an earlier step failed.
-    NotRun,
-}
-
-/// A step's outcome, for reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    pub name: String,
-    /// The resource's identity, `file /etc/motd`.
-    pub resource: Option<String>,
-    pub location: String,
-    #[serde(flatten)]
-    pub status: StepStatus,
-    /// `create`, `modify`, `remove` or `in line`.
-    pub action: Option<String>,
-    pub changes: Vec<ChangeReport>,
-    /// For a step in line: what the probe found, e.g. "audit unavailable here: rules written,
-    /// not loaded".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ChangeReport {
-    pub field: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-}
-
-impl From<&Change> for ChangeReport {
-    fn from(c: &Change) -> ChangeReport {
-        ChangeReport {
-            field: c.field.clone(),
-            before: c.before.clone(),
-            after: c.after.clone(),
-        }
-    }
-}
-
-/// A host's fate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostStatus {
-    /// Every step in line (plan), or nothing needed changing (apply).
-    InLine,
-    /// `plan`: something would change.
-    Differs,
-    /// `apply`: changes made and verified.
-    Changed,
-    /// A step failed, or the host's input was bad.
-    Failed,
-    /// No connection.
-    Unreachable,
-}
-
-/// One host's outcome, for reports. The JSON wire format is documented in README.md.
-#[derive(Debug, Clone, Serialize)]
-pub struct HostReport {
-    pub name: String,
-    pub address: String,
-    pub status: HostStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub login: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    pub steps: Vec<StepReport>,
-    pub handlers: Vec<StepReport>,
-    /// `drift` and `audit`: unmanaged drift the scan found (empty otherwise).
-    pub findings: Vec<crate::inspect::Finding>,
-    /// `audit`: the checklist (empty otherwise).
-    pub checks: Vec<crate::inspect::Check>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub facts: Option<Facts>,
-    pub stats: StatsSnapshot,
-    pub seconds: f64,
-}
-
-impl HostReport {
-    pub fn new(host: &Host) -> HostReport {
-        HostReport {
-            name: host.name.clone(),
-            address: format!("{}:{}", host.address, host.port),
-            status: HostStatus::InLine,
-            error: None,
-            hint: None,
-            login: None,
-            note: None,
-            steps: Vec::new(),
-            handlers: Vec::new(),
-            findings: Vec::new(),
-            checks: Vec::new(),
-            facts: None,
-            stats: StatsSnapshot::default(),
-            seconds: 0.0,
-        }
-    }
-
-    pub fn fail(&mut self, status: HostStatus, error: String, hint: Option<String>) {
-        self.status = status;
-        self.error = Some(error);
-        self.hint = hint;
-    }
-}
+pub use crate::summary::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
 
 /// The variables of one host: playbook defaults, then inventory vars, with secrets resolved,
 /// plus `inventory_hostname`, `groups`, `group_names` and (when known) `facts`.

@@ -6,11 +6,12 @@
 use base64::Engine as _;
 use proptest::prelude::*;
 
-use crate::engine::{self, HostReport, HostStatus, RunSettings, StepStatus, StepWork};
-use crate::fleet::FleetSummary;
+use crate::engine::{self, RunSettings, StepWork};
 use crate::inventory::Inventory;
 use crate::playbook::Playbook;
 use crate::secrets::Secrets;
+use crate::summary::FleetSummary;
+use crate::summary::{HostReport, HostStatus, StepStatus};
 use crate::template::Templates;
 
 /// Every filter with arguments it accepts: minijinja's and rampart's (the template module's
@@ -255,7 +256,7 @@ fn run(value: &str) -> Vec<(String, String)> {
     });
     hosts.insert(0, report);
     let summary = FleetSummary {
-        schema_version: crate::fleet::SCHEMA_VERSION,
+        schema_version: crate::summary::SCHEMA_VERSION,
         run_id: "leaks".into(),
         mode: "plan",
         started: 0,

@@ -1,16 +1,21 @@
 //! rampart: a declarative hardening provisioner and fleet controller over SSH.
 //!
 //! `cli` parses arguments and prints; `inventory` reads hosts; `transport` reaches them;
-//! `facts` learns what they are; `fleet` runs many hosts at once. See DESIGN.md.
+//! `facts` learns what they are; `engine` runs one host, `fleet` dispatches many; `summary` is
+//! what reports render. See docs/design.md, "Layout".
 
 pub mod cli;
+pub mod connector;
 pub mod engine;
+pub mod event;
 pub mod exit;
 pub mod facts;
 pub mod fleet;
 pub mod glob;
 #[cfg(test)]
 mod hostile_output;
+pub mod hostvars;
+pub mod incident;
 pub mod inspect;
 pub mod inventory;
 #[cfg(test)]
@@ -23,7 +28,10 @@ pub mod report;
 pub mod resource;
 pub mod schedule;
 pub mod secrets;
+pub mod summary;
 pub mod template;
+#[cfg(test)]
+mod testkit;
 pub mod transport;
 pub mod tunnel;
 pub mod untrusted;

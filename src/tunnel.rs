@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::connector::connect_host;
 use crate::exit::Outcome;
-use crate::fleet::connect_host;
 use crate::inventory::Host;
 use crate::transport::ssh::ConnectOptions;
 

@@ -1,7 +1,7 @@
 //! checks: the guide's security checklist and the baseline's key controls, per host, from the
 //! scan, the findings and the outside probe. Each is pass, fail or unknown, with evidence.
 
-use super::findings::{AgentConfig, Auth, public_listeners};
+use super::findings::{AgentConfig, AgentState, Auth, AuthProbe, agent_state, public_listeners};
 use super::scan::{Observations, ScanParams};
 use super::{Check, CheckStatus, Finding};
 use crate::facts::Facts;
@@ -29,25 +29,128 @@ pub struct OutsideProbe {
     pub ports: Vec<(u16, bool, String)>,
 }
 
-struct Builder(Vec<Check>);
+/// A check's verdict and what it saw, one line each.
+pub type Verdict = (CheckStatus, Vec<String>);
 
-impl Builder {
-    fn add(
-        &mut self,
-        id: &str,
-        source: &str,
-        title: &str,
-        status: CheckStatus,
-        evidence: Vec<String>,
-    ) {
-        self.0.push(Check {
-            id: id.into(),
-            source: source.into(),
-            title: title.into(),
-            status,
-            evidence,
-        });
+/// What every check looks at: the scan, the host's parameters and facts, the findings and
+/// the outside probe, with the agent's config and live state read once for all of them.
+pub struct Input<'a> {
+    pub obs: &'a Observations,
+    pub params: &'a ScanParams,
+    pub facts: &'a Facts,
+    pub findings: &'a [Finding],
+    pub outside: Option<&'a OutsideProbe>,
+    /// The agent's config as the scan read it (`None`: missing or not JSON).
+    pub config: Option<AgentConfig>,
+    /// The live look at the agent (`None`: the playbook has no agent).
+    pub agent: Option<AgentState>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(
+        obs: &'a Observations,
+        params: &'a ScanParams,
+        facts: &'a Facts,
+        findings: &'a [Finding],
+        outside: Option<&'a OutsideProbe>,
+    ) -> Self {
+        Input {
+            obs,
+            params,
+            facts,
+            findings,
+            outside,
+            config: AgentConfig::read(obs),
+            agent: agent_state(obs, params),
+        }
     }
+
+    /// Whether the playbook has an agent.
+    fn has_agent(&self) -> bool {
+        self.params.agent_user.is_some()
+    }
+}
+
+/// One checklist item: its stable id, where it comes from, the checklist's words, and the
+/// function that scores it.
+pub struct CheckDef {
+    pub id: &'static str,
+    pub source: &'static str,
+    pub title: &'static str,
+    pub check: fn(&Input) -> Verdict,
+}
+
+const fn def(
+    id: &'static str,
+    source: &'static str,
+    title: &'static str,
+    check: fn(&Input) -> Verdict,
+) -> CheckDef {
+    CheckDef {
+        id,
+        source,
+        title,
+        check,
+    }
+}
+
+const G: &str = "guide checklist";
+const B: &str = "baseline";
+
+/// The checklist, in the order reports show it. A new check is one function below and one
+/// line here. (OpenClaw's own audit, `openclaw_audit`, follows them when it ran.)
+#[rustfmt::skip]
+pub const CHECKS: &[CheckDef] = &[
+    def("auth_token", G, "Auth token set and strong (32+ chars)", auth_token),
+    def("loopback_bind", G, "Gateway bound to localhost only", loopback_bind),
+    def("exec_allowlist", G, "Exec mode set to `allowlist`", exec_allowlist),
+    def("secrets_in_env", G, "Secrets in env vars, not files", secrets_in_env),
+    def("gitignore", G, "`.gitignore` excludes all sensitive files", gitignore),
+    def("unprivileged_user", G, "Running as unprivileged user", unprivileged),
+    def("trusted_skills", G, "No skills from untrusted sources", trusted_skills),
+    def("backups", G, "Backup strategy in place", backups),
+    def("monitoring", G, "Monitoring/alerting configured", monitoring),
+    def("incident_response", G, "Incident response plan documented", incident_response),
+    def("agent_running", "guide §1", "The agent gateway runs and answers on loopback", agent_running),
+    def("auth_enforced", "guide §2", "The gateway refuses requests without the token and takes the token", auth_enforced),
+    def("agent_sandbox", "guide §7", "The agent's unit keeps its isolation (no loosening drop-in)", agent_sandbox),
+    def("outside_probe", "guide §1", "The agent port is not reachable from outside", outside),
+    def("ssh_root_login", B, "SSH root login off", ssh_root_login),
+    def("ssh_password_login", B, "SSH password login off", ssh_password_login),
+    def("firewall", B, "Firewall drops inbound by default", firewall),
+    def("root_only_uid0", B, "root is the only account with uid 0", root_only_uid0),
+    def("sudo_members", B, "Only the inventory's admins may sudo", sudo_members),
+    def("ssh_keys", B, "Only the inventory's SSH keys are authorized", ssh_keys),
+    def("listeners", B, "Only allowed ports listen off loopback", listeners),
+    def("auto_updates", B, "Security updates install automatically", auto_updates),
+];
+
+/// The checklist for one host.
+pub fn checks(
+    obs: &Observations,
+    params: &ScanParams,
+    facts: &Facts,
+    findings: &[Finding],
+    outside: Option<&OutsideProbe>,
+) -> Vec<Check> {
+    let input = Input::new(obs, params, facts, findings, outside);
+    let mut out: Vec<Check> = CHECKS
+        .iter()
+        .map(|d| {
+            let (status, evidence) = (d.check)(&input);
+            Check {
+                id: d.id.into(),
+                source: d.source.into(),
+                title: d.title.into(),
+                status,
+                evidence,
+            }
+        })
+        .collect();
+    if params.openclaw_audit && input.has_agent() {
+        openclaw_beside(&mut out, obs.openclaw.as_ref());
+    }
+    out
 }
 
 fn of(findings: &[Finding], prefix: &str) -> Vec<String> {
@@ -62,152 +165,130 @@ fn of(findings: &[Finding], prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// The checklist for one host.
-pub fn checks(
-    obs: &Observations,
-    params: &ScanParams,
-    facts: &Facts,
-    findings: &[Finding],
-    outside: Option<&OutsideProbe>,
-) -> Vec<Check> {
-    let mut b = Builder(Vec::new());
-    const G: &str = "guide checklist";
-    const B: &str = "baseline";
-    let agent = params.agent_user.is_some();
-    let cfg = AgentConfig::read(obs);
-    let no_agent = || vec!["the playbook has no agent (agent_user is not set)".to_string()];
-    let no_config = || {
-        vec![match (&obs.config_path, &params.agent_config) {
-            (Some(p), _) if obs.truncated.iter().any(|t| t.section == "config") => format!(
+fn no_agent() -> Verdict {
+    (
+        Unknown,
+        vec!["the playbook has no agent (agent_user is not set)".to_string()],
+    )
+}
+
+/// Checks of the agent's config: unknown without an agent, a failure without a config rampart
+/// can read, else `f`'s verdict.
+fn with_config(i: &Input, f: impl FnOnce(&AgentConfig) -> Verdict) -> Verdict {
+    if !i.has_agent() {
+        return no_agent();
+    }
+    let Some(c) = &i.config else {
+        let why = match (&i.obs.config_path, &i.params.agent_config) {
+            (Some(p), _) if i.obs.truncated.iter().any(|t| t.section == "config") => format!(
                 "{p} is larger than the scan reads ({} bytes): not checked",
                 super::scan::FILE_LIMIT
             ),
             (Some(p), _) => format!("{p} is not JSON rampart can read"),
             (None, Some(p)) => format!("{p} does not exist"),
             (None, None) => "no agent config".into(),
-        }]
+        };
+        return (Fail, vec![why]);
     };
+    f(c)
+}
 
-    // 1. Auth token set and strong (32+ chars)
-    let (status, evidence) = match (&cfg, agent) {
-        (_, false) => (Unknown, no_agent()),
-        (None, _) => (Fail, no_config()),
-        (Some(c), _) => match &c.auth {
-            Auth::Missing(why) => (Fail, vec![format!("{}: {why}", c.path)]),
-            Auth::Literal(n) => (
-                if *n >= 32 { Pass } else { Fail },
-                vec![format!("{}: a literal token of {n} characters", c.path)],
-            ),
-            Auth::Env(var) => {
-                // The unit reads token.env, then agent.env: agent.env's value wins.
-                let found = params.secret_files.iter().find_map(|f| {
-                    let vars = obs.env.get(f)?;
-                    let (_, len) = vars.iter().rev().find(|(n, _)| n == var)?;
-                    Some((f, var, *len))
-                });
-                match found {
-                    Some((file, _, len)) => (
-                        if len >= 32 { Pass } else { Fail },
-                        vec![format!(
-                            "{}: ${{{var}}}; {var} in {file}: {len} characters",
-                            c.path
-                        )],
-                    ),
-                    None => (
-                        Fail,
-                        vec![format!(
-                            "{}: ${{{var}}}, but no env file sets {var} ({})",
-                            c.path,
-                            params.secret_files.join(", ")
-                        )],
-                    ),
-                }
-            }
-        },
-    };
-    b.add(
-        "auth_token",
-        G,
-        "Auth token set and strong (32+ chars)",
-        status,
-        evidence,
-    );
-
-    // 2. Gateway bound to localhost only
-    let (status, evidence) = match (&cfg, agent) {
-        (_, false) => (Unknown, no_agent()),
-        (None, _) => (Fail, no_config()),
-        (Some(c), _) => {
-            let exposed: Vec<String> = public_listeners(obs)
-                .filter(|l| Some(l.port) == params.agent_port && l.proto == "tcp")
-                .map(|l| format!("listening on {}", l.endpoint()))
-                .collect();
-            let mut ev = vec![format!("{}: {}", c.path, c.bind)];
-            ev.extend(exposed.iter().cloned());
-            let status = match c.loopback {
-                Some(false) => Fail,
-                _ if !exposed.is_empty() => Fail,
-                Some(true) => Pass,
-                None => Unknown,
-            };
-            (status, ev)
-        }
-    };
-    b.add(
-        "loopback_bind",
-        G,
-        "Gateway bound to localhost only",
-        status,
-        evidence,
-    );
-
-    // 3. Exec mode set to allowlist
-    let (status, evidence) = match (&cfg, agent) {
-        (_, false) => (Unknown, no_agent()),
-        (None, _) => (Fail, no_config()),
-        (Some(c), _) => match &c.exec_security {
-            Some(s) if s == "allowlist" => (
-                Pass,
-                vec![format!("{}: exec security is \"allowlist\"", c.path)],
-            ),
-            Some(s) => (Fail, vec![format!("{}: exec security is {s:?}", c.path)]),
-            None => (Fail, vec![format!("{}: exec security is not set", c.path)]),
-        },
-    };
-    b.add(
-        "exec_allowlist",
-        G,
-        "Exec mode set to `allowlist`",
-        status,
-        evidence,
-    );
-
-    // 4. Secrets in env vars, not files
-    let mut ev = of(findings, "secret.");
-    let status = if !agent {
-        ev = no_agent();
-        Unknown
-    } else if ev.is_empty() {
-        ev.push(format!(
-            "no secret-looking string in {} outside {}; secrets files not readable by others",
-            params.agent_folders.join(", "),
-            params.secret_files.join(", ")
-        ));
-        Pass
+/// A pass when no finding's id starts with `prefix` (with `clean` as evidence), else a
+/// failure with the findings' evidence.
+fn none_of(i: &Input, prefix: &str, clean: impl FnOnce() -> String) -> Verdict {
+    let found = of(i.findings, prefix);
+    if found.is_empty() {
+        (Pass, vec![clean()])
     } else {
-        Fail
-    };
-    b.add(
-        "secrets_in_env",
-        G,
-        "Secrets in env vars, not files",
-        status,
-        ev,
-    );
+        (Fail, found)
+    }
+}
 
-    // 5. .gitignore excludes all sensitive files
-    let (status, evidence) = match (&obs.gitignore, &params.gitignore) {
-        (_, None) => (Unknown, no_agent()),
+/// Guide checklist: the gateway's token, set and 32+ characters (literal or from the env file).
+fn auth_token(i: &Input) -> Verdict {
+    with_config(i, |c| match &c.auth {
+        Auth::Missing(why) => (Fail, vec![format!("{}: {why}", c.path)]),
+        Auth::Literal(n) => (
+            if *n >= 32 { Pass } else { Fail },
+            vec![format!("{}: a literal token of {n} characters", c.path)],
+        ),
+        Auth::Env(var) => {
+            // The unit reads token.env, then agent.env: agent.env's value wins.
+            let found = i.params.secret_files.iter().find_map(|f| {
+                let vars = i.obs.env.get(f)?;
+                let (_, len) = vars.iter().rev().find(|(n, _)| n == var)?;
+                Some((f, *len))
+            });
+            match found {
+                Some((file, len)) => (
+                    if len >= 32 { Pass } else { Fail },
+                    vec![format!(
+                        "{}: ${{{var}}}; {var} in {file}: {len} characters",
+                        c.path
+                    )],
+                ),
+                None => (
+                    Fail,
+                    vec![format!(
+                        "{}: ${{{var}}}, but no env file sets {var} ({})",
+                        c.path,
+                        i.params.secret_files.join(", ")
+                    )],
+                ),
+            }
+        }
+    })
+}
+
+/// Guide checklist: the config binds loopback and nothing listens on the agent's port off it.
+fn loopback_bind(i: &Input) -> Verdict {
+    with_config(i, |c| {
+        let exposed: Vec<String> = public_listeners(i.obs)
+            .filter(|l| Some(l.port) == i.params.agent_port && l.proto == "tcp")
+            .map(|l| format!("listening on {}", l.endpoint()))
+            .collect();
+        let status = match c.loopback {
+            Some(false) => Fail,
+            _ if !exposed.is_empty() => Fail,
+            Some(true) => Pass,
+            None => Unknown,
+        };
+        let mut ev = vec![format!("{}: {}", c.path, c.bind)];
+        ev.extend(exposed);
+        (status, ev)
+    })
+}
+
+/// Guide checklist: exec security is `allowlist`.
+fn exec_allowlist(i: &Input) -> Verdict {
+    with_config(i, |c| match &c.exec_security {
+        Some(s) if s == "allowlist" => (
+            Pass,
+            vec![format!("{}: exec security is \"allowlist\"", c.path)],
+        ),
+        Some(s) => (Fail, vec![format!("{}: exec security is {s:?}", c.path)]),
+        None => (Fail, vec![format!("{}: exec security is not set", c.path)]),
+    })
+}
+
+/// Guide checklist: no `secret.*` finding (plaintext secrets, loose secrets files).
+fn secrets_in_env(i: &Input) -> Verdict {
+    if !i.has_agent() {
+        return no_agent();
+    }
+    none_of(i, "secret.", || {
+        format!(
+            "no secret-looking string in {} outside {}; secrets files not readable by others",
+            i.params.agent_folders.join(", "),
+            i.params.secret_files.join(", ")
+        )
+    })
+}
+
+/// Guide checklist: the agent's `.gitignore` lists every entry of the guide's (§3).
+fn gitignore(i: &Input) -> Verdict {
+    match (&i.obs.gitignore, &i.params.gitignore) {
+        (_, None) => no_agent(),
         (None, Some(p)) => (Fail, vec![format!("{p} does not exist")]),
         (Some(text), Some(p)) => {
             let lines: Vec<&str> = text.lines().map(str::trim).collect();
@@ -222,64 +303,37 @@ pub fn checks(
                 (Fail, vec![format!("{p} lacks {}", missing.join(" "))])
             }
         }
-    };
-    b.add(
-        "gitignore",
-        G,
-        "`.gitignore` excludes all sensitive files",
-        status,
-        evidence,
-    );
+    }
+}
 
-    // 6. Running as unprivileged user
-    let (status, evidence) = unprivileged(obs, params);
-    b.add(
-        "unprivileged_user",
-        G,
-        "Running as unprivileged user",
-        status,
-        evidence,
-    );
-
-    // 7. No skills from untrusted sources
-    let mut ev = of(findings, "skill.");
-    let status = if !agent {
-        ev = no_agent();
-        Unknown
-    } else if ev.is_empty() {
-        let n: usize = obs.skills.values().map(Vec::len).sum();
-        ev.push(format!(
+/// Guide checklist: no `skill.*` finding (every installed skill pinned).
+fn trusted_skills(i: &Input) -> Verdict {
+    if !i.has_agent() {
+        return no_agent();
+    }
+    none_of(i, "skill.", || {
+        let n: usize = i.obs.skills.values().map(Vec::len).sum();
+        format!(
             "{n} skills installed, all pinned ({})",
-            if params.pinned_skills.is_empty() {
+            if i.params.pinned_skills.is_empty() {
                 "none pinned".to_string()
             } else {
-                params.pinned_skills.join(", ")
+                i.params.pinned_skills.join(", ")
             }
-        ));
-        Pass
-    } else {
-        Fail
-    };
-    b.add(
-        "trusted_skills",
-        G,
-        "No skills from untrusted sources",
-        status,
-        ev,
-    );
+        )
+    })
+}
 
-    // 8. Backup strategy in place
-    let (status, evidence) = backups(obs, params);
-    b.add("backups", G, "Backup strategy in place", status, evidence);
-
-    // 9. Monitoring/alerting configured
-    let (status, evidence) = match (&params.agent_audit_rules, obs.audit_rules_file) {
-        (None, _) => (Unknown, no_agent()),
+/// Guide checklist: the agent's audit rules are written and loaded (unknown where the kernel
+/// has no audit).
+fn monitoring(i: &Input) -> Verdict {
+    match (&i.params.agent_audit_rules, i.obs.audit_rules_file) {
+        (None, _) => no_agent(),
         (Some(f), Some(false) | None) => (
             Fail,
             vec![format!("{f} is missing: no audit rules for the agent")],
         ),
-        (Some(f), Some(true)) => match &obs.audit_loaded {
+        (Some(f), Some(true)) => match &i.obs.audit_loaded {
             Some(loaded) => {
                 let n = loaded.lines().filter(|l| l.contains("agent-")).count();
                 if n > 0 {
@@ -298,91 +352,67 @@ pub fn checks(
                 Unknown,
                 vec![format!(
                     "{f} is written, but audit is unavailable here ({}): rules not loaded",
-                    facts.virtualization
+                    i.facts.virtualization
                 )],
             ),
         },
-    };
-    b.add(
-        "monitoring",
-        G,
-        "Monitoring/alerting configured",
-        status,
-        evidence,
-    );
+    }
+}
 
-    // 10. Incident response plan documented
-    let (status, evidence) = match (&params.incident_doc, obs.incident_doc) {
-        (None, _) => (Unknown, no_agent()),
+/// Guide checklist: the incident response document is in place and not empty.
+fn incident_response(i: &Input) -> Verdict {
+    match (&i.params.incident_doc, i.obs.incident_doc) {
+        (None, _) => no_agent(),
         (Some(d), Some(true)) => (Pass, vec![format!("{d} is in place")]),
         (Some(d), _) => (Fail, vec![format!("{d} is missing or empty")]),
-    };
-    b.add(
-        "incident_response",
-        G,
-        "Incident response plan documented",
-        status,
-        evidence,
-    );
+    }
+}
 
-    // Is the agent up? (issue 10: an apply that "succeeds" while the gateway never starts.)
-    let state = super::findings::agent_state(obs, params);
-    let (status, evidence) = match &state {
-        None => (Unknown, no_agent()),
+/// Guide §1: the gateway's unit runs and it answers on loopback (issue 10: an apply that
+/// "succeeds" while the gateway never starts).
+fn agent_running(i: &Input) -> Verdict {
+    match &i.agent {
+        None => no_agent(),
         Some(a) if a.down.is_empty() => (Pass, a.evidence.clone()),
         Some(a) => {
             let mut ev = vec![format!("down: {}", a.down.join("; "))];
             ev.extend(a.evidence.iter().cloned());
             (Fail, ev)
         }
-    };
-    b.add(
-        "agent_running",
-        "guide §1",
-        "The agent gateway runs and answers on loopback",
-        status,
-        evidence,
-    );
-    let (status, evidence) = match &state {
-        None => (Unknown, no_agent()),
+    }
+}
+
+/// Guide §2: a request without the token is refused, one with it taken.
+fn auth_enforced(i: &Input) -> Verdict {
+    match &i.agent {
+        None => no_agent(),
         Some(a) => (
             match a.auth {
-                super::findings::AuthProbe::Enforced { .. } => Pass,
-                super::findings::AuthProbe::Unknown(_) => Unknown,
+                AuthProbe::Enforced { .. } => Pass,
+                AuthProbe::Unknown(_) => Unknown,
                 _ => Fail,
             },
             vec![a.auth.evidence(a.port)],
         ),
-    };
-    b.add(
-        "auth_enforced",
-        "guide §2",
-        "The gateway refuses requests without the token and takes the token",
-        status,
-        evidence,
-    );
-    let dropins = of(findings, "agent.unit_dropin");
-    let (status, evidence) = match &params.agent_service {
-        None => (Unknown, no_agent()),
-        Some(unit) if dropins.is_empty() => (
-            Pass,
-            vec![format!(
-                "{unit}: no drop-in loosens its sandbox ({} drop-ins)",
-                obs.dropins.len()
-            )],
-        ),
-        Some(_) => (Fail, dropins),
-    };
-    b.add(
-        "agent_sandbox",
-        "guide §7",
-        "The agent's unit keeps its isolation (no loosening drop-in)",
-        status,
-        evidence,
-    );
+    }
+}
 
-    // The outside probe (guide §1: "Verify you're not exposed").
-    let (status, evidence) = match outside {
+/// Guide §7: no `agent.unit_dropin` finding.
+fn agent_sandbox(i: &Input) -> Verdict {
+    match &i.params.agent_service {
+        None => no_agent(),
+        Some(unit) => none_of(i, "agent.unit_dropin", || {
+            format!(
+                "{unit}: no drop-in loosens its sandbox ({} drop-ins)",
+                i.obs.dropins.len()
+            )
+        }),
+    }
+}
+
+/// Guide §1 ("Verify you're not exposed"): the controller's connects to the forbidden ports.
+fn outside(i: &Input) -> Verdict {
+    match i.outside {
         None => (Unknown, vec!["no outside probe was made".to_string()]),
         Some(p) if p.ports.is_empty() => (
             Unknown,
@@ -400,28 +430,29 @@ pub fn checks(
                     .collect(),
             )
         }
-    };
-    b.add(
-        "outside_probe",
-        "guide §1",
-        "The agent port is not reachable from outside",
-        status,
-        evidence,
-    );
+    }
+}
 
-    // Baseline key controls.
-    let sshd = |k: &str| obs.sshd.get(k).map(String::as_str);
-    let (status, evidence) = match sshd("permitrootlogin") {
+fn sshd<'a>(i: &'a Input, key: &str) -> Option<&'a str> {
+    i.obs.sshd.get(key).map(String::as_str)
+}
+
+/// Baseline: `sshd -T` says `permitrootlogin no`.
+fn ssh_root_login(i: &Input) -> Verdict {
+    match sshd(i, "permitrootlogin") {
         None => (Unknown, vec!["sshd -T gave no answer".to_string()]),
         Some(v) => (
             if v == "no" { Pass } else { Fail },
             vec![format!("sshd -T: permitrootlogin {v}")],
         ),
-    };
-    b.add("ssh_root_login", B, "SSH root login off", status, evidence);
-    let (status, evidence) = match (
-        sshd("passwordauthentication"),
-        sshd("kbdinteractiveauthentication"),
+    }
+}
+
+/// Baseline: `sshd -T` turns password and keyboard-interactive logins off.
+fn ssh_password_login(i: &Input) -> Verdict {
+    match (
+        sshd(i, "passwordauthentication"),
+        sshd(i, "kbdinteractiveauthentication"),
     ) {
         (None, _) => (Unknown, vec!["sshd -T gave no answer".to_string()]),
         (Some(p), k) => {
@@ -433,112 +464,97 @@ pub fn checks(
                 )],
             )
         }
+    }
+}
+
+/// Baseline: nft's ruleset has an input chain with policy drop.
+fn firewall(i: &Input) -> Verdict {
+    let Some(rules) = &i.obs.nft else {
+        return (Unknown, vec!["nft is not installed".to_string()]);
     };
-    b.add(
-        "ssh_password_login",
-        B,
-        "SSH password login off",
-        status,
-        evidence,
-    );
-
-    let (status, evidence) = match &obs.nft {
-        None => (Unknown, vec!["nft is not installed".to_string()]),
-        Some(rules) => firewall(rules),
-    };
-    b.add(
-        "firewall",
-        B,
-        "Firewall drops inbound by default",
-        status,
-        evidence,
-    );
-
-    let uid0 = of(findings, "user.uid0");
-    b.add(
-        "root_only_uid0",
-        B,
-        "root is the only account with uid 0",
-        if uid0.is_empty() { Pass } else { Fail },
-        if uid0.is_empty() {
-            vec!["/etc/passwd: only root has uid 0".to_string()]
-        } else {
-            uid0
-        },
-    );
-
-    let sudo = of(findings, "sudo.");
-    b.add(
-        "sudo_members",
-        B,
-        "Only the inventory's admins may sudo",
-        if sudo.is_empty() { Pass } else { Fail },
-        if sudo.is_empty() {
-            let members: Vec<String> = obs
-                .admin_groups
-                .iter()
-                .map(|(g, m)| {
-                    format!(
-                        "{g}: {}",
-                        if m.is_empty() {
-                            "-".into()
-                        } else {
-                            m.join(",")
-                        }
-                    )
-                })
-                .collect();
-            vec![format!("/etc/group: {}", members.join("; "))]
-        } else {
-            sudo
-        },
-    );
-
-    let keys = of(findings, "ssh.unknown_key");
-    let (status, evidence) = if params.known_keys.is_none() {
-        (
-            Unknown,
-            vec!["the inventory names no keys (admin_keys, authorized_keys_allow)".to_string()],
-        )
-    } else if keys.is_empty() {
+    let input_drop = rules.lines().any(|l| {
+        let l = l.trim();
+        l.contains("hook input") && l.contains("policy drop")
+    });
+    if input_drop {
         (
             Pass,
-            vec![format!(
-                "{} authorized keys, all known to the inventory",
-                obs.keys.len()
-            )],
+            vec!["nft list ruleset: an input chain with policy drop".into()],
+        )
+    } else if rules.trim().is_empty() {
+        (
+            Fail,
+            vec!["nft list ruleset is empty: nothing is filtered".into()],
         )
     } else {
-        (Fail, keys)
-    };
-    b.add(
-        "ssh_keys",
-        B,
-        "Only the inventory's SSH keys are authorized",
-        status,
-        evidence,
-    );
+        (
+            Fail,
+            vec!["nft list ruleset: no input chain with policy drop".into()],
+        )
+    }
+}
 
-    let listeners = of(findings, "listener.");
-    b.add(
-        "listeners",
-        B,
-        "Only allowed ports listen off loopback",
-        if listeners.is_empty() { Pass } else { Fail },
-        if listeners.is_empty() {
-            vec![format!(
-                "off loopback: {}",
-                public_listeners(obs)
-                    .map(|l| format!("{} {}", l.proto, l.endpoint()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )]
-        } else {
-            listeners
-        },
-    );
+/// Baseline: no `user.uid0` finding.
+fn root_only_uid0(i: &Input) -> Verdict {
+    none_of(i, "user.uid0", || {
+        "/etc/passwd: only root has uid 0".to_string()
+    })
+}
 
-    let (status, evidence) = match &obs.upgrades {
+/// Baseline: no `sudo.*` finding.
+fn sudo_members(i: &Input) -> Verdict {
+    none_of(i, "sudo.", || {
+        let members: Vec<String> = i
+            .obs
+            .admin_groups
+            .iter()
+            .map(|(g, m)| {
+                format!(
+                    "{g}: {}",
+                    if m.is_empty() {
+                        "-".into()
+                    } else {
+                        m.join(",")
+                    }
+                )
+            })
+            .collect();
+        format!("/etc/group: {}", members.join("; "))
+    })
+}
+
+/// Baseline: no `ssh.unknown_key` finding (unknown when the inventory names no keys).
+fn ssh_keys(i: &Input) -> Verdict {
+    if i.params.known_keys.is_none() {
+        return (
+            Unknown,
+            vec!["the inventory names no keys (admin_keys, authorized_keys_allow)".to_string()],
+        );
+    }
+    none_of(i, "ssh.unknown_key", || {
+        format!(
+            "{} authorized keys, all known to the inventory",
+            i.obs.keys.len()
+        )
+    })
+}
+
+/// Baseline: no `listener.*` finding.
+fn listeners(i: &Input) -> Verdict {
+    none_of(i, "listener.", || {
+        format!(
+            "off loopback: {}",
+            public_listeners(i.obs)
+                .map(|l| format!("{} {}", l.proto, l.endpoint()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Baseline: `20auto-upgrades` sets `Unattended-Upgrade "1"`.
+fn auto_updates(i: &Input) -> Verdict {
+    match &i.obs.upgrades {
         None => (
             Fail,
             vec!["/etc/apt/apt.conf.d/20auto-upgrades does not exist".to_string()],
@@ -556,18 +572,103 @@ pub fn checks(
                 )],
             )
         }
-    };
-    b.add(
-        "auto_updates",
-        B,
-        "Security updates install automatically",
-        status,
-        evidence,
-    );
-    if params.openclaw_audit && agent {
-        openclaw_beside(&mut b.0, obs.openclaw.as_ref());
     }
-    b.0
+}
+
+/// Guide checklist: the agent's unit runs as its own account: not root, not uid 0, in no
+/// admin group, and the running process is not root's.
+fn unprivileged(i: &Input) -> Verdict {
+    let (obs, params) = (i.obs, i.params);
+    let Some(unit) = &params.agent_service else {
+        return no_agent();
+    };
+    let load = obs
+        .service
+        .get("LoadState")
+        .map(String::as_str)
+        .unwrap_or("");
+    if load != "loaded" {
+        return (
+            Unknown,
+            vec![format!("{unit} is not installed (LoadState={load})")],
+        );
+    }
+    let user = obs.service.get("User").cloned().unwrap_or_default();
+    let mut ev = vec![format!(
+        "{unit}: User={}",
+        if user.is_empty() { "(root)" } else { &user }
+    )];
+    if user.is_empty() || user == "root" {
+        return (Fail, ev);
+    }
+    let uid = obs.users.iter().find(|u| u.0 == user).map(|u| u.1);
+    match uid {
+        Some(0) => {
+            ev.push(format!("{user} has uid 0"));
+            return (Fail, ev);
+        }
+        Some(u) => ev.push(format!("{user} has uid {u}")),
+        None => ev.push(format!("{user} is not in /etc/passwd")),
+    }
+    let admin: Vec<&String> = obs
+        .admin_groups
+        .iter()
+        .filter(|(_, m)| m.contains(&user))
+        .map(|(g, _)| g)
+        .collect();
+    if !admin.is_empty() {
+        ev.push(format!(
+            "{user} is in {}",
+            admin
+                .iter()
+                .map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        return (Fail, ev);
+    }
+    if let Some(p) = obs.service.get("ProcessUser") {
+        ev.push(format!("the running process is {p}'s"));
+        if p == "root" {
+            return (Fail, ev);
+        }
+    }
+    (Pass, ev)
+}
+
+/// Guide checklist: the backup timer is enabled and active and the newest backup is fresh
+/// (at most `BACKUP_MAX_AGE`) and not empty.
+fn backups(i: &Input) -> Verdict {
+    let obs = i.obs;
+    let (Some(timer), Some(folder)) = (&i.params.backup_timer, &i.params.backup_folder) else {
+        return no_agent();
+    };
+    let mut ev = Vec::new();
+    let timer_on = match &obs.backup_timer {
+        Some((enabled, active)) => {
+            ev.push(format!("{timer}: {enabled}, {active}"));
+            enabled == "enabled" && active == "active"
+        }
+        None => {
+            ev.push(format!("{timer}: no answer"));
+            false
+        }
+    };
+    let fresh = match (&obs.backup_latest, obs.now) {
+        (Some((mtime, size, path)), Some(now)) => {
+            let age = now.saturating_sub(*mtime);
+            ev.push(format!(
+                "newest backup {path}, {size} bytes, {} h old",
+                age / 3600
+            ));
+            age <= BACKUP_MAX_AGE && *size > 0
+        }
+        _ => {
+            ev.push(format!("no backup in {folder}"));
+            false
+        }
+    };
+    (if timer_on && fresh { Pass } else { Fail }, ev)
 }
 
 /// At most this many of OpenClaw's findings are shown per host.
@@ -666,8 +767,27 @@ fn serious(severity: &str) -> bool {
 /// critical one; unknown, never pass, where OpenClaw is not installed), and next to each
 /// rampart check the findings that speak to it, with both verdicts where they differ.
 fn openclaw_beside(checks: &mut Vec<Check>, run: Option<&super::scan::OpenclawRun>) {
+    let (status, evidence, report) = openclaw_verdict(checks, run);
+    if let Some(r) = &report {
+        beside(checks, r);
+    }
+    checks.push(Check {
+        id: "openclaw_audit".into(),
+        source: "openclaw security audit".into(),
+        title: "OpenClaw's own security audit (--deep) finds nothing critical".into(),
+        status,
+        evidence,
+    });
+}
+
+/// `openclaw_audit`'s verdict and evidence (each OpenClaw finding with the verdict of the
+/// rampart check it speaks to), and the report when the audit's output could be read.
+fn openclaw_verdict(
+    checks: &[Check],
+    run: Option<&super::scan::OpenclawRun>,
+) -> (CheckStatus, Vec<String>, Option<OpenclawReport>) {
     use super::scan::OpenclawRun;
-    let (status, evidence, report) = match run {
+    match run {
         None => (
             Unknown,
             vec!["unknown: the audit did not run".to_string()],
@@ -713,192 +833,68 @@ fn openclaw_beside(checks: &mut Vec<Check>, run: Option<&super::scan::OpenclawRu
                 (status, ev, Some(r))
             }
         },
-    };
-    if let Some(r) = &report {
-        for c in checks.iter_mut() {
-            let related: Vec<&OpenclawFinding> = r
-                .findings
-                .iter()
-                .filter(|f| related_check(&f.check_id) == Some(c.id.as_str()))
-                .collect();
-            for f in &related {
-                let differ = c.status == Pass && serious(&f.severity);
-                c.evidence.push(format!(
-                    "openclaw: {} ({}): {}{}",
-                    f.check_id,
-                    f.severity,
-                    f.title,
-                    if differ {
-                        format!("; verdicts differ: rampart pass, openclaw {}", f.severity)
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-            let has_area = [
-                "auth_token",
-                "loopback_bind",
-                "exec_allowlist",
-                "secrets_in_env",
-                "trusted_skills",
-            ]
-            .contains(&c.id.as_str());
-            if c.status == Fail && has_area && !related.iter().any(|f| serious(&f.severity)) {
-                c.evidence.push(
-                    "openclaw: no finding here; verdicts differ: rampart fail, openclaw pass"
-                        .to_string(),
-                );
-            }
-            if c.id == "agent_running"
-                && let Some((ok, error)) = &r.deep_probe
-            {
-                let differ = (c.status == Pass) != *ok;
-                c.evidence.push(format!(
-                    "openclaw --deep probe of the gateway: {}{}{}",
-                    if *ok { "ok" } else { "failed" },
-                    error
-                        .as_ref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default(),
-                    if differ {
-                        format!(
-                            "; verdicts differ: rampart {}, openclaw {}",
-                            c.status.as_str(),
-                            if *ok { "pass" } else { "fail" }
-                        )
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-        }
     }
-    checks.push(Check {
-        id: "openclaw_audit".into(),
-        source: "openclaw security audit".into(),
-        title: "OpenClaw's own security audit (--deep) finds nothing critical".into(),
-        status,
-        evidence,
-    });
 }
 
-fn unprivileged(obs: &Observations, params: &ScanParams) -> (CheckStatus, Vec<String>) {
-    let Some(unit) = &params.agent_service else {
-        return (
-            Unknown,
-            vec!["the playbook has no agent (agent_user is not set)".into()],
-        );
-    };
-    let load = obs
-        .service
-        .get("LoadState")
-        .map(String::as_str)
-        .unwrap_or("");
-    if load != "loaded" {
-        return (
-            Unknown,
-            vec![format!("{unit} is not installed (LoadState={load})")],
-        );
-    }
-    let user = obs.service.get("User").cloned().unwrap_or_default();
-    let mut ev = vec![format!(
-        "{unit}: User={}",
-        if user.is_empty() { "(root)" } else { &user }
-    )];
-    if user.is_empty() || user == "root" {
-        return (Fail, ev);
-    }
-    let uid = obs.users.iter().find(|u| u.0 == user).map(|u| u.1);
-    match uid {
-        Some(0) => {
-            ev.push(format!("{user} has uid 0"));
-            return (Fail, ev);
-        }
-        Some(u) => ev.push(format!("{user} has uid {u}")),
-        None => ev.push(format!("{user} is not in /etc/passwd")),
-    }
-    let admin: Vec<&String> = obs
-        .admin_groups
-        .iter()
-        .filter(|(_, m)| m.contains(&user))
-        .map(|(g, _)| g)
-        .collect();
-    if !admin.is_empty() {
-        ev.push(format!(
-            "{user} is in {}",
-            admin
-                .iter()
-                .map(|g| g.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        return (Fail, ev);
-    }
-    if let Some(p) = obs.service.get("ProcessUser") {
-        ev.push(format!("the running process is {p}'s"));
-        if p == "root" {
-            return (Fail, ev);
-        }
-    }
-    (Pass, ev)
-}
-
-fn backups(obs: &Observations, params: &ScanParams) -> (CheckStatus, Vec<String>) {
-    let (Some(timer), Some(folder)) = (&params.backup_timer, &params.backup_folder) else {
-        return (
-            Unknown,
-            vec!["the playbook has no agent (agent_user is not set)".into()],
-        );
-    };
-    let mut ev = Vec::new();
-    let timer_on = match &obs.backup_timer {
-        Some((enabled, active)) => {
-            ev.push(format!("{timer}: {enabled}, {active}"));
-            enabled == "enabled" && active == "active"
-        }
-        None => {
-            ev.push(format!("{timer}: no answer"));
-            false
-        }
-    };
-    let fresh = match (&obs.backup_latest, obs.now) {
-        (Some((mtime, size, path)), Some(now)) => {
-            let age = now.saturating_sub(*mtime);
-            ev.push(format!(
-                "newest backup {path}, {size} bytes, {} h old",
-                age / 3600
+/// Next to each rampart check, the OpenClaw findings that speak to it, and both verdicts
+/// where they differ.
+fn beside(checks: &mut [Check], r: &OpenclawReport) {
+    for c in checks.iter_mut() {
+        let related: Vec<&OpenclawFinding> = r
+            .findings
+            .iter()
+            .filter(|f| related_check(&f.check_id) == Some(c.id.as_str()))
+            .collect();
+        for f in &related {
+            let differ = c.status == Pass && serious(&f.severity);
+            c.evidence.push(format!(
+                "openclaw: {} ({}): {}{}",
+                f.check_id,
+                f.severity,
+                f.title,
+                if differ {
+                    format!("; verdicts differ: rampart pass, openclaw {}", f.severity)
+                } else {
+                    String::new()
+                }
             ));
-            age <= BACKUP_MAX_AGE && *size > 0
         }
-        _ => {
-            ev.push(format!("no backup in {folder}"));
-            false
+        let has_area = [
+            "auth_token",
+            "loopback_bind",
+            "exec_allowlist",
+            "secrets_in_env",
+            "trusted_skills",
+        ]
+        .contains(&c.id.as_str());
+        if c.status == Fail && has_area && !related.iter().any(|f| serious(&f.severity)) {
+            c.evidence.push(
+                "openclaw: no finding here; verdicts differ: rampart fail, openclaw pass"
+                    .to_string(),
+            );
         }
-    };
-    (if timer_on && fresh { Pass } else { Fail }, ev)
-}
-
-/// Whether nft's ruleset drops inbound by default.
-fn firewall(rules: &str) -> (CheckStatus, Vec<String>) {
-    let input_drop = rules.lines().any(|l| {
-        let l = l.trim();
-        l.contains("hook input") && l.contains("policy drop")
-    });
-    if input_drop {
-        (
-            Pass,
-            vec!["nft list ruleset: an input chain with policy drop".into()],
-        )
-    } else if rules.trim().is_empty() {
-        (
-            Fail,
-            vec!["nft list ruleset is empty: nothing is filtered".into()],
-        )
-    } else {
-        (
-            Fail,
-            vec!["nft list ruleset: no input chain with policy drop".into()],
-        )
+        if c.id == "agent_running"
+            && let Some((ok, error)) = &r.deep_probe
+        {
+            let differ = (c.status == Pass) != *ok;
+            c.evidence.push(format!(
+                "openclaw --deep probe of the gateway: {}{}{}",
+                if *ok { "ok" } else { "failed" },
+                error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                if differ {
+                    format!(
+                        "; verdicts differ: rampart {}, openclaw {}",
+                        c.status.as_str(),
+                        if *ok { "pass" } else { "fail" }
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
 }
 
@@ -942,12 +938,12 @@ pub async fn outside_probe(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::inspect::findings::findings;
     use crate::inspect::scan::{AuthorizedKey, FileMode, Listener};
 
-    fn params() -> ScanParams {
+    pub(crate) fn params() -> ScanParams {
         let vars = serde_json::json!({
             "agent_user": "openclaw", "agent_port": "18789", "ssh_port": 22,
             "wireguard_port": 51820, "admin_user": "admin",
@@ -957,7 +953,7 @@ mod tests {
     }
 
     /// What the scan sees on a host site.yaml provisioned, on a kernel with audit.
-    fn hardened() -> Observations {
+    pub(crate) fn hardened() -> Observations {
         let now = 1_800_000_000;
         Observations {
             listeners: vec![
@@ -1021,7 +1017,7 @@ mod tests {
         }
     }
 
-    fn closed() -> OutsideProbe {
+    pub(crate) fn closed() -> OutsideProbe {
         OutsideProbe {
             address: "10.0.0.5".into(),
             ports: vec![(18789, false, "closed (connection refused)".into())],
@@ -1164,7 +1160,7 @@ mod tests {
 
     /// `openclaw security audit --deep --json` as 2026.9.6 prints it (trimmed), after a line
     /// of noise on stderr and with a hostile escape sequence in a title.
-    const OPENCLAW_OUTPUT: &str = r#"(node:812) ExperimentalWarning: SQLite is an experimental feature
+    pub(crate) const OPENCLAW_OUTPUT: &str = r#"(node:812) ExperimentalWarning: SQLite is an experimental feature
 {
   "ts": 1796000000000,
   "summary": {"critical": 1, "warn": 2, "info": 0},
@@ -1252,6 +1248,799 @@ mod tests {
             oc.evidence,
             vec![
                 "unknown: /usr/local/bin/openclaw: no JSON in its output: Error: \\x1b[31mconfig invalid"
+            ]
+        );
+    }
+
+    /// One case of one check: the hardened host changed by `given`, and the verdict with its
+    /// first line of evidence, exactly.
+    struct Case {
+        check: &'static str,
+        given: fn(&mut Observations, &mut ScanParams, &mut Option<OutsideProbe>),
+        status: CheckStatus,
+        evidence: &'static str,
+    }
+
+    const CFG: &str = "/home/openclaw/.openclaw/openclaw.json";
+    const NO_AGENT: &str = "the playbook has no agent (agent_user is not set)";
+
+    fn no_agent_params(_: &mut Observations, p: &mut ScanParams, _: &mut Option<OutsideProbe>) {
+        let vars = serde_json::json!({"ssh_port": 22});
+        *p = ScanParams::from_vars(vars.as_object().unwrap()).unwrap();
+    }
+
+    fn set_config(o: &mut Observations, json: &str) {
+        o.config = Some(json.into());
+    }
+
+    fn case(
+        check: &'static str,
+        given: fn(&mut Observations, &mut ScanParams, &mut Option<OutsideProbe>),
+        status: CheckStatus,
+        evidence: &'static str,
+    ) -> Case {
+        Case {
+            check,
+            given,
+            status,
+            evidence,
+        }
+    }
+
+    /// Every check's branches, each as data. (Checks that read findings see the findings of
+    /// the same observations, as on a host.)
+    fn cases() -> Vec<Case> {
+        vec![
+            // auth_token
+            case(
+                "auth_token",
+                |_, _, _| {},
+                Pass,
+                "/home/openclaw/.openclaw/openclaw.json: ${AGENT_AUTH_TOKEN}; AGENT_AUTH_TOKEN in /etc/openclaw/token.env: 64 characters",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| {
+                    o.env.insert(
+                        "/etc/openclaw/agent.env".into(),
+                        vec![("AGENT_AUTH_TOKEN".into(), 31)],
+                    );
+                },
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: ${AGENT_AUTH_TOKEN}; AGENT_AUTH_TOKEN in /etc/openclaw/agent.env: 31 characters",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| o.env.clear(),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: ${AGENT_AUTH_TOKEN}, but no env file sets AGENT_AUTH_TOKEN (/etc/openclaw/agent.env, /etc/openclaw/token.env)",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| {
+                    set_config(
+                        o,
+                        r#"{"gateway": {"auth": {"mode": "token", "token": "abc"}}}"#,
+                    )
+                },
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: a literal token of 3 characters",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| {
+                    set_config(
+                        o,
+                        r#"{"gateway": {"authToken": "abcdefghijabcdefghijabcdefghijab"}}"#,
+                    )
+                },
+                Pass,
+                "/home/openclaw/.openclaw/openclaw.json: a literal token of 32 characters",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| set_config(o, r#"{"gateway": {"auth": {"mode": "none"}}}"#),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: gateway.auth.mode is \"none\"",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| set_config(o, r#"{"gateway": {}}"#),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: neither gateway.auth nor gateway.authToken is set",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| {
+                    o.config = None;
+                    o.config_path = None;
+                },
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json does not exist",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| set_config(o, "not json"),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json is not JSON rampart can read",
+            ),
+            case(
+                "auth_token",
+                |o, _, _| {
+                    o.config = None;
+                    o.truncated.push(crate::inspect::scan::Truncated {
+                        section: "config".into(),
+                        path: CFG.into(),
+                        size: 9_999_999,
+                    });
+                },
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json is larger than the scan reads (1048576 bytes): not checked",
+            ),
+            case("auth_token", no_agent_params, Unknown, NO_AGENT),
+            // loopback_bind
+            case(
+                "loopback_bind",
+                |_, _, _| {},
+                Pass,
+                "/home/openclaw/.openclaw/openclaw.json: gateway.bind is \"loopback\"",
+            ),
+            case(
+                "loopback_bind",
+                |o, _, _| set_config(o, r#"{"gateway": {"host": "localhost"}}"#),
+                Pass,
+                "/home/openclaw/.openclaw/openclaw.json: gateway.host is \"localhost\"",
+            ),
+            case(
+                "loopback_bind",
+                |o, _, _| set_config(o, r#"{"gateway": {"bind": "lan"}}"#),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: gateway.bind is \"lan\"",
+            ),
+            case(
+                "loopback_bind",
+                |o, _, _| {
+                    set_config(
+                        o,
+                        r#"{"gateway": {"bind": "custom", "customBindHost": "10.0.0.1"}}"#,
+                    )
+                },
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: gateway.bind is \"custom\"",
+            ),
+            // The config says loopback, but the port listens off it: a failure.
+            case(
+                "loopback_bind",
+                |o, _, _| o.listeners[1].addr = "0.0.0.0".parse().unwrap(),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: gateway.bind is \"loopback\"",
+            ),
+            case(
+                "loopback_bind",
+                |o, _, _| set_config(o, r#"{"gateway": {}}"#),
+                Unknown,
+                "/home/openclaw/.openclaw/openclaw.json: gateway.bind/host not set",
+            ),
+            case("loopback_bind", no_agent_params, Unknown, NO_AGENT),
+            // exec_allowlist
+            case(
+                "exec_allowlist",
+                |_, _, _| {},
+                Pass,
+                "/home/openclaw/.openclaw/openclaw.json: exec security is \"allowlist\"",
+            ),
+            case(
+                "exec_allowlist",
+                |o, _, _| set_config(o, r#"{"exec": {"security": "allowlist"}}"#),
+                Pass,
+                "/home/openclaw/.openclaw/openclaw.json: exec security is \"allowlist\"",
+            ),
+            case(
+                "exec_allowlist",
+                |o, _, _| set_config(o, r#"{"tools": {"exec": {"security": "full"}}}"#),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: exec security is \"full\"",
+            ),
+            case(
+                "exec_allowlist",
+                |o, _, _| set_config(o, "{}"),
+                Fail,
+                "/home/openclaw/.openclaw/openclaw.json: exec security is not set",
+            ),
+            case("exec_allowlist", no_agent_params, Unknown, NO_AGENT),
+            // secrets_in_env
+            case(
+                "secrets_in_env",
+                |_, _, _| {},
+                Pass,
+                "no secret-looking string in /home/openclaw, /etc/openclaw outside /etc/openclaw/agent.env, /etc/openclaw/token.env; secrets files not readable by others",
+            ),
+            case(
+                "secrets_in_env",
+                |o, _, _| {
+                    o.secret_hits.push(crate::inspect::scan::SecretHit {
+                        kind: "Anthropic API key".into(),
+                        lines: "3".into(),
+                        path: "/home/openclaw/notes.md".into(),
+                    })
+                },
+                Fail,
+                "/home/openclaw/notes.md (secret.plaintext): line 3: Anthropic API key",
+            ),
+            case(
+                "secrets_in_env",
+                |o, _, _| o.modes[0].mode = 0o604,
+                Fail,
+                "/etc/openclaw/agent.env (secret.readable): /etc/openclaw/agent.env mode 0604 root:root",
+            ),
+            case("secrets_in_env", no_agent_params, Unknown, NO_AGENT),
+            // gitignore
+            case(
+                "gitignore",
+                |_, _, _| {},
+                Pass,
+                "/home/openclaw/.openclaw/workspace/.gitignore lists config.json *.env .env* secrets/ *.key *.pem",
+            ),
+            case(
+                "gitignore",
+                |o, _, _| o.gitignore = Some("  config.json  \n*.env\n*.pem\n".into()),
+                Fail,
+                "/home/openclaw/.openclaw/workspace/.gitignore lacks .env* secrets/ *.key",
+            ),
+            case(
+                "gitignore",
+                |o, _, _| o.gitignore = None,
+                Fail,
+                "/home/openclaw/.openclaw/workspace/.gitignore does not exist",
+            ),
+            case("gitignore", no_agent_params, Unknown, NO_AGENT),
+            // unprivileged_user
+            case(
+                "unprivileged_user",
+                |_, _, _| {},
+                Pass,
+                "openclaw-gateway.service: User=openclaw",
+            ),
+            case(
+                "unprivileged_user",
+                |o, _, _| {
+                    o.service.insert("User".into(), String::new());
+                },
+                Fail,
+                "openclaw-gateway.service: User=(root)",
+            ),
+            case(
+                "unprivileged_user",
+                |o, _, _| {
+                    o.service.insert("User".into(), "root".into());
+                },
+                Fail,
+                "openclaw-gateway.service: User=root",
+            ),
+            case(
+                "unprivileged_user",
+                |o, _, _| o.users[1].1 = 0,
+                Fail,
+                "openclaw-gateway.service: User=openclaw",
+            ),
+            case(
+                "unprivileged_user",
+                |o, _, _| {
+                    o.admin_groups
+                        .insert("wheel".into(), vec!["openclaw".into()]);
+                },
+                Fail,
+                "openclaw-gateway.service: User=openclaw",
+            ),
+            case(
+                "unprivileged_user",
+                |o, _, _| {
+                    o.service.insert("ProcessUser".into(), "root".into());
+                },
+                Fail,
+                "openclaw-gateway.service: User=openclaw",
+            ),
+            case(
+                "unprivileged_user",
+                |o, _, _| {
+                    o.service.insert("LoadState".into(), "not-found".into());
+                },
+                Unknown,
+                "openclaw-gateway.service is not installed (LoadState=not-found)",
+            ),
+            case("unprivileged_user", no_agent_params, Unknown, NO_AGENT),
+            // trusted_skills
+            case(
+                "trusted_skills",
+                |_, _, _| {},
+                Pass,
+                "0 skills installed, all pinned (none pinned)",
+            ),
+            case(
+                "trusted_skills",
+                |o, p, _| {
+                    o.skills.insert("/s".into(), vec!["weather".into()]);
+                    p.pinned_skills = vec!["weather".into()];
+                },
+                Pass,
+                "1 skills installed, all pinned (weather)",
+            ),
+            case(
+                "trusted_skills",
+                |o, _, _| {
+                    o.skills.insert("/s".into(), vec!["wallet".into()]);
+                },
+                Fail,
+                "/s/wallet (skill.unpinned): /s/wallet; pinned: none",
+            ),
+            case("trusted_skills", no_agent_params, Unknown, NO_AGENT),
+            // backups
+            case(
+                "backups",
+                |_, _, _| {},
+                Pass,
+                "openclaw-backup.timer: enabled, active",
+            ),
+            case(
+                "backups",
+                |o, _, _| o.backup_timer = Some(("disabled".into(), "inactive".into())),
+                Fail,
+                "openclaw-backup.timer: disabled, inactive",
+            ),
+            case(
+                "backups",
+                |o, _, _| o.backup_timer = None,
+                Fail,
+                "openclaw-backup.timer: no answer",
+            ),
+            case(
+                "backups",
+                |o, _, _| {
+                    o.backup_latest = Some((o.now.unwrap() - BACKUP_MAX_AGE - 1, 9, "/b/x".into()))
+                },
+                Fail,
+                "openclaw-backup.timer: enabled, active",
+            ),
+            case("backups", no_agent_params, Unknown, NO_AGENT),
+            // monitoring
+            case(
+                "monitoring",
+                |_, _, _| {},
+                Pass,
+                "/etc/audit/rules.d/61-rampart-agent.rules: 1 agent rules loaded (auditctl -l)",
+            ),
+            case(
+                "monitoring",
+                |o, _, _| o.audit_loaded = Some("-w /etc -k other\n".into()),
+                Fail,
+                "/etc/audit/rules.d/61-rampart-agent.rules exists but auditctl -l lists no agent rule",
+            ),
+            case(
+                "monitoring",
+                |o, _, _| o.audit_rules_file = Some(false),
+                Fail,
+                "/etc/audit/rules.d/61-rampart-agent.rules is missing: no audit rules for the agent",
+            ),
+            case(
+                "monitoring",
+                |o, _, _| o.audit_loaded = None,
+                Unknown,
+                "/etc/audit/rules.d/61-rampart-agent.rules is written, but audit is unavailable here (): rules not loaded",
+            ),
+            case("monitoring", no_agent_params, Unknown, NO_AGENT),
+            // incident_response
+            case(
+                "incident_response",
+                |_, _, _| {},
+                Pass,
+                "/usr/local/share/doc/rampart/incident-response.md is in place",
+            ),
+            case(
+                "incident_response",
+                |o, _, _| o.incident_doc = Some(false),
+                Fail,
+                "/usr/local/share/doc/rampart/incident-response.md is missing or empty",
+            ),
+            case(
+                "incident_response",
+                |o, _, _| o.incident_doc = None,
+                Fail,
+                "/usr/local/share/doc/rampart/incident-response.md is missing or empty",
+            ),
+            case("incident_response", no_agent_params, Unknown, NO_AGENT),
+            // agent_running
+            case(
+                "agent_running",
+                |_, _, _| {},
+                Pass,
+                "openclaw-gateway.service: active (running), main process up 3600 s",
+            ),
+            case(
+                "agent_running",
+                |o, _, _| {
+                    o.agent_http.insert("health".into(), "500".into());
+                },
+                Fail,
+                "down: GET /health: 500",
+            ),
+            case(
+                "agent_running",
+                |o, _, _| {
+                    o.service.insert("LoadState".into(), "not-found".into());
+                },
+                Fail,
+                "down: the unit is not installed",
+            ),
+            case("agent_running", no_agent_params, Unknown, NO_AGENT),
+            // auth_enforced
+            case(
+                "auth_enforced",
+                |_, _, _| {},
+                Pass,
+                "POST http://127.0.0.1:18789/tools/invoke: 401 without the token, 400 with it",
+            ),
+            case(
+                "auth_enforced",
+                |o, _, _| {
+                    o.agent_http.insert("noauth".into(), "200".into());
+                },
+                Fail,
+                "POST http://127.0.0.1:18789/tools/invoke without the token: 200, accepted",
+            ),
+            case(
+                "auth_enforced",
+                |o, _, _| {
+                    o.agent_http.insert("auth".into(), "403".into());
+                },
+                Fail,
+                "POST http://127.0.0.1:18789/tools/invoke: 401 without the token, 403 with the env file's token: it is refused",
+            ),
+            case(
+                "auth_enforced",
+                |o, _, _| {
+                    o.agent_http.insert("auth".into(), "timeout".into());
+                },
+                Unknown,
+                "the gateway gave no HTTP answer to a request with the token (timeout): whether it takes the token is unknown",
+            ),
+            case(
+                "auth_enforced",
+                |o, _, _| {
+                    o.agent_http.clear();
+                },
+                Unknown,
+                "the live check did not run",
+            ),
+            case("auth_enforced", no_agent_params, Unknown, NO_AGENT),
+            // agent_sandbox
+            case(
+                "agent_sandbox",
+                |_, _, _| {},
+                Pass,
+                "openclaw-gateway.service: no drop-in loosens its sandbox (0 drop-ins)",
+            ),
+            case(
+                "agent_sandbox",
+                |o, _, _| {
+                    o.dropins = vec![crate::inspect::scan::DropIn {
+                        path: "/etc/d/nice.conf".into(),
+                        settings: vec![("Nice".into(), "5".into())],
+                    }]
+                },
+                Pass,
+                "openclaw-gateway.service: no drop-in loosens its sandbox (1 drop-ins)",
+            ),
+            case(
+                "agent_sandbox",
+                |o, _, _| {
+                    o.dropins = vec![crate::inspect::scan::DropIn {
+                        path: "/etc/d/a.conf".into(),
+                        settings: vec![("PrivateTmp".into(), "no".into())],
+                    }]
+                },
+                Fail,
+                "/etc/d/a.conf (agent.unit_dropin): PrivateTmp=no: turned off",
+            ),
+            case("agent_sandbox", no_agent_params, Unknown, NO_AGENT),
+            // outside_probe
+            case(
+                "outside_probe",
+                |_, _, _| {},
+                Pass,
+                "from the controller to 10.0.0.5:18789: closed (connection refused)",
+            ),
+            case(
+                "outside_probe",
+                |_, _, x| {
+                    x.as_mut().unwrap().ports.push((
+                        2375,
+                        true,
+                        "connected: the port is open".into(),
+                    ))
+                },
+                Fail,
+                "from the controller to 10.0.0.5:18789: closed (connection refused)",
+            ),
+            case(
+                "outside_probe",
+                |_, _, x| x.as_mut().unwrap().ports.clear(),
+                Unknown,
+                "no port to probe: agent_port and forbidden_ports are not set",
+            ),
+            case(
+                "outside_probe",
+                |_, _, x| *x = None,
+                Unknown,
+                "no outside probe was made",
+            ),
+            // ssh_root_login
+            case(
+                "ssh_root_login",
+                |_, _, _| {},
+                Pass,
+                "sshd -T: permitrootlogin no",
+            ),
+            case(
+                "ssh_root_login",
+                |o, _, _| {
+                    o.sshd
+                        .insert("permitrootlogin".into(), "without-password".into());
+                },
+                Fail,
+                "sshd -T: permitrootlogin without-password",
+            ),
+            case(
+                "ssh_root_login",
+                |o, _, _| o.sshd.clear(),
+                Unknown,
+                "sshd -T gave no answer",
+            ),
+            // ssh_password_login
+            case(
+                "ssh_password_login",
+                |_, _, _| {},
+                Pass,
+                "sshd -T: passwordauthentication no, kbdinteractiveauthentication no",
+            ),
+            case(
+                "ssh_password_login",
+                |o, _, _| {
+                    o.sshd.remove("kbdinteractiveauthentication");
+                },
+                Pass,
+                "sshd -T: passwordauthentication no, kbdinteractiveauthentication no",
+            ),
+            case(
+                "ssh_password_login",
+                |o, _, _| {
+                    o.sshd
+                        .insert("kbdinteractiveauthentication".into(), "yes".into());
+                },
+                Fail,
+                "sshd -T: passwordauthentication no, kbdinteractiveauthentication yes",
+            ),
+            case(
+                "ssh_password_login",
+                |o, _, _| {
+                    o.sshd.insert("passwordauthentication".into(), "yes".into());
+                },
+                Fail,
+                "sshd -T: passwordauthentication yes, kbdinteractiveauthentication no",
+            ),
+            case(
+                "ssh_password_login",
+                |o, _, _| o.sshd.clear(),
+                Unknown,
+                "sshd -T gave no answer",
+            ),
+            // firewall
+            case(
+                "firewall",
+                |_, _, _| {},
+                Pass,
+                "nft list ruleset: an input chain with policy drop",
+            ),
+            case(
+                "firewall",
+                |o, _, _| {
+                    o.nft = Some("table inet f {\n chain input {\n  type filter hook input priority 0; policy accept;\n }\n}\n".into())
+                },
+                Fail,
+                "nft list ruleset: no input chain with policy drop",
+            ),
+            // A drop policy on the output hook is not an inbound default.
+            case(
+                "firewall",
+                |o, _, _| {
+                    o.nft = Some(
+                        "chain output { type filter hook output priority 0; policy drop; }\n"
+                            .into(),
+                    )
+                },
+                Fail,
+                "nft list ruleset: no input chain with policy drop",
+            ),
+            case(
+                "firewall",
+                |o, _, _| o.nft = Some(" \n".into()),
+                Fail,
+                "nft list ruleset is empty: nothing is filtered",
+            ),
+            case(
+                "firewall",
+                |o, _, _| o.nft = None,
+                Unknown,
+                "nft is not installed",
+            ),
+            // root_only_uid0
+            case(
+                "root_only_uid0",
+                |_, _, _| {},
+                Pass,
+                "/etc/passwd: only root has uid 0",
+            ),
+            case(
+                "root_only_uid0",
+                |o, _, _| {
+                    o.users
+                        .push(("toor".into(), 0, "/root".into(), "/bin/sh".into()))
+                },
+                Fail,
+                "user toor (user.uid0): /etc/passwd: toor uid 0, home /root, shell /bin/sh",
+            ),
+            // sudo_members
+            case(
+                "sudo_members",
+                |_, _, _| {},
+                Pass,
+                "/etc/group: sudo: admin",
+            ),
+            case(
+                "sudo_members",
+                |o, _, _| {
+                    o.admin_groups.insert("wheel".into(), vec![]);
+                },
+                Pass,
+                "/etc/group: sudo: admin; wheel: -",
+            ),
+            case(
+                "sudo_members",
+                |o, _, _| {
+                    o.admin_groups.insert("wheel".into(), vec!["eve".into()]);
+                },
+                Fail,
+                "wheel: eve (sudo.member): /etc/group: eve is in wheel; expected: admin (sudo_allow adds more)",
+            ),
+            // ssh_keys
+            case(
+                "ssh_keys",
+                |_, _, _| {},
+                Pass,
+                "1 authorized keys, all known to the inventory",
+            ),
+            case(
+                "ssh_keys",
+                |o, _, _| o.keys[0].blob = "AAAAevil".into(),
+                Fail,
+                "/home/admin/.ssh/authorized_keys:1 (ssh.unknown_key): /home/admin/.ssh/authorized_keys may log in as admin with ssh-ed25519 AAAAevil",
+            ),
+            case(
+                "ssh_keys",
+                |_, p, _| p.known_keys = None,
+                Unknown,
+                "the inventory names no keys (admin_keys, authorized_keys_allow)",
+            ),
+            // listeners
+            case(
+                "listeners",
+                |_, _, _| {},
+                Pass,
+                "off loopback: tcp 0.0.0.0:22",
+            ),
+            case(
+                "listeners",
+                |o, _, _| {
+                    o.listeners.push(crate::inspect::scan::Listener {
+                        proto: "tcp",
+                        addr: "::".parse().unwrap(),
+                        port: 8080,
+                        process: None,
+                    })
+                },
+                Fail,
+                "tcp [::]:8080 (listener.unexpected): tcp LISTEN [::]:8080",
+            ),
+            // auto_updates
+            case(
+                "auto_updates",
+                |_, _, _| {},
+                Pass,
+                "/etc/apt/apt.conf.d/20auto-upgrades: Unattended-Upgrade \"1\"",
+            ),
+            case(
+                "auto_updates",
+                |o, _, _| o.upgrades = Some("APT::Periodic::Unattended-Upgrade \"0\";\n".into()),
+                Fail,
+                "/etc/apt/apt.conf.d/20auto-upgrades: Unattended-Upgrade not \"1\"",
+            ),
+            case(
+                "auto_updates",
+                |o, _, _| o.upgrades = None,
+                Fail,
+                "/etc/apt/apt.conf.d/20auto-upgrades does not exist",
+            ),
+        ]
+    }
+
+    #[test]
+    fn each_check_function_gives_its_verdict_case_by_case() {
+        let mut failures = Vec::new();
+        for (n, c) in cases().iter().enumerate() {
+            let def = CHECKS
+                .iter()
+                .find(|d| d.id == c.check)
+                .unwrap_or_else(|| panic!("case {n}: no check {}", c.check));
+            let (mut obs, mut p, mut outside) = (hardened(), params(), Some(closed()));
+            (c.given)(&mut obs, &mut p, &mut outside);
+            let f = findings(&obs, &p);
+            let facts = Facts::default();
+            let input = Input::new(&obs, &p, &facts, &f, outside.as_ref());
+            let (status, evidence) = (def.check)(&input);
+            if status != c.status || evidence.first().map(String::as_str) != Some(c.evidence) {
+                failures.push(format!(
+                    "case {n} ({}): want {:?} {:?}\n    got {status:?} {evidence:?}",
+                    c.check, c.status, c.evidence
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn every_check_has_cases_for_each_verdict_it_can_give() {
+        let cases = cases();
+        for d in CHECKS {
+            let of_check: Vec<CheckStatus> = cases
+                .iter()
+                .filter(|c| c.check == d.id)
+                .map(|c| c.status)
+                .collect();
+            assert!(of_check.contains(&Pass), "{}: no passing case", d.id);
+            assert!(of_check.contains(&Fail), "{}: no failing case", d.id);
+        }
+    }
+
+    #[test]
+    fn the_table_has_unique_ids_and_the_report_order() {
+        let ids: Vec<&str> = CHECKS.iter().map(|d| d.id).collect();
+        let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        // Reports, the JSON and the tests name checks by these ids, in this order.
+        assert_eq!(
+            ids,
+            [
+                "auth_token",
+                "loopback_bind",
+                "exec_allowlist",
+                "secrets_in_env",
+                "gitignore",
+                "unprivileged_user",
+                "trusted_skills",
+                "backups",
+                "monitoring",
+                "incident_response",
+                "agent_running",
+                "auth_enforced",
+                "agent_sandbox",
+                "outside_probe",
+                "ssh_root_login",
+                "ssh_password_login",
+                "firewall",
+                "root_only_uid0",
+                "sudo_members",
+                "ssh_keys",
+                "listeners",
+                "auto_updates",
             ]
         );
     }

@@ -21,9 +21,9 @@ use std::io::{self, Write};
 
 use similar::TextDiff;
 
-use crate::engine::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
-use crate::fleet::FleetSummary;
 use crate::inspect::{Check, CheckStatus, Finding, Severity};
+use crate::summary::FleetSummary;
+use crate::summary::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
 
 pub fn write(out: &mut impl Write, summary: &FleetSummary) -> io::Result<()> {
     let mut page = String::with_capacity(32 * 1024);

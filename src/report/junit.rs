@@ -21,9 +21,9 @@ use std::io::{self, Write};
 
 use similar::TextDiff;
 
-use crate::engine::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
-use crate::fleet::FleetSummary;
 use crate::inspect::{Check, CheckStatus, Finding};
+use crate::summary::FleetSummary;
+use crate::summary::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
 
 /// A testcase's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,7 +448,7 @@ fn escape(s: &str, attribute: bool) -> String {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` in UTC, without a zone suffix (the Ant schema's pattern allows none).
-fn iso8601_utc(unix: u64) -> String {
+pub(crate) fn iso8601_utc(unix: u64) -> String {
     let days = (unix / 86_400) as i64;
     let rem = unix % 86_400;
     let (y, m, d) = civil_from_days(days);

@@ -1,4 +1,4 @@
-//! report: turning a run's [`FleetSummary`](crate::fleet::FleetSummary) into what people and
+//! report: turning a run's [`FleetSummary`](crate::summary::FleetSummary) into what people and
 //! machines read. Each output writes into any `io::Write`, so tests write into a `Vec<u8>`.
 //! JSON is serde's rendering of the summary (schema in README.md); `junit`, `prometheus` and
 //! `html` are built from the same summary, after the cli has masked its secrets.
@@ -8,9 +8,9 @@ pub mod junit;
 pub mod prometheus;
 pub mod text;
 
-use crate::engine::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
-use crate::fleet::FleetSummary;
 use crate::inspect::{Check, CheckStatus, Finding, Severity};
+use crate::summary::FleetSummary;
+use crate::summary::{ChangeReport, HostReport, HostStatus, StepReport, StepStatus};
 use crate::transport::StatsSnapshot;
 
 /// A drift or audit run over three hosts, for the tests of every format: `gw-1` drifted (a
@@ -141,7 +141,7 @@ pub fn sample_summary(mode: &'static str) -> FleetSummary {
     gw3.stats = StatsSnapshot::default();
 
     FleetSummary {
-        schema_version: crate::fleet::SCHEMA_VERSION,
+        schema_version: crate::summary::SCHEMA_VERSION,
         run_id: "20261125T020000Z-a1b2c3".into(),
         mode,
         started: 1_795_572_000,

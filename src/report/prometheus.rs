@@ -28,9 +28,9 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use crate::engine::{HostReport, HostStatus, StepReport, StepStatus};
-use crate::fleet::FleetSummary;
 use crate::inspect::{CheckStatus, Severity};
+use crate::summary::FleetSummary;
+use crate::summary::{HostReport, HostStatus, StepReport, StepStatus};
 
 const SEVERITIES: [Severity; 4] = [
     Severity::Low,

@@ -9,9 +9,9 @@ use std::io::{self, Write};
 
 use similar::TextDiff;
 
-use crate::engine::{ChangeReport, HostReport, HostStatus, StepStatus};
-use crate::fleet::FleetSummary;
 use crate::inspect::CheckStatus;
+use crate::summary::FleetSummary;
+use crate::summary::{ChangeReport, HostReport, HostStatus, StepStatus};
 
 /// How to show a report: with `--stats` lines, and in color (a terminal).
 #[derive(Debug, Clone, Copy, Default)]
@@ -302,7 +302,7 @@ fn write_change<W: Write>(out: &mut Escaping<W>, c: &ChangeReport, color: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{StepReport, StepStatus};
+    use crate::summary::{StepReport, StepStatus};
     use crate::transport::StatsSnapshot;
 
     fn host(name: &str, status: HostStatus, steps: Vec<StepReport>) -> HostReport {

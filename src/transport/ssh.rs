@@ -255,6 +255,8 @@ struct HostKeyCheck {
     known_hosts: PathBuf,
     accept_new: bool,
     refusal: Arc<Mutex<Option<ConnectError>>>,
+    /// The SHA256 fingerprint of the host key that passed the check.
+    verified: Arc<Mutex<Option<String>>>,
 }
 
 impl HostKeyCheck {
@@ -350,7 +352,13 @@ impl client::Handler for HostKeyCheck {
             }),
         };
         match outcome {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                if let PublicKeyOrCertificate::PublicKey { key, .. } = server_key {
+                    *self.verified.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(known_hosts::fingerprint(key));
+                }
+                Ok(true)
+            }
             Err(refusal) => {
                 *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
                 Ok(false)
@@ -403,6 +411,8 @@ pub struct SshSession {
     host: String,
     /// [`ConnectOptions::max_output`].
     max_output: u64,
+    /// The SHA256 fingerprint of the target's host key that rampart verified.
+    pub host_key_fingerprint: String,
 }
 
 /// Connects to `target`, through its jump host if it has one.
@@ -415,8 +425,9 @@ pub async fn connect(
         match &target.jump {
             None => {
                 let stream = tcp_connect(&ep.address, ep.port).await?;
-                let (handle, used) = handshake(stream, ep, options).await?;
+                let (handle, used, fp) = handshake(stream, ep, options).await?;
                 Ok(SshSession {
+                    host_key_fingerprint: fp,
                     handle,
                     _jump: None,
                     stats: Arc::default(),
@@ -431,7 +442,7 @@ pub async fn connect(
                     source: Box::new(source),
                 };
                 let stream = tcp_connect(&jump.address, jump.port).await.map_err(wrap)?;
-                let (jump_handle, _) = handshake(stream, jump, options).await.map_err(wrap)?;
+                let (jump_handle, _, _) = handshake(stream, jump, options).await.map_err(wrap)?;
                 let channel = jump_handle
                     .channel_open_direct_tcpip(ep.address.clone(), ep.port as u32, "127.0.0.1", 0)
                     .await
@@ -441,8 +452,9 @@ pub async fn connect(
                             message: format!("the jump host could not open a connection: {e}"),
                         })
                     })?;
-                let (handle, used) = handshake(channel.into_stream(), ep, options).await?;
+                let (handle, used, fp) = handshake(channel.into_stream(), ep, options).await?;
                 Ok(SshSession {
+                    host_key_fingerprint: fp,
                     handle,
                     _jump: Some(jump_handle),
                     stats: Arc::default(),
@@ -482,12 +494,14 @@ async fn handshake<S>(
     stream: S,
     ep: &Endpoint,
     options: &ConnectOptions,
-) -> Result<(Handle<HostKeyCheck>, String), ConnectError>
+) -> Result<(Handle<HostKeyCheck>, String, String), ConnectError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let refusal = Arc::new(Mutex::new(None));
+    let verified = Arc::new(Mutex::new(None));
     let check = HostKeyCheck {
+        verified: verified.clone(),
         host: ep.address.clone(),
         port: ep.port,
         known_hosts: options.known_hosts.clone(),
@@ -508,7 +522,12 @@ where
         }
     };
     let used = authenticate(&mut handle, ep, options).await?;
-    Ok((handle, used))
+    let fingerprint = verified
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default();
+    Ok((handle, used, fingerprint))
 }
 
 /// Offers keys the way OpenSSH does: the configured identity (through the agent when the

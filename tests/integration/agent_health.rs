@@ -128,7 +128,7 @@ impl Run {
         let out = self.rampart("apply");
         assert_eq!(
             out.status.code(),
-            Some(0),
+            exit_code(Outcome::Ok),
             "{}{}",
             stdout(&out),
             stderr(&out)
@@ -194,7 +194,7 @@ fn wait_for_gateway() {
 fn assert_healthy(run: &mut Run, when: &str) {
     wait_for_gateway();
     let (code, h) = run.check("drift");
-    assert_eq!(code, Some(0), "{when}: {h:#}");
+    assert_eq!(code, exit_code(Outcome::Ok), "{when}: {h:#}");
     assert_eq!(h["status"], "in_line", "{when}: {h:#}");
     assert_eq!(ids(&h), Vec::<String>::new(), "{when}");
     assert_eq!(h["stats"]["round_trips"], 1, "{when}");
@@ -207,7 +207,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
     let out = run.rampart_with("apply", FIRST_APPLY);
     assert_eq!(
         out.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&out),
         stderr(&out)
@@ -242,7 +242,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
         "0",
         "the token showed in a command line on the host"
     );
-    assert_eq!(code, Some(0), "{h:#}");
+    assert_eq!(code, exit_code(Outcome::Ok), "{h:#}");
     let running = check(&h, "agent_running");
     assert_eq!(running["status"], "pass", "{running}");
     assert!(
@@ -269,7 +269,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
     // Stopped: drift exits 2 with agent.down, the journal's lines as evidence; audit fails.
     sudo("systemctl stop openclaw-gateway.service");
     let (code, h) = run.check("drift");
-    assert_eq!(code, Some(2), "{h:#}");
+    assert_eq!(code, exit_code(Outcome::Differs), "{h:#}");
     let down = findings(&h, "agent.down");
     assert_eq!(down.len(), 1, "{h:#}");
     assert_eq!(down[0]["severity"], "critical");
@@ -288,7 +288,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
     );
     assert!(ev.contains("Stopped openclaw-gateway.service"), "{ev}");
     let (code, h) = run.check("audit");
-    assert_eq!(code, Some(2));
+    assert_eq!(code, exit_code(Outcome::Differs));
     assert_eq!(check(&h, "agent_running")["status"], "fail");
     assert_eq!(check(&h, "auth_enforced")["status"], "unknown");
 
@@ -302,7 +302,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
          && for i in $(seq 100); do [ \"$(systemctl show -p NRestarts --value openclaw-gateway.service)\" -ge 1 ] && break; sleep 0.2; done",
     );
     let (code, h) = run.check("drift");
-    assert_eq!(code, Some(2), "{h:#}");
+    assert_eq!(code, exit_code(Outcome::Differs), "{h:#}");
     let down = findings(&h, "agent.down");
     assert_eq!(down.len(), 1, "{h:#}");
     let ev = evidence(&down[0]);
@@ -321,7 +321,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
          && systemctl daemon-reload && systemctl restart openclaw-gateway.service"
     ));
     let (code, h) = run.check("drift");
-    assert_eq!(code, Some(2), "{h:#}");
+    assert_eq!(code, exit_code(Outcome::Differs), "{h:#}");
     let loose = findings(&h, "agent.unit_dropin");
     assert_eq!(loose.len(), 1, "{h:#}");
     assert_eq!(loose[0]["subject"], dropin);
@@ -339,7 +339,7 @@ fn drift_and_audit_know_when_the_agent_is_down_crash_looping_or_loosened() {
         "a harmless directive is not named: {ev}"
     );
     let (code, h) = run.check("audit");
-    assert_eq!(code, Some(2));
+    assert_eq!(code, exit_code(Outcome::Differs));
     assert_eq!(check(&h, "agent_sandbox")["status"], "fail");
 
     run.apply();
@@ -392,7 +392,7 @@ fn the_tunnel_reaches_the_agent_that_the_network_cannot() {
         .unwrap();
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)
@@ -408,7 +408,12 @@ fn the_tunnel_reaches_the_agent_that_the_network_cannot() {
         .arg(&empty)
         .output()
         .unwrap();
-    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert_eq!(
+        refused.status.code(),
+        exit_code(Outcome::Failed),
+        "{}",
+        stderr(&refused)
+    );
     assert!(stderr(&refused).contains("hint:"), "{}", stderr(&refused));
     assert_eq!(stdout(&refused), "");
 
@@ -479,7 +484,12 @@ fn the_tunnel_reaches_the_agent_that_the_network_cannot() {
         .unwrap();
     assert!(kill.success());
     let out = tunnel.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stderr(&out)
+    );
     let err = stderr(&out);
     assert!(err.contains("forwarding 127.0.0.1:"), "{err}");
     assert!(!err.contains(&agent_token()));

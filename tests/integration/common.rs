@@ -223,3 +223,53 @@ do_GET=lambda s:R(s,200 if s.path=='/health' else 404 if ok(s) else 401),\
 do_POST=lambda s:R(s,400 if ok(s) else 401),log_message=lambda *a:None));\
 h.ThreadingHTTPServer(('127.0.0.1' if g['bind']=='loopback' else '0.0.0.0',g['port']),H)\
 .serve_forever()\"";
+
+pub use rampart::exit::Outcome;
+
+/// The exit status the binary ends with for `outcome`, as `ExitStatus::code` reports it:
+/// tests compare against this, never against a bare number.
+pub fn exit_code(outcome: Outcome) -> Option<i32> {
+    Some(outcome.code().into())
+}
+
+/// insta filters for what changes from run to run and testbed to testbed: run ids
+/// (`20261125T103000Z-4f2a9c`), times (RFC 3339, and Unix seconds), IPv4 and IPv6 addresses.
+/// A port after an address stays: it is the test's choice, not the testbed's.
+pub const SNAPSHOT_FILTERS: &[(&str, &str)] = &[
+    (r"\b\d{8}T\d{6}Z-[0-9a-f]{6}\b", "[RUN_ID]"),
+    (
+        r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?",
+        "[TIME]",
+    ),
+    (r"\b1[6-9]\d{8}(?:\.\d+)?\b", "[UNIX_TIME]"),
+    (
+        r"\b(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}\b",
+        "[ADDR]",
+    ),
+    (r"\[[0-9a-fA-F]*:[0-9a-fA-F:.]*\]", "[ADDR]"),
+];
+
+/// insta settings with `SNAPSHOT_FILTERS`: every snapshot of the binary's output on testbed
+/// hosts goes through `snapshot_settings().bind(|| insta::assert_snapshot!(...))`.
+pub fn snapshot_settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    for (pattern, replacement) in SNAPSHOT_FILTERS {
+        s.add_filter(pattern, *replacement);
+    }
+    s
+}
+
+/// The filters themselves, on text of the shapes the reports print: no testbed needed.
+#[test]
+fn snapshot_filters_hide_addresses_times_and_run_ids() {
+    let text = "run 20261208T010203Z-4f2a9c at 2026-12-08T01:02:03Z (1796000000)\n\
+                h1 (10.203.0.101:22): ok; tunnel [fd00::1]:18789; 127.0.0.1:1 refused\n\
+                kept: openclaw 2026.9.6, port 18789, 3 of 4 hosts, sha 0123456789abcdef\n";
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!(text, @r"
+        run [RUN_ID] at [TIME] ([UNIX_TIME])
+        h1 ([ADDR]:22): ok; tunnel [ADDR]:18789; [ADDR]:1 refused
+        kept: openclaw 2026.9.6, port 18789, 3 of 4 hosts, sha 0123456789abcdef
+        ");
+    });
+}

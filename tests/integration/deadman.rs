@@ -29,11 +29,11 @@ fn run(dir: &Path, cmd: &str, book: &Path, extra: &[&str]) -> Output {
 }
 
 /// Runs `cmd` and checks its exit code; returns the report of the one host.
-fn expect(dir: &Path, cmd: &str, book: &Path, code: i32) -> (Value, Value) {
+fn expect(dir: &Path, cmd: &str, book: &Path, want: Outcome) -> (Value, Value) {
     let out = run(dir, cmd, book, &[]);
     assert_eq!(
         out.status.code(),
-        Some(code),
+        exit_code(want),
         "{cmd} {}: {}{}",
         book.display(),
         stdout(&out),
@@ -156,7 +156,7 @@ fn nftables_good_changes_stay_and_a_ruleset_that_drops_ssh_is_rolled_back() {
     let good = nft_book(d, "good.yaml", GOOD_RULESET);
 
     // A sane default-drop ruleset that allows SSH: applied, confirmed, in line.
-    let (j, host) = expect(d, "apply", &good, 0);
+    let (j, host) = expect(d, "apply", &good, Outcome::Ok);
     assert_eq!(host["status"], "changed", "{host:#}");
     assert_eq!(host["steps"][0]["status"], "changed", "{host:#}");
     assert!(host.get("note").is_none(), "{host:#}");
@@ -165,17 +165,17 @@ fn nftables_good_changes_stay_and_a_ruleset_that_drops_ssh_is_rolled_back() {
     assert!(listing.contains("tcp dport 22 accept"), "{listing}");
     assert_eq!(ssh_root(h, "cat /etc/nftables.conf"), GOOD_RULESET);
     assert_eq!(ssh_root(h, "systemctl is-enabled nftables"), "enabled\n");
-    let (_, host) = expect(d, "plan", &good, 0);
+    let (_, host) = expect(d, "plan", &good, Outcome::Ok);
     assert_eq!(host["steps"][0]["status"], "in_line", "{host:#}");
 
     // A flush by hand is drift, shown as the rules that come back; apply brings them back.
     ssh_root(h, "nft flush ruleset");
-    let (_, host) = expect(d, "plan", &good, 2);
+    let (_, host) = expect(d, "plan", &good, Outcome::Differs);
     let changes = &host["steps"][0]["changes"];
     assert_eq!(changes.as_array().unwrap().len(), 1, "{host:#}");
     assert_eq!(changes[0]["field"], "live ruleset");
     assert_eq!(changes[0]["after"], listing.as_str());
-    expect(d, "apply", &good, 0);
+    expect(d, "apply", &good, Outcome::Ok);
     assert_eq!(ssh_root(h, "nft -s list ruleset"), listing);
 
     // Rulesets that cut rampart off: the host loads the previous one again by itself, and
@@ -183,7 +183,7 @@ fn nftables_good_changes_stay_and_a_ruleset_that_drops_ssh_is_rolled_back() {
     for (name, ruleset) in [("no-ssh", NO_SSH_RULESET), ("drop-22", DROP_22_RULESET)] {
         let bad = nft_book(d, &format!("{name}.yaml"), ruleset);
         let started = Instant::now();
-        let (_, host) = expect(d, "apply", &bad, 1);
+        let (_, host) = expect(d, "apply", &bad, Outcome::Failed);
         eprintln!(
             "nftables {name}: rolled back and reported in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -195,7 +195,7 @@ fn nftables_good_changes_stay_and_a_ruleset_that_drops_ssh_is_rolled_back() {
             GOOD_RULESET,
             "{name}"
         );
-        expect(d, "plan", &good, 0);
+        expect(d, "plan", &good, Outcome::Ok);
     }
     open_firewall(h);
 }
@@ -219,7 +219,7 @@ fn sshd_good_settings_stay_and_settings_that_refuse_rampart_are_rolled_back() {
     let good = sshd_book(d, "good.yaml", &["MaxAuthTries: 3"]);
 
     // A harmless setting: written, reloaded, confirmed, in effect, in line.
-    let (j, host) = expect(d, "apply", &good, 0);
+    let (j, host) = expect(d, "apply", &good, Outcome::Ok);
     assert_eq!(host["steps"][0]["status"], "changed", "{host:#}");
     assert!(host.get("note").is_none(), "{host:#}");
     assert_disarmed(h, j["run_id"].as_str().unwrap());
@@ -229,14 +229,14 @@ fn sshd_good_settings_stay_and_settings_that_refuse_rampart_are_rolled_back() {
         ssh_root(h, "sshd -T | grep ^maxauthtries"),
         "maxauthtries 3\n"
     );
-    expect(d, "plan", &good, 0);
+    expect(d, "plan", &good, Outcome::Ok);
 
     // An edit by hand shows as the file and the value in effect.
     ssh_root(
         h,
         "sed -i 's/^MaxAuthTries 3$/MaxAuthTries 4/' /etc/ssh/sshd_config.d/10-rampart.conf",
     );
-    let (_, host) = expect(d, "plan", &good, 2);
+    let (_, host) = expect(d, "plan", &good, Outcome::Differs);
     let fields: Vec<&str> = host["steps"][0]["changes"]
         .as_array()
         .unwrap()
@@ -244,12 +244,17 @@ fn sshd_good_settings_stay_and_settings_that_refuse_rampart_are_rolled_back() {
         .map(|c| c["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["content", "effective maxauthtries"], "{host:#}");
-    expect(d, "apply", &good, 0);
+    expect(d, "apply", &good, Outcome::Ok);
 
     // Settings sshd refuses fail the plan with sshd's message; nothing changes.
     let refused = sshd_book(d, "refused.yaml", &["PermitRootLogin: maybe"]);
     let out = run(d, "apply", &refused, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        exit_code(Outcome::Failed),
+        "{}",
+        stdout(&out)
+    );
     let detail = json(&out)["hosts"][0]["steps"][0]["detail"].clone();
     assert!(
         detail.as_str().unwrap().contains(
@@ -267,7 +272,7 @@ fn sshd_good_settings_stay_and_settings_that_refuse_rampart_are_rolled_back() {
     ] {
         let bad = sshd_book(d, &format!("{name}.yaml"), &["MaxAuthTries: 3", setting]);
         let started = Instant::now();
-        let (_, host) = expect(d, "apply", &bad, 1);
+        let (_, host) = expect(d, "apply", &bad, Outcome::Failed);
         eprintln!(
             "sshd {name}: rolled back and reported in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -279,7 +284,7 @@ fn sshd_good_settings_stay_and_settings_that_refuse_rampart_are_rolled_back() {
             "permitrootlogin without-password\n",
             "{name}"
         );
-        expect(d, "plan", &good, 0);
+        expect(d, "plan", &good, Outcome::Ok);
     }
     plain_sshd(h);
 }
@@ -325,7 +330,7 @@ fn a_risky_file_step_that_locks_us_out_is_rolled_back() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(1),
+        exit_code(Outcome::Failed),
         "{}",
         super::common::stdout(&out)
     );
@@ -375,7 +380,7 @@ fn slow_steps_after_good_risky_changes_do_not_roll_them_back() {
     ssh_root(h, "rm -f /root/slow-1 /root/slow-2");
     let since = ssh_root(h, "date +%s");
 
-    let (j, host) = expect(d, "apply", &book, 0);
+    let (j, host) = expect(d, "apply", &book, Outcome::Ok);
     assert_eq!(host["status"], "changed", "{host:#}");
     for i in 0..4 {
         assert_eq!(host["steps"][i]["status"], "changed", "{host:#}");
@@ -400,7 +405,7 @@ fn slow_steps_after_good_risky_changes_do_not_roll_them_back() {
         "0\n",
         "a switch fired"
     );
-    expect(d, "plan", &book, 0);
+    expect(d, "plan", &book, Outcome::Ok);
     open_firewall(h);
     plain_sshd(h);
 }

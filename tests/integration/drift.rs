@@ -140,7 +140,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     let first = run(dir.path(), &inv, "apply", &[]);
     assert_eq!(
         first.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&first),
         stderr(&first)
@@ -153,7 +153,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     let clean = run(dir.path(), &inv, "drift", &["--format", "json"]);
     assert_eq!(
         clean.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&clean),
         stderr(&clean)
@@ -172,7 +172,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     let audit = run(dir.path(), &inv, "audit", &["--format", "json"]);
     assert_eq!(
         audit.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&audit),
         stderr(&audit)
@@ -232,7 +232,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     );
     assert_eq!(
         drift.status.code(),
-        Some(1),
+        exit_code(Outcome::Failed),
         "h28 is down: {}",
         stderr(&drift)
     );
@@ -389,7 +389,7 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     let audit = run(dir.path(), &inv, "audit", &["--format", "json"]);
     assert_eq!(
         audit.status.code(),
-        Some(1),
+        exit_code(Outcome::Failed),
         "h28 is down: {}",
         stderr(&audit)
     );
@@ -420,15 +420,25 @@ fn drift_and_audit_find_tampering_in_every_format_and_apply_repairs_it() {
     let repair = run(dir.path(), &inv, "apply", &[]);
     assert_eq!(
         repair.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&repair),
         stderr(&repair)
     );
     let drift = run(dir.path(), &inv, "drift", &["--format", "json"]);
-    assert_eq!(drift.status.code(), Some(0), "{}", stdout(&drift));
+    assert_eq!(
+        drift.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&drift)
+    );
     let audit = run(dir.path(), &inv, "audit", &[]);
-    assert_eq!(audit.status.code(), Some(0), "{}", stdout(&audit));
+    assert_eq!(
+        audit.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&audit)
+    );
     // The plaintext key was moved out of the agent's reach, kept as evidence for root only.
     let kept = sudo(
         "h27",
@@ -455,7 +465,12 @@ fn bad_report_arguments_exit_1_not_2_which_means_drift() {
         ),
     ] {
         let out = run(dir.path(), &inv, "drift", &["-o", output]);
-        assert_eq!(out.status.code(), Some(1), "{output}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            exit_code(Outcome::Failed),
+            "{output}: {}",
+            stderr(&out)
+        );
         assert!(stderr(&out).contains(says), "{output}: {}", stderr(&out));
     }
 }

@@ -85,7 +85,7 @@ fn plan_apply_verify_drift_and_backups_on_three_hosts() {
     let plan = run(dir.path(), &inv, "plan", &book, &["--stats"]);
     assert_eq!(
         plan.status.code(),
-        Some(2),
+        exit_code(Outcome::Differs),
         "{}{}",
         stdout(&plan),
         stderr(&plan)
@@ -116,7 +116,7 @@ fn plan_apply_verify_drift_and_backups_on_three_hosts() {
     let apply = run(dir.path(), &inv, "apply", &book, &["--format", "json"]);
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)
@@ -147,14 +147,19 @@ fn plan_apply_verify_drift_and_backups_on_three_hosts() {
 
     // Converged: plan exits 0 with no diff.
     let again = run(dir.path(), &inv, "plan", &book, &[]);
-    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+    assert_eq!(
+        again.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&again)
+    );
     assert!(!stdout(&again).contains('~'), "{}", stdout(&again));
 
     // Drift by hand: a file on h1, a user's shell on h2.
     ssh_root("h1", &format!("echo 'edited by hand' >> /srv/t{tag}/motd"));
     ssh_root("h2", &format!("usermod -s /bin/sh dep{tag}"));
     let drift = run(dir.path(), &inv, "plan", &book, &["--format", "json"]);
-    assert_eq!(drift.status.code(), Some(2));
+    assert_eq!(drift.status.code(), exit_code(Outcome::Differs));
     let j = json(&drift);
     assert_eq!(drifted(&j, "h1"), ["motd"]);
     assert_eq!(drifted(&j, "h2"), ["deploy user"]);
@@ -169,7 +174,12 @@ fn plan_apply_verify_drift_and_backups_on_three_hosts() {
 
     // Apply fixes both; the backup holds the hand-edited content.
     let fix = run(dir.path(), &inv, "apply", &book, &["--format", "json"]);
-    assert_eq!(fix.status.code(), Some(0), "{}", stdout(&fix));
+    assert_eq!(
+        fix.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&fix)
+    );
     let j = json(&fix);
     let run_id = j["run_id"].as_str().unwrap();
     assert_eq!(host(&j, "h3")["status"], "in_line");
@@ -183,7 +193,12 @@ fn plan_apply_verify_drift_and_backups_on_three_hosts() {
         "/bin/bash\n"
     );
     let clean = run(dir.path(), &inv, "plan", &book, &[]);
-    assert_eq!(clean.status.code(), Some(0), "{}", stdout(&clean));
+    assert_eq!(
+        clean.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&clean)
+    );
 }
 
 #[test]
@@ -192,9 +207,12 @@ fn an_unreachable_host_does_not_stop_the_others() {
     let tag = format!("u{}", tag());
     let inv = inventory(dir.path(), &["h7", "ghost"], &tag);
     let out = run(dir.path(), &inv, "apply", &fixture(), &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), exit_code(Outcome::Failed));
     let text = stdout(&out);
-    assert!(text.contains("h7 (10.203.0.107:22): changed"), "{text}");
+    assert!(
+        text.contains(&format!("h7 ({}:22): changed", addr("h7"))),
+        "{text}"
+    );
     assert!(text.contains("ghost (127.0.0.1:1): UNREACHABLE"), "{text}");
     assert!(
         text.contains("apply: 2 hosts: 1 changed, 1 unreachable"),
@@ -271,7 +289,7 @@ fn bad_input_is_a_located_error_and_nothing_is_applied() {
         let out = run(dir.path(), &inv, "apply", &book, &[]);
         assert_eq!(
             out.status.code(),
-            Some(1),
+            exit_code(Outcome::Failed),
             "{step}: {}{}",
             stdout(&out),
             stderr(&out)
@@ -317,7 +335,7 @@ fn hostile_values_reach_the_host_unchanged() {
     let out = run(dir.path(), &inv, "apply", &book, &[]);
     assert_eq!(
         out.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&out),
         stderr(&out)
@@ -353,7 +371,7 @@ fn the_bootstrap_login_is_used_until_the_admin_user_exists() {
     let first = run(dir.path(), &inv, "apply", &site, &["--format", "json"]);
     assert_eq!(
         first.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&first),
         stderr(&first)
@@ -369,7 +387,7 @@ fn the_bootstrap_login_is_used_until_the_admin_user_exists() {
     let second = run(dir.path(), &inv, "plan", &site, &["--format", "json"]);
     assert_eq!(
         second.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&second),
         stderr(&second)

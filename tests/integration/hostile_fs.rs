@@ -151,7 +151,12 @@ fn planted_links_and_temp_file_races_gain_the_agent_nothing() {
     let pb = write_playbook(dir.path());
 
     let first = run(dir.path(), &inv, "apply", &pb, &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(
+        first.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stderr(&first)
+    );
     assert_eq!(
         ssh_root(h, &format!("stat -c '%U %a' {STATE}/workspace/SOUL.md")),
         "openclaw 600\n"
@@ -170,7 +175,12 @@ fn planted_links_and_temp_file_races_gain_the_agent_nothing() {
 
     let apply = run(dir.path(), &inv, "apply", &pb, &[]);
     assert_same_state(&before, &system_state(h), "the apply through planted links");
-    assert_eq!(apply.status.code(), Some(1), "{}", stdout(&apply));
+    assert_eq!(
+        apply.status.code(),
+        exit_code(Outcome::Failed),
+        "{}",
+        stdout(&apply)
+    );
     let report = json(&apply);
     let logs = failed_detail(&report, h, "logs");
     assert!(
@@ -214,7 +224,12 @@ fn planted_links_and_temp_file_races_gain_the_agent_nothing() {
             .any(|(_, e)| e.contains("-> /etc/systemd/system")),
         "{planted:#?}"
     );
-    assert_ne!(drift.status.code(), Some(0), "{}", stdout(&drift));
+    assert_ne!(
+        drift.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&drift)
+    );
 
     // 2. The agent races the temporary files of the atomic writes: a tight loop, as the
     //    agent, swaps every `.rampart.*` file in its folders for a link to a root file while
@@ -231,7 +246,12 @@ fn planted_links_and_temp_file_races_gain_the_agent_nothing() {
         "printf 'untouched\\n' >/etc/rampart-victim && chmod 0644 /etc/rampart-victim",
     );
     let again = run(dir.path(), &inv, "apply", &pb, &[]);
-    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+    assert_eq!(
+        again.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&again)
+    );
     let before = system_state(h);
     let race = format!(
         r#"n=0
@@ -293,7 +313,7 @@ done
     assert!(
         outcomes
             .iter()
-            .any(|(code, failed)| *code == Some(1) && !failed.is_empty()),
+            .any(|(code, failed)| *code == exit_code(Outcome::Failed) && !failed.is_empty()),
         "{swaps} swaps, yet no apply reported a refused step: {outcomes:#?}"
     );
     reset_agent(h);
@@ -307,7 +327,12 @@ fn quarantine_moves_only_the_agents_own_files() {
     let inv = write_inventory(dir.path(), &[(h, &format!("address: {}", addr(h)))]);
     let pb = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/agent-gateway.yaml");
     let first = run(dir.path(), &inv, "apply", &pb, &["--tags", "secrets"]);
-    assert_eq!(first.status.code(), Some(0), "{}", stdout(&first));
+    assert_eq!(
+        first.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&first)
+    );
 
     // A file with a key in a folder named "x\n" (in it, etc/shadow): read line by line,
     // find's output names /home/openclaw/x (a decoy file, so that a move succeeds first) and
@@ -323,7 +348,12 @@ fn quarantine_moves_only_the_agents_own_files() {
     let before = system_state(h);
     let out = run(dir.path(), &inv, "apply", &pb, &["--tags", "secrets"]);
     assert_same_state(&before, &system_state(h), "the quarantine step");
-    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&out)
+    );
     let step = steps(&json(&out), h)
         .into_iter()
         .find(|(n, _, _)| n.starts_with("no plaintext secrets"))

@@ -162,7 +162,7 @@ fn a_crafted_key_line_on_one_host_leaves_the_others_reports_whole() {
     // h32's findings make it drift; nothing failed.
     assert_eq!(
         out.status.code(),
-        Some(2),
+        exit_code(Outcome::Differs),
         "{}{}",
         stdout(&out),
         stderr(&out)
@@ -219,7 +219,12 @@ fn huge_output_is_cut_off_with_bounded_memory() {
         out.stdout.len()
     );
     assert!(peak < bound_kib, "peak RSS {peak} KiB");
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        exit_code(Outcome::Differs),
+        "{}",
+        stderr(&out)
+    );
     let report = json(&out);
     let h = host(&report, "h32");
     let big = h["findings"]
@@ -250,7 +255,12 @@ fn huge_output_is_cut_off_with_bounded_memory() {
         out.stdout.len()
     );
     assert!(peak < bound_kib, "peak RSS {peak} KiB");
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        exit_code(Outcome::Failed),
+        "{}",
+        stderr(&out)
+    );
     assert!(out.stdout.len() < 64 * 1024, "{} bytes", out.stdout.len());
     let report = json(&out);
     let h = host(&report, "h33");
@@ -293,7 +303,7 @@ fn a_hosts_terminal_escapes_never_reach_the_terminal_raw() {
     let plan = run(dir.path(), &["plan", "-i", inv_s, book_s]);
     assert_eq!(
         plan.status.code(),
-        Some(2),
+        exit_code(Outcome::Differs),
         "{}{}",
         stdout(&plan),
         stderr(&plan)
@@ -314,7 +324,7 @@ fn a_hosts_terminal_escapes_never_reach_the_terminal_raw() {
     let apply = run(dir.path(), &["apply", "-i", inv_s, book_s]);
     assert_eq!(
         apply.status.code(),
-        Some(1),
+        exit_code(Outcome::Failed),
         "{}{}",
         stdout(&apply),
         stderr(&apply)
@@ -329,7 +339,7 @@ fn a_hosts_terminal_escapes_never_reach_the_terminal_raw() {
     let facts = run(dir.path(), &["facts", "-i", inv_s]);
     assert_eq!(
         facts.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&facts),
         stderr(&facts)

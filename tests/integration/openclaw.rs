@@ -127,7 +127,7 @@ fn the_real_openclaw_installs_starts_and_stays_in_line() {
     );
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)
@@ -222,7 +222,7 @@ fn the_real_openclaw_installs_starts_and_stays_in_line() {
     let plan = run(dir.path(), &inv, "plan");
     assert_eq!(
         plan.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&plan),
         stderr(&plan)
@@ -271,7 +271,7 @@ fn the_agent_cannot_make_root_write_through_a_link_in_its_logs() {
         .unwrap();
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)

@@ -8,6 +8,8 @@ use std::process::Command;
 
 use assert_cmd::Command as Cmd;
 
+use super::common::{Outcome, exit_code};
+
 /// A folder with an inventory and a playbook, the playbook under a name with a space.
 fn fleet() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -265,7 +267,7 @@ fn refuses_what_it_cannot_schedule() {
             .args(args)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), exit_code(Outcome::Failed), "{args:?}");
         String::from_utf8(out.stderr).unwrap()
     };
     let err = run(&["-i", "missing.yaml", "fleet dir/my site.yaml"]);

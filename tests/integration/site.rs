@@ -61,13 +61,18 @@ fn site_converges_closes_the_agent_port_and_root_login() {
     let first = run(dir.path(), &inv, "apply");
     assert_eq!(
         first.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&first),
         stderr(&first)
     );
     let second = run(dir.path(), &inv, "apply");
-    assert_eq!(second.status.code(), Some(0), "{}", stdout(&second));
+    assert_eq!(
+        second.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&second)
+    );
     for (name, status) in statuses(&second) {
         assert_eq!(
             status,
@@ -97,7 +102,12 @@ fn site_converges_closes_the_agent_port_and_root_login() {
         "{audit_notes:?}"
     );
     let plan = run(dir.path(), &inv, "plan");
-    assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
+    assert_eq!(
+        plan.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&plan)
+    );
 
     for h in HOSTS {
         // From the controller the agent's port is closed...
@@ -166,7 +176,7 @@ fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
         .unwrap();
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)
@@ -191,15 +201,30 @@ fn site_on_a_vm_loads_audit_rules_and_kernel_sysctls() {
     let link = ssh_as("admin", "vm2", "/usr/sbin/ip -d link show wg0").unwrap();
     assert!(link.contains("wireguard"), "{link}");
     let plan = run(dir.path(), &inv, "plan");
-    assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
+    assert_eq!(
+        plan.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&plan)
+    );
     // On a real kernel nothing the kernel decides is left unknown: every check passes,
     // monitoring included (the agent's audit rules are loaded), and the scan finds nothing
     // unmanaged. Only OpenClaw's own audit is unknown: the VM runs the stand-in (the real
     // gateway under TCG would take minutes to start), and unknown is what rampart says then.
     let drift = run(dir.path(), &inv, "drift");
-    assert_eq!(drift.status.code(), Some(0), "{}", stdout(&drift));
+    assert_eq!(
+        drift.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&drift)
+    );
     let audit = run(dir.path(), &inv, "audit");
-    assert_eq!(audit.status.code(), Some(0), "{}", stdout(&audit));
+    assert_eq!(
+        audit.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&audit)
+    );
     let report: Value = serde_json::from_slice(&audit.stdout).unwrap();
     let checks = report["hosts"][0]["checks"].as_array().unwrap();
     assert!(checks.len() >= 19, "{checks:?}");
@@ -246,7 +271,7 @@ fn the_starter_flavour_writes_the_guides_schema() {
         .unwrap();
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)

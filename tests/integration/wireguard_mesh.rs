@@ -33,13 +33,18 @@ fn two_hosts_ping_each_other_over_wireguard_and_keys_stay_home() {
     let apply = run("apply");
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)
     );
     let plan = run("plan");
-    assert_eq!(plan.status.code(), Some(0), "{}", stdout(&plan));
+    assert_eq!(
+        plan.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        stdout(&plan)
+    );
 
     // h19 is the group's first host (10.99.0.1), h20 the second (10.99.0.2).
     let ping = ssh_root(
@@ -97,7 +102,7 @@ fn spokes_reach_each_other_through_the_hub() {
         .unwrap();
     assert_eq!(
         apply.status.code(),
-        Some(0),
+        exit_code(Outcome::Ok),
         "{}{}",
         stdout(&apply),
         stderr(&apply)

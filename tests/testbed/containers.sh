@@ -203,6 +203,16 @@ ct_launch() {
         agent_bind=(--bind-ro="$AGENT_CACHE:$AGENT_MOUNT")
     fi
     (
+        # Only stdin, stdout and stderr go along: nspawn outlives this shell, and any other
+        # inherited descriptor stays open as long as the host runs. One holding a lock (the
+        # suite's `flock /work/suite.lock cargo test ...` whose test made this host fresh)
+        # would keep that lock taken until the host stops.
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd=${fd##*/}
+            if ((fd > 2)); then
+                eval "exec $fd>&-" 2>/dev/null || true
+            fi
+        done
         ct_cgroup_enter "$name"
         exec env SYSTEMD_NSPAWN_API_VFS_WRITABLE=network setsid systemd-nspawn --quiet \
             --register=no --keep-unit -M "$name" -D "$d/root" \
