@@ -600,7 +600,7 @@ fn resolve_for(
 /// `{"name", "address", "status": "ok"|"unreachable"|"host key"|"auth"|"error", "login"?,
 /// "note"?, "facts"?: {os_id, os_version, os_name, arch, kernel, hostname, uid, init,
 /// package_manager, virtualization, tools: {nft, wg, wg_quick, auditctl, sshd, sudo,
-/// systemctl}, audit_usable, docker, tailscale, ufw, fail2ban, ip_forward}, "error"?, "hint"?, "stats"?: {round_trips, bytes_sent,
+/// systemctl}, audit_usable, docker, tailscale, ufw, fail2ban, ip_forward, ssh_kex: [names]}, "error"?, "hint"?, "stats"?: {round_trips, bytes_sent,
 /// bytes_received}, "seconds"}`.
 #[derive(Debug, Serialize)]
 struct HostFacts {

@@ -43,6 +43,7 @@ printf 'ufw=%s\n' "$u"
 if command -v fail2ban-server >/dev/null 2>&1; then b=yes; else b=no; fi
 printf 'fail2ban=%s\n' "$b"
 printf 'ip_forward=%s\n' "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)"
+if command -v ssh >/dev/null 2>&1; then printf 'ssh_kex=%s\n' "$(ssh -Q kex 2>/dev/null | tr '\n' ' ')"; fi
 for f in /etc/wireguard/*.key; do
   [ -r "$f" ] || continue
   i=${f##*/}; i=${i%.key}
@@ -82,6 +83,9 @@ pub struct Facts {
     pub fail2ban: bool,
     /// `net.ipv4.ip_forward` as the probe found it (`None`: unreadable).
     pub ip_forward: Option<bool>,
+    /// The key exchanges the host's OpenSSH knows (`ssh -Q kex`; sshd is of the same
+    /// package), so that a playbook offers `mlkem768x25519-sha256` only where sshd has it.
+    pub ssh_kex: Vec<String>,
     /// WireGuard interfaces with a key in /etc/wireguard (readable as root) -> public key.
     /// Only public keys: the private key never leaves the host.
     pub wireguard: std::collections::BTreeMap<String, String>,
@@ -151,6 +155,13 @@ pub fn parse(out: &str) -> Result<Facts, FactsError> {
             "fail2ban" => f.fail2ban = value == "yes",
             "ip_forward" => {
                 f.ip_forward = matches!(value.as_str(), "0" | "1").then(|| value == "1")
+            }
+            "ssh_kex" => {
+                f.ssh_kex = value
+                    .split_whitespace()
+                    .take(64)
+                    .map(str::to_string)
+                    .collect()
             }
             k if k.starts_with("wireguard_") && !value.is_empty() => {
                 f.wireguard

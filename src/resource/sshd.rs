@@ -920,10 +920,39 @@ impl Sshd {
                  \x20   for ino in $cur; do case \" $2 \" in *\" $ino \"*) return 1 ;; esac; done\n\
                  \x20 done\n\
                  }\n\
+                 sync_socket() {\n\
+                 \x20 sd=/etc/systemd/system/$svc.socket.d\n\
+                 \x20 # sshd -T wants its privilege separation folder, which systemd removes with a\n\
+                 \x20 # stopped ssh.service (its RuntimeDirectory): the restore runs then.\n\
+                 \x20 [ -d /run/sshd ] || mkdir -m 0755 /run/sshd || return 1\n\
+                 \x20 want=$(sshd -T -f \"$m\" 2>/dev/null | awk '$1 == \"listenaddress\" { n = split($2, a, \":\"); h = substr($2, 1, length($2) - length(a[n]) - 1); \
+                 if (h == \"0.0.0.0\" || h == \"[::]\") print \"[::]:\" a[n]; else print $2 }' | sort -u)\n\
+                 \x20 [ -n \"$want\" ] || { echo \"sshd -T names no listen address\" >&2; return 1; }\n\
+                 \x20 have=$(systemctl show -p Listen --value \"$svc.socket\" | tr ' ' '\\n' | grep -v '^(' | grep . | sort -u)\n\
+                 \x20 [ \"$want\" != \"$have\" ] || return 0\n\
+                 \x20 mkdir -p \"$sd\" || return 1\n\
+                 \x20 { printf '# Written by rampart: where sshd_config says sshd listens.\\n[Socket]\\nListenStream=\\n'\n\
+                 \x20   printf '%s\\n' \"$want\" | sed 's/^\\[::\\]:\\([0-9]*\\)$/\\1/; s/^/ListenStream=/'; } >\"$sd/.rampart-listen.tmp\" &&\n\
+                 \x20   chmod 0644 \"$sd/.rampart-listen.tmp\" && mv -f \"$sd/.rampart-listen.tmp\" \"$sd/rampart-listen.conf\" || return 1\n\
+                 \x20 systemctl daemon-reload || return 1\n\
+                 \x20 # A socket-started sshd (Accept=no) holds the old socket too: it goes first. Its\n\
+                 \x20 # sessions (ours included) stay: ssh.service kills only its main process.\n\
+                 \x20 if systemctl is-active --quiet \"$svc.service\"; then systemctl stop \"$svc.service\" || return 1; fi\n\
+                 \x20 systemctl restart \"$svc.socket\" || return 1\n\
+                 \x20 echo \"$svc.socket now listens on $(echo $want)\"\n\
+                 }\n\
                  reload_sshd() {\n\
                  \x20 ports=$(sshd -T -f \"$m\" 2>/dev/null | awk '$1 == \"port\" { print $2 }' | tr '\\n' ' ')\n\
                  \x20 old=$(listeners \"$ports\" | tr '\\n' ' ')\n\
                  \x20 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then\n\
+                 \x20   # Socket activation (ssh.socket, Ubuntu 24.04's default): systemd listens, where\n\
+                 \x20   # the socket unit says; a Port or ListenAddress change must reach it, and a\n\
+                 \x20   # running sshd goes so that the next connection starts one with the new settings.\n\
+                 \x20   if [ \"$(systemctl is-active \"$svc.socket\" 2>/dev/null)\" = active ]; then\n\
+                 \x20     sync_socket || { echo \"cannot move $svc.socket to sshd's listen addresses\" >&2; return 1; }\n\
+                 \x20     if systemctl is-active --quiet \"$svc.service\"; then systemctl stop \"$svc.service\" || return 1; fi\n\
+                 \x20     return 0\n\
+                 \x20   fi\n\
                  \x20   if [ \"$(systemctl show -p LoadState --value \"$svc.service\")\" != loaded ]; then\n\
                  \x20     echo \"systemd has no unit $svc.service\" >&2; return 1\n\
                  \x20   fi\n\

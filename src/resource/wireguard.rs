@@ -40,7 +40,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fsfile::backup_path;
-use super::kit::{ConfigFile, DIE, FILE_KEYS, Fields, FileField, config_changes, config_probe, parse_config, write_config, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd, systemctl, systemd_changes, systemd_sentence};
+use super::kit::{ConfigFile, DIE, FILE_KEYS, Fields, FileField, config_changes, config_probe, parse_config, write_config, RunState, SYSTEMD_KEYS, SYSTEMD_PROBE, SystemdField, UnitState, enable_script, parse_systemd, systemd_changes, systemd_sentence};
 use super::{
     ApplyContext, Change, ParamError, ProbeError, Resource, TypeInfo, Typed, Verdict, Work, params,
 };
@@ -635,12 +635,54 @@ impl Typed for WireGuard {
             s = s.then(enable_script(true));
         }
         if restart {
-            s = s.then(systemctl("restart"));
+            s = s.then(start_bounded("restart"));
         } else if has(WgField::State) {
-            s = s.then(systemctl("start"));
+            s = s.then(start_bounded("start"));
         }
         s.raw(") || exit 1\n")
     }
+}
+
+/// Seconds the apply waits for `wg-quick@IF` to come up before it fails, naming the unit.
+const START_WAIT_SECS: u32 = 60;
+
+/// Starts or restarts the unit in `$n` without blocking on `network-online.target`, and waits
+/// a bounded time for it. `wg-quick@.service` wants and is ordered after that target, which
+/// `systemd-networkd-wait-online` holds for up to 2 minutes (until its timeout) on a host
+/// whose links networkd does not manage, longer than an apply's command timeout. The apply
+/// runs over SSH, so the host's network is demonstrably up: while the target is not reached
+/// the job ignores the unit's dependencies (`--job-mode=ignore-dependencies`). The job is
+/// queued with `--no-block` and polled: a unit still starting after [`START_WAIT_SECS`] is an
+/// error that names it and its pending jobs, not a hang.
+fn start_bounded(action: &str) -> Script {
+    Script::new()
+        .raw(
+            "jm=\n\
+             if [ \"$(systemctl is-active network-online.target 2>/dev/null)\" != active ]; then\n\
+             \x20 jm=--job-mode=ignore-dependencies\n\
+             fi\n\
+             systemctl ",
+        )
+        .raw(action)
+        .raw(" --no-block $jm -- \"$n\" || die \"systemctl ")
+        .raw(action)
+        .raw(&format!(
+            " $n failed\"\n\
+             i=0\n\
+             while [ -n \"$(systemctl show -p Job --value -- \"$n\" 2>/dev/null)\" ]; do\n\
+             \x20 i=$((i + 1))\n\
+             \x20 if [ \"$i\" -gt {polls} ]; then\n\
+             \x20   systemctl list-jobs --no-pager >&2 || true\n\
+             \x20   die \"$n did not come up within {START_WAIT_SECS} s (its start job is still waiting; see the jobs above: a unit it is ordered after, such as network-online.target, may be holding it)\"\n\
+             \x20 fi\n\
+             \x20 sleep 0.2\n\
+             done\n\
+             if [ \"$(systemctl show -p ActiveState --value -- \"$n\" 2>/dev/null)\" != active ]; then\n\
+             \x20 systemctl status --no-pager --lines=15 -- \"$n\" >&2 || true\n\
+             \x20 die \"$n failed to start\"\n\
+             fi\n",
+            polls = START_WAIT_SECS * 5
+        ))
 }
 
 impl Resource for WireGuard {
@@ -927,6 +969,20 @@ mod tests {
         .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
         assert!(text.starts_with("(\numask 077\n"));
+        // Never blocks on network-online.target: queued, its dependencies ignored while the
+        // target is not reached, then a bounded wait that names the unit.
+        let guard = text
+            .find("systemctl is-active network-online.target")
+            .unwrap();
+        let queued = text
+            .find("systemctl restart --no-block $jm -- \"$n\"")
+            .unwrap();
+        assert!(guard < queued, "{text}");
+        assert!(text.contains("jm=--job-mode=ignore-dependencies"), "{text}");
+        assert!(
+            text.contains(&format!("did not come up within {START_WAIT_SECS} s")),
+            "{text}"
+        );
         let v = Verdict::Modify(vec![Change::new(
             "state",
             Some("inactive".into()),

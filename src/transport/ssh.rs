@@ -398,12 +398,34 @@ impl client::Handler for HostKeyCheck {
     }
 }
 
+/// Key exchanges offered, best first: the post-quantum hybrid ML-KEM-768 + X25519 (OpenSSH
+/// 9.9+, Debian 13's default) first, so that a recorded session cannot be decrypted later by a
+/// quantum computer; then X25519 for older servers. Pinned here rather than left to russh's
+/// default order, which may change between versions.
+const KEX_ORDER: &[russh::kex::Name] = &[
+    russh::kex::MLKEM768X25519_SHA256,
+    russh::kex::CURVE25519,
+    russh::kex::CURVE25519_PRE_RFC_8731,
+    russh::kex::DH_GEX_SHA256,
+    russh::kex::DH_G18_SHA512,
+    russh::kex::DH_G17_SHA512,
+    russh::kex::DH_G16_SHA512,
+    russh::kex::DH_G15_SHA512,
+    russh::kex::DH_G14_SHA256,
+    russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+];
+
 fn client_config() -> Arc<client::Config> {
     Arc::new(client::Config {
         // Without TCP_NODELAY every small request waits for a delayed ACK: ~40 ms each.
         nodelay: true,
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 4,
+        preferred: russh::Preferred {
+            kex: std::borrow::Cow::Borrowed(KEX_ORDER),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
@@ -1035,5 +1057,21 @@ impl Session for SshSession {
 
     fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+}
+
+#[cfg(test)]
+mod kex_tests {
+    use super::*;
+
+    #[test]
+    fn the_post_quantum_hybrid_is_offered_first_and_x25519_next() {
+        let config = client_config();
+        let kex = &config.preferred.kex;
+        assert_eq!(kex[0], russh::kex::MLKEM768X25519_SHA256);
+        assert_eq!(kex[1], russh::kex::CURVE25519);
+        // Only the client's strict-kex marker: a server's would be meaningless from us.
+        assert!(kex.contains(&russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT));
+        assert!(!kex.contains(&russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER));
     }
 }

@@ -7,6 +7,7 @@ mod drift;
 mod engine;
 mod facts;
 mod fail_closed;
+mod flavours;
 mod host_pipeline;
 mod hostile_fs;
 mod hostile_host;

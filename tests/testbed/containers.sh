@@ -5,7 +5,9 @@
 #
 # Per host hN (N = 1..99), everything lives in:
 #   $RUN/hosts/hN/{upper,work,root}  overlay (root = merged tree nspawn boots)
-#   $RUN/hosts/hN.env                NAME=hN, TIER=container, ADDR=10.203.0.(100+N)
+#   $RUN/hosts/hN.env                NAME=hN, TIER=container, ADDR=10.203.0.(100+N),
+#                                    FLAVOUR=bookworm|vps|trixie|arm64|socket (image.sh),
+#                                    LOGIN=the first login (root; pi on arm64)
 #   $RUN/hosts/hN.pub                the host's SSH public keys, "type base64" per line
 #   $RUN/hosts/hN.pid, hN.log        systemd-nspawn's pid and output
 #   netns rt-hN (with eth0), veth rt-hN on $BRIDGE
@@ -42,10 +44,23 @@ ct_pid() {
     echo "$pid"
 }
 
+# A host's flavour, from its env file (bookworm when it has none: hosts of earlier runs).
+ct_flavour() {
+    local f
+    f=$(sed -n 's/^FLAVOUR=//p' "$RUN/hosts/$1.env" 2>/dev/null | head -n1)
+    echo "${f:-bookworm}"
+}
+
 ct_mount() {
-    local d=$RUN/hosts/$1
+    local d=$RUN/hosts/$1 flavour lower
     mountpoint -q "$d/root" && return 0
-    mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$d/upper,workdir=$d/work" "$d/root"
+    flavour=$(ct_flavour "$1")
+    lower=$(flavour_rootfs "$flavour")
+    [ -f "$lower/.rampart-image" ] || die "$1: no $flavour image at $lower; hint: testbed image --flavour $flavour"
+    if [ "$(flavour_arch "$flavour")" != amd64 ]; then
+        ensure_binfmt "$(flavour_arch "$flavour")"
+    fi
+    mount -t overlay overlay -o "lowerdir=$lower,upperdir=$d/upper,workdir=$d/work" "$d/root"
 }
 
 ct_umount() {
@@ -70,17 +85,19 @@ ct_log_tail() {
 }
 
 # Makes everything of hN but the running machine: env file, network namespace, overlay,
-# hostname, SSH host keys.
+# hostname, SSH host keys. $2: its flavour (default bookworm).
 ct_create() {
-    local name=$1 n addr mac d ns kind
+    local name=$1 flavour=${2:-bookworm} n addr mac d ns kind login=root
     n=$(ct_num "$name")
+    [ "$flavour" != arm64 ] || login=pi
     addr=$(host_addr "$n")
     mac=$(host_mac "$n")
     d=$RUN/hosts/$name
     ns=rt-$name
     mkdir -p "$d/upper" "$d/work" "$d/root"
     # Written first so that `down` and `list` see a host that failed half-way.
-    printf 'NAME=%s\nTIER=container\nADDR=%s\n' "$name" "$addr" >"$RUN/hosts/$name.env"
+    printf 'NAME=%s\nTIER=container\nADDR=%s\nFLAVOUR=%s\nLOGIN=%s\n' "$name" "$addr" "$flavour" "$login" \
+        >"$RUN/hosts/$name.env"
 
     # Network: eth0 inside the namespace with a FIXED MAC per host number (a reused address
     # with a new MAC stalled ssh for 35-40 s, TESTBED.md), the peer on the bridge. No gateway.
@@ -112,6 +129,15 @@ EOF
     mkdir -p "$root/etc/systemd/system/auditd.service.d"
     printf '[Unit]\nConditionVirtualization=!container\n' \
         >"$root/etc/systemd/system/auditd.service.d/rampart-testbed-container.conf"
+    if [ "$flavour" = socket ]; then
+        # sshd socket-activated, as on Ubuntu 24.04 or a Debian admin's choice: systemd listens
+        # on ssh.socket (port 22 from the unit, not from sshd_config) and starts sshd per
+        # connection; ssh.service is not enabled.
+        rm -f "$root/etc/systemd/system/multi-user.target.wants/ssh.service" \
+            "$root/etc/systemd/system/sshd.service"
+        mkdir -p "$root/etc/systemd/system/sockets.target.wants"
+        ln -sf /lib/systemd/system/ssh.socket "$root/etc/systemd/system/sockets.target.wants/ssh.socket"
+    fi
     # SSH host keys made here, from outside, before boot: a first-boot unit inside failed in
     # about 1 boot of 50 (219/CGROUP), and this way known_hosts needs no network scan.
     # ed25519 + ecdsa only (RSA keygen is slow, TESTBED.md).
@@ -210,8 +236,10 @@ ct_launch() {
 # on a host hardened since (`testbed start` after a test's apply), refuses root by name.
 # $2: the value of $SECONDS after which to give up.
 ct_wait_ssh() {
-    local name=$1 deadline=$2 addr err
+    local name=$1 deadline=$2 addr err login
     addr=$(host_addr "$(ct_num "$name")")
+    login=$(sed -n 's/^LOGIN=//p' "$RUN/hosts/$name.env" 2>/dev/null | head -n1)
+    login=${login:-root}
     while :; do
         if ! ct_pid "$name" >/dev/null; then
             ct_log_tail "$name"
@@ -222,7 +250,7 @@ ct_wait_ssh() {
             if err=$(timeout 15 ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes \
                 -o UserKnownHostsFile="$RUN/hosts/$name/known_hosts" -o GlobalKnownHostsFile=/dev/null \
                 -o ConnectTimeout=5 -o LogLevel=ERROR -o IdentitiesOnly=yes -i "$TEST_KEY" \
-                "root@$addr" true </dev/null 2>&1 >/dev/null); then
+                "$login@$addr" true </dev/null 2>&1 >/dev/null); then
                 return 0
             fi
             # The host key matched (else ssh says so); only root's login is refused.
@@ -237,15 +265,18 @@ ct_wait_ssh() {
 }
 
 # One host, from nothing to sshd answering. Runs in a background subshell per host.
+# $3: its flavour (default bookworm).
 ct_up_one() {
-    local name=$1 deadline=$2
+    local name=$1 deadline=$2 flavour=${3:-bookworm}
     # (In its own background subshell so that errexit stays on inside it, yet the failure
     # gets the host's name.)
-    ct_create "$name" &
+    ct_create "$name" "$flavour" &
     if ! wait $!; then
         die "$name: could not make its namespace, overlay or keys (error above); hint: testbed down"
     fi
     ct_launch "$name"
+    # Under emulation an arm64 host boots in about a minute instead of a second.
+    [ "$flavour" != arm64 ] || deadline=$((deadline + 240))
     ct_wait_ssh "$name" "$deadline"
 }
 
@@ -344,7 +375,9 @@ container_start() {
     ct_mount "$name"
     ip -n "rt-$name" link set eth0 up
     ct_launch "$name"
-    ct_wait_ssh "$name" $((SECONDS + CT_BOOT_TIMEOUT))
+    local timeout=$CT_BOOT_TIMEOUT
+    [ "$(ct_flavour "$name")" != arm64 ] || timeout=$((timeout + 240))
+    ct_wait_ssh "$name" $((SECONDS + timeout))
     log "$name ready in $(ct_elapsed "$start") s"
 }
 

@@ -12,10 +12,49 @@ NET=10.203.0
 BRIDGE_ADDR=$NET.1
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# The image is rebuilt whenever the script that makes it changes.
+# An image is rebuilt whenever the script that makes it changes. The default flavour
+# (bookworm: h1..h41, the VMs) keeps its path rootfs-STAMP; the others are
+# rootfs-FLAVOUR-STAMP, each keyed by this file and its name (image.sh lists them).
+FLAVOURS="bookworm vps trixie arm64 socket"
 IMAGE_STAMP=$(cat "$HERE/image.sh" | sha256sum | cut -c1-12)
 ROOTFS=$CACHE/rootfs-$IMAGE_STAMP
 TEST_KEY=$CACHE/id_ed25519
+
+# FLAVOUR -> the path of its image (socket hosts boot the vps image).
+flavour_rootfs() {
+    case $1 in
+        bookworm) echo "$ROOTFS" ;;
+        socket) flavour_rootfs vps ;;
+        vps | trixie | arm64)
+            echo "$CACHE/rootfs-$1-$(printf '%s\n%s\n' "$1" "$(cat "$HERE/image.sh")" | sha256sum | cut -c1-12)"
+            ;;
+        *) die "no testbed flavour '$1'; hint: one of $FLAVOURS (docs/testbed.md)" ;;
+    esac
+}
+
+# Registers qemu-user-static's binfmt handler for ARCH (arm64) with the kernel, so that the
+# arm64 image's programs run here (debootstrap's second stage, and every container of that
+# flavour). Flags: F makes the kernel open the interpreter once, at registration, so that it
+# works inside chroots and containers, which do not have it; C gives a setuid program its
+# owner's rights (without it `sudo` in an arm64 host says "effective uid is not 0"). Debian's
+# file has POF: C is added, and a handler registered without it is registered again.
+# scripts/setup installs qemu-user-static.
+ensure_binfmt() {
+    local name=qemu-${1/arm64/aarch64} d=/proc/sys/fs/binfmt_misc conf
+    conf=/usr/lib/binfmt.d/$name.conf
+    [ -f "$conf" ] || die "no $conf; hint: apt-get install qemu-user-static (scripts/setup)"
+    mountpoint -q "$d" || mount -t binfmt_misc binfmt_misc "$d"
+    if [ -e "$d/$name" ] && ! grep -q '^flags:.*C' "$d/$name"; then
+        echo -1 >"$d/$name"
+    fi
+    if [ ! -e "$d/$name" ]; then
+        # :name:type:offset:magic:mask:interpreter:flags
+        grep -v '^#' "$conf" | sed 's/:\([A-Z]*\)$/:\1C/' | sed 's/C\(.*\)C$/C\1/' >"$d/register"
+    fi
+    grep -qx enabled "$d/$name" || die "the binfmt handler $name is not enabled; hint: echo 1 >$d/$name"
+    grep -q '^flags:.*F' "$d/$name" && grep -q '^flags:.*C' "$d/$name" ||
+        die "the binfmt handler $name lacks the F or C flag; hint: echo -1 >$d/$name, then testbed again"
+}
 
 log() { printf 'testbed: %s\n' "$*" >&2; }
 die() { printf 'testbed: error: %s\n' "$*" >&2; exit 1; }
