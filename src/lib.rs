@@ -27,6 +27,7 @@ pub mod report;
 pub mod resource;
 pub mod schedule;
 pub mod secrets;
+pub mod shard;
 pub mod summary;
 pub mod template;
 #[cfg(test)]
