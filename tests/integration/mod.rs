@@ -18,6 +18,7 @@ mod resources_system;
 mod resources_user;
 mod resources_wireguard;
 mod schedule;
+mod shard;
 mod site;
 mod transport;
 mod wireguard_mesh;
