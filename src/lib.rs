@@ -17,6 +17,7 @@ mod hostile_output;
 pub mod hostvars;
 pub mod inspect;
 pub mod inventory;
+pub mod kubernetes;
 #[cfg(test)]
 mod leaks;
 pub mod localfs;
