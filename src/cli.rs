@@ -746,11 +746,15 @@ fn merge_command(inputs: Vec<PathBuf>, output: Vec<Output>) -> anyhow::Result<Ou
             anyhow::anyhow!("cannot read {name}: {e}\nhint: name the shards' JSON reports")
         })?;
         let report = crate::shard::ShardedSummary::from_json(&text).map_err(|e| {
+            // A schema error (read from a parsed value) has no position: line 0.
+            let at = if e.line() == 0 {
+                String::new()
+            } else {
+                format!(":{}:{}", e.line(), e.column())
+            };
             anyhow::anyhow!(
-                "{name}:{}:{}: not a rampart JSON report: {e}\nhint: merge the files \
-                     written by `--output FILE.json` of `plan`, `apply`, `drift` or `audit`",
-                e.line(),
-                e.column()
+                "{name}{at}: not a rampart JSON report: {e}\nhint: merge the files written \
+                 by `--output FILE.json` of `plan`, `apply`, `drift` or `audit`"
             )
         })?;
         reports.push((name, report));
