@@ -12,12 +12,16 @@ use super::common::*;
 use rampart::exit::Outcome;
 
 const SHARDS: u32 = 4;
+/// Few connections at once per process: the 20 hosts are 2 sshds, whose MaxStartups (10 by
+/// default) drops new connections beyond 10 unauthenticated ones, and both tests (4 shard
+/// processes among them) may run at once.
+const FORKS: &str = "2";
 
 fn plan(dir: &Path, inv: &Path, book: &Path, extra: &[&str]) -> Output {
     rampart(dir)
         .env_remove("JOB_COMPLETION_INDEX")
         .env_remove("RAMPART_SHARDS")
-        .args(["plan", "-q", "--format", "json", "-i"])
+        .args(["plan", "-q", "--forks", FORKS, "--format", "json", "-i"])
         .arg(inv)
         .arg("--known-hosts")
         .arg(known_hosts())
@@ -93,7 +97,7 @@ fn four_shards_merged_equal_the_single_run() {
         .map(|i| {
             let out = dir.path().join(format!("shard-{i}.json"));
             let mut cmd = rampart(dir.path());
-            cmd.args(["plan", "-q", "-i"])
+            cmd.args(["plan", "-q", "--forks", FORKS, "-i"])
                 .arg(&inv)
                 .arg("--known-hosts")
                 .arg(known_hosts())
@@ -187,4 +191,56 @@ fn four_shards_merged_equal_the_single_run() {
         stderr(&out)
     );
     assert!(!partial.exists());
+}
+
+#[test]
+fn hosts_of_other_shards_are_not_contacted() {
+    // The hosts of shards 2..4 point at a closed loopback port: the whole run finds them
+    // unreachable; shard 1, which must not touch them, sees only its own hosts, all up.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, book) = fleet(dir.path());
+    let hosts: Vec<(String, String)> = (1..=20)
+        .map(|i| {
+            let name = format!("gw-{i:02}");
+            let extra = if rampart::shard::Shard::of(&name, SHARDS) == 1 {
+                format!("ansible_host: {}", addr("h57"))
+            } else {
+                "ansible_host: 127.0.0.1, ansible_port: 1".to_string()
+            };
+            (name, extra)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|(n, e)| (n.as_str(), e.as_str()))
+        .collect();
+    let inv = write_inventory(dir.path(), &refs);
+
+    let whole = plan(dir.path(), &inv, &book, &[]);
+    assert_eq!(whole.status.code(), exit_code(Outcome::Failed));
+    let unreachable = json(&whole)["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["status"] == "unreachable")
+        .count();
+    assert!(unreachable > 0 && unreachable < 20, "{unreachable}");
+
+    let one = plan(dir.path(), &inv, &book, &[&format!("--shard=1/{SHARDS}")]);
+    assert_eq!(
+        one.status.code(),
+        exit_code(Outcome::Differs),
+        "{}{}",
+        stdout(&one),
+        stderr(&one)
+    );
+    let report = json(&one);
+    let statuses: Vec<&str> = report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 20 - unreachable, "{report:#}");
+    assert!(statuses.iter().all(|s| *s == "differs"), "{statuses:?}");
 }
