@@ -677,6 +677,15 @@ async fn playbook_command(
                     .collect(),
             };
             hosts.retain(|h| s.contains(&h.name));
+            if !quiet {
+                eprintln!(
+                    "shard {}/{}: {} of {} hosts",
+                    s.index,
+                    s.count,
+                    hosts.len(),
+                    record.fleet_hosts
+                );
+            }
             Some(record)
         }
     };
