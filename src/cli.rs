@@ -82,6 +82,25 @@ enum Command {
     },
     /// Print the manual page (roff): `rampart man > /usr/local/share/man/man1/rampart.1`.
     Man,
+    /// Work on saved JSON reports: `report merge` joins the reports of `--shard` runs.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// Join the JSON reports of shards 1..N of one run (`--shard I/N`) into the fleet's report,
+    /// as the unsharded run would have made it; exit as that run would (0, 2 or 1). Refuses a
+    /// missing or repeated shard, or shards of other playbooks or inventories.
+    Merge {
+        /// The shards' JSON reports.
+        #[arg(required = true, value_name = "IN.json")]
+        reports: Vec<PathBuf>,
+        /// Write the fleet report to FILE (repeatable), format by extension (.txt .json
+        /// .xml=JUnit .prom=Prometheus .html) or `FORMAT:FILE`. Without one, text on stdout.
+        #[arg(short, long, value_name = "[FORMAT:]FILE", value_parser = parse_output)]
+        output: Vec<Output>,
+    },
 }
 
 /// The hosts of `quarantine` and `release`.
@@ -391,6 +410,14 @@ struct PlaybookArgs {
     /// Beats the inventory variable `backup_keep`. [default: 10]
     #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, 100_000))]
     keep_backups: Option<u32>,
+    /// Run only shard I of N (1-based; a host's shard is 1 + FNV-1a-64(name) mod N); other
+    /// hosts are not contacted. The JSON report records the shard for `rampart report merge`.
+    #[arg(long, value_name = "I/N", value_parser = crate::shard::Shard::parse)]
+    shard: Option<crate::shard::Shard>,
+    /// The number of shards when the index comes from JOB_COMPLETION_INDEX (0-based; a
+    /// Kubernetes Indexed Job's).
+    #[arg(long, value_name = "N", env = "RAMPART_SHARDS")]
+    shards: Option<u32>,
 }
 
 /// The most hosts one controller runs at once: far below what a tokio semaphore takes, and
@@ -482,6 +509,9 @@ pub fn main() -> ExitCode {
             Command::Quarantine(args) => quarantine_command(args, true).await,
             Command::Release(args) => quarantine_command(args, false).await,
             Command::Completions { .. } | Command::Man => Ok(Outcome::Ok),
+            Command::Report(ReportCommand::Merge { reports, output }) => {
+                merge_command(reports, output)
+            }
         }
     });
     match result {
@@ -809,14 +839,15 @@ fn write_facts_table(out: &mut impl Write, results: &[HostFacts]) -> std::io::Re
 
 /// A summary in one format.
 fn render(
-    summary: &crate::fleet::FleetSummary,
+    report: &crate::shard::ShardedSummary,
     format: Format,
     style: Style,
 ) -> anyhow::Result<String> {
+    let summary = &report.summary;
     let mut text = Vec::new();
     match format {
         Format::Json => {
-            serde_json::to_writer_pretty(&mut text, summary)?;
+            serde_json::to_writer_pretty(&mut text, report)?;
             text.push(b'\n');
         }
         Format::Text => crate::report::text::write(&mut text, summary, style)?,
@@ -878,7 +909,12 @@ async fn playbook_command(
         quiet,
         deadman_seconds,
         keep_backups,
+        shard,
+        shards,
     } = args;
+    let job_index = std::env::var("JOB_COMPLETION_INDEX").ok();
+    let shard = crate::shard::Shard::resolve(shard, shards, job_index.as_deref())
+        .map_err(anyhow::Error::msg)?;
     // A report that cannot be written is bad input: found before any host is touched, by
     // opening each report's temporary file in its folder now.
     let mut pending = Vec::new();
@@ -903,8 +939,37 @@ async fn playbook_command(
         })?;
         pending.push((out.format, file));
     }
-    let (inventory, hosts, options) = resolve_for(&host_args, Some(&playbook))?;
+    let (inventory, mut hosts, options) = resolve_for(&host_args, Some(&playbook))?;
     let book = crate::playbook::Playbook::load(&playbook)?;
+    let shard = match shard {
+        None => None,
+        Some(s) => {
+            let mut tags_key = tags.clone();
+            tags_key.push("--skip-tags".into());
+            tags_key.extend(skip_tags.iter().cloned());
+            let record = crate::shard::ShardRecord {
+                index: s.index,
+                count: s.count,
+                playbook_digest: crate::shard::digest(&playbook, &tags_key)?,
+                inventory_digest: crate::shard::digest(&inventory.path, &host_args.limit)?,
+                fleet_hosts: hosts.len(),
+                positions: (0..hosts.len())
+                    .filter(|i| s.contains(&hosts[*i].name))
+                    .collect(),
+            };
+            hosts.retain(|h| s.contains(&h.name));
+            if !quiet {
+                eprintln!(
+                    "shard {}/{}: {} of {} hosts",
+                    s.index,
+                    s.count,
+                    hosts.len(),
+                    record.fleet_hosts
+                );
+            }
+            Some(record)
+        }
+    };
     let progress = crate::progress::Progress::new(hosts.len(), quiet);
     let run = crate::fleet::Run {
         progress,
@@ -939,21 +1004,87 @@ async fn playbook_command(
         stats,
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
+    let outcome = summary.outcome();
+    let report = crate::shard::ShardedSummary { summary, shard };
     write_reports(
-        &summary,
+        &report,
         pending,
         (format, style),
         &run.secrets,
         &mut std::io::stdout().lock(),
     )?;
-    Ok(summary.outcome())
+    Ok(outcome)
+}
+
+/// `rampart report merge`.
+fn merge_command(inputs: Vec<PathBuf>, output: Vec<Output>) -> anyhow::Result<Outcome> {
+    let mut pending = Vec::new();
+    for out in &output {
+        let file = crate::localfs::PendingWrite::create(&out.path).map_err(|e| {
+            anyhow::anyhow!(
+                "--output {}: cannot write there: {e}\nhint: choose a file in a folder you \
+                 can write to",
+                out.path.display()
+            )
+        })?;
+        pending.push((out.format, file));
+    }
+    let mut reports = Vec::new();
+    for path in &inputs {
+        let name = path.display().to_string();
+        let text = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("cannot read {name}: {e}\nhint: name the shards' JSON reports")
+        })?;
+        let report = crate::shard::ShardedSummary::from_json(&text).map_err(|e| {
+            // A schema error (read from a parsed value) has no position: line 0.
+            let at = if e.line() == 0 {
+                String::new()
+            } else {
+                format!(":{}:{}", e.line(), e.column())
+            };
+            anyhow::anyhow!(
+                "{name}{at}: not a rampart JSON report: {e}\nhint: merge the files written \
+                 by `--output FILE.json` of `plan`, `apply`, `drift` or `audit`"
+            )
+        })?;
+        reports.push((name, report));
+    }
+    let summary = crate::shard::merge(reports)?;
+    let outcome = summary.outcome();
+    let style = Style {
+        stats: false,
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let report = crate::shard::ShardedSummary {
+        summary,
+        shard: None,
+    };
+    let mut stdout = std::io::stdout().lock();
+    if pending.is_empty() {
+        write_reports(
+            &report,
+            pending,
+            (Format::Text, style),
+            &crate::secrets::Secrets::default(),
+            &mut stdout,
+        )?;
+    } else {
+        write_reports(
+            &report,
+            pending,
+            (Format::Text, style),
+            &crate::secrets::Secrets::default(),
+            &mut std::io::sink(),
+        )?;
+    }
+    Ok(outcome)
 }
 
 /// Writes the report files opened up front, then the report on `stdout`. A file that fails
 /// at the end does not cost the report on stdout: every file is tried, stdout is written,
 /// then the files' failures are the error.
 fn write_reports(
-    summary: &crate::fleet::FleetSummary,
+    summary: &crate::shard::ShardedSummary,
     files: Vec<(Format, crate::localfs::PendingWrite)>,
     (format, style): (Format, Style),
     secrets: &crate::secrets::Secrets,
@@ -1004,7 +1135,10 @@ mod tests {
         ];
         // Between the check and the end of the run, a folder took the report's place.
         std::fs::create_dir(&bad).unwrap();
-        let summary = crate::report::sample_summary("drift");
+        let summary = crate::shard::ShardedSummary {
+            summary: crate::report::sample_summary("drift"),
+            shard: None,
+        };
         let style = Style {
             stats: false,
             color: false,
@@ -1028,7 +1162,7 @@ mod tests {
         assert!(shown.contains("gw-1") && shown.contains("gw-3"), "{shown}");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
-        assert_eq!(json["run_id"], summary.run_id.as_str());
+        assert_eq!(json["run_id"], summary.summary.run_id.as_str());
     }
 }
 

@@ -19,6 +19,7 @@ pub mod incident;
 pub mod ini_inventory;
 pub mod inspect;
 pub mod inventory;
+pub mod kubernetes;
 #[cfg(test)]
 mod leaks;
 pub mod localfs;
@@ -29,6 +30,7 @@ pub mod report;
 pub mod resource;
 pub mod schedule;
 pub mod secrets;
+pub mod shard;
 pub mod summary;
 pub mod template;
 #[cfg(test)]

@@ -83,6 +83,24 @@ pub struct ScheduleArgs {
     /// "textfile", "json", "known_hosts", "files": [{"path", "content"}]}`.
     #[arg(long, value_enum, default_value_t = ScheduleFormat::Text)]
     pub format: ScheduleFormat,
+    /// Print a Kubernetes CronJob instead: an Indexed Job of --shards pods, each running
+    /// `drift` on its shard (JOB_COMPLETION_INDEX) and writing its JSON report beside --json,
+    /// for `rampart report merge`. INVENTORY, PLAYBOOK and --known-hosts are paths in the pod
+    /// (a ConfigMap NAME-config at /etc/rampart, the SSH key a Secret NAME-ssh at
+    /// /etc/rampart/ssh, the reports a PersistentVolumeClaim NAME-reports).
+    #[arg(long, requires = "image", conflicts_with_all = ["cron", "install"])]
+    pub kubernetes: bool,
+    /// With --kubernetes: how many shards (the Job's completions).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "kubernetes",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::shard::MAX_SHARDS)))]
+    pub shards: u32,
+    /// With --kubernetes: how many shards run at once [default: --shards].
+    #[arg(long, value_name = "N", requires = "kubernetes",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallelism: Option<u32>,
+    /// With --kubernetes: the container image holding the rampart binary.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
 }
 
 /// `rampart schedule --format`.
@@ -166,6 +184,11 @@ struct Install {
 }
 
 pub fn run(args: ScheduleArgs) -> anyhow::Result<Outcome> {
+    if args.kubernetes {
+        let text = crate::kubernetes::manifest(&kubernetes_job(&args)?);
+        std::io::stdout().write_all(text.as_bytes())?;
+        return Ok(Outcome::Ok);
+    }
     let exe = std::env::current_exe().context("cannot find this executable's path")?;
     let format = args.format;
     let (job, install) = resolve(args, exe)?;
@@ -190,6 +213,53 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// The CronJob of `--kubernetes`: paths in the pod, so absolute and not looked up here.
+fn kubernetes_job(args: &ScheduleArgs) -> anyhow::Result<crate::kubernetes::CronJob> {
+    let in_pod = |what: &str, p: &Path| -> anyhow::Result<String> {
+        let s = text(p)?;
+        if !p.is_absolute() {
+            bail!("{what} {s:?}: with --kubernetes, give the absolute path in the pod");
+        }
+        Ok(s)
+    };
+    let name = &args.name;
+    if name.is_empty()
+        || name.len() > 40
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        bail!("--name {name:?}: a Kubernetes name: lowercase letters, digits and `-`, at most 40");
+    }
+    let image = args.image.clone().unwrap_or_default();
+    if image.is_empty() || image.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        bail!("--image {image:?}: a container image reference, e.g. ghcr.io/you/rampart:1.0");
+    }
+    let json = in_pod("--json", &args.json)?;
+    let reports_dir = match args.json.parent() {
+        Some(d) if d != Path::new("/") => text(d)?,
+        _ => bail!("--json {json:?}: name a file in a folder, e.g. /var/lib/rampart/drift.json"),
+    };
+    Ok(crate::kubernetes::CronJob {
+        name: name.clone(),
+        image,
+        schedule: cron_time(args.at.as_deref().unwrap_or("03:00"))?,
+        shards: args.shards,
+        parallelism: args.parallelism.unwrap_or(args.shards).min(args.shards),
+        inventory: in_pod("inventory", &args.inventory)?,
+        playbook: in_pod("playbook", &args.playbook)?,
+        known_hosts: in_pod(
+            "--known-hosts",
+            args.known_hosts
+                .as_deref()
+                .unwrap_or(Path::new("/etc/rampart/known_hosts")),
+        )?,
+        reports_dir,
+    })
+}
+
 /// Checks the arguments and makes every path absolute.
 fn resolve(args: ScheduleArgs, exe: PathBuf) -> anyhow::Result<(Job, Install)> {
     let ScheduleArgs {
@@ -208,6 +278,7 @@ fn resolve(args: ScheduleArgs, exe: PathBuf) -> anyhow::Result<(Job, Install)> {
         unit_dir,
         cron_dir,
         format: _,
+        ..
     } = args;
     let existing = |what: &str, p: &Path| -> anyhow::Result<PathBuf> {
         let abs = absolute(p)?;

@@ -4,7 +4,7 @@
 //! `report/` renders that summary (text, JSON, JUnit, Prometheus, HTML) and depends on this
 //! module only, not on how the run was made.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::facts::Facts;
 use crate::inventory::Host;
@@ -13,7 +13,7 @@ use crate::secrets::Secrets;
 use crate::transport::StatsSnapshot;
 
 /// How a step ended on a host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status", content = "detail")]
 pub enum StepStatus {
     InLine,
@@ -28,7 +28,7 @@ pub enum StepStatus {
 }
 
 /// A step's outcome, for reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     pub name: String,
     /// The resource's identity, `file /etc/motd`.
@@ -45,7 +45,7 @@ pub struct StepReport {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeReport {
     pub field: String,
     pub before: Option<String>,
@@ -63,7 +63,7 @@ impl From<&Change> for ChangeReport {
 }
 
 /// A host's fate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostStatus {
     /// Every step in line (plan), or nothing needed changing (apply).
@@ -79,7 +79,7 @@ pub enum HostStatus {
 }
 
 /// One host's outcome, for reports. The JSON wire format is documented in README.md.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostReport {
     pub name: String,
     pub address: String,
@@ -138,13 +138,14 @@ pub const ERROR_REPORT_LIMIT: usize = 16 * 1024;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The fleet's record of a run: every host's report, in inventory order.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetSummary {
     /// The JSON schema's version (README.md, "JSON reports"); bumped on any breaking change.
     pub schema_version: u32,
     pub run_id: String,
     /// `plan`, `apply`, `drift` or `audit`.
-    pub mode: &'static str,
+    #[serde(deserialize_with = "mode_of")]
+    pub mode: Mode,
     /// When the run started, seconds since the Unix epoch.
     pub started: u64,
     /// How long the run took.
@@ -153,6 +154,23 @@ pub struct FleetSummary {
     /// Set when bad input stopped the run before anything was applied anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+}
+
+/// A run's mode. An alias, not `&'static str` written out: serde borrows a field it sees as
+/// `&str` from its input, which would tie a summary read back to `'static` input.
+pub type Mode = &'static str;
+
+/// A report's `mode`, read back (`rampart report merge`): one of the four a run writes.
+fn mode_of<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let text = String::deserialize(d)?;
+    ["plan", "apply", "drift", "audit"]
+        .into_iter()
+        .find(|m| *m == text)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "mode {text:?} is none of plan, apply, drift, audit"
+            ))
+        })
 }
 
 impl FleetSummary {

@@ -20,7 +20,9 @@ pub enum Kind {
 }
 
 /// How bad a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Low,
@@ -41,7 +43,7 @@ impl Severity {
 }
 
 /// Something on a host that no step manages and that looks wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Finding {
     /// Stable, dotted: `listener.unexpected`, `user.uid0`, `secret.plaintext`, ...
     pub id: String,
@@ -55,7 +57,7 @@ pub struct Finding {
 }
 
 /// A checklist item's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckStatus {
     Pass,
@@ -75,7 +77,7 @@ impl CheckStatus {
 }
 
 /// One checklist item on one host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Check {
     /// Stable: `auth_token`, `loopback_bind`, `outside_probe`, `ssh_root_login`, ...
     pub id: String,

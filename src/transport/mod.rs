@@ -64,7 +64,7 @@ pub struct Stats {
 }
 
 /// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     /// Exec round trips (one per remote command).
     pub round_trips: u64,

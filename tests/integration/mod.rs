@@ -23,6 +23,7 @@ mod resources_system;
 mod resources_user;
 mod resources_wireguard;
 mod schedule;
+mod shard;
 mod site;
 mod ssh_config;
 mod transport;
