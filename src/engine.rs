@@ -468,6 +468,7 @@ pub async fn probe_with_scan<S: Session>(
             out.stderr_block()
         )
     })?;
+    let mut planned = Planned::default();
     let verdicts = steps
         .iter()
         .enumerate()
@@ -478,7 +479,7 @@ pub async fn probe_with_scan<S: Session>(
                     "the probe stopped before this step\n{}",
                     out.stderr_block()
                 )),
-                Some((text, Some(0))) => resource.diff(text).map_err(|e| e.to_string()),
+                Some((text, Some(0))) => planned.diff(resource.as_ref(), text),
                 Some((text, rc)) => Err(format!(
                     "the probe failed (exit status {})\n---- output ----\n{}\n{}",
                     rc.map(|r| r.to_string())
@@ -491,6 +492,32 @@ pub async fn probe_with_scan<S: Session>(
         .collect();
     let scanned = scan.and_then(|_| frames.get("scan").map(|(t, _)| t.to_string()));
     Ok((facts, verdicts, scanned))
+}
+
+/// The state the run's earlier steps will leave, by probe script: a later step whose probe is
+/// the same script (a second `lines` on one file) is planned against what the earlier step's
+/// apply leaves, not against the probe, so the steps compose in one apply (its guard then
+/// expects the earlier step's result; anything else there is a real concurrent change).
+#[derive(Default)]
+struct Planned(BTreeMap<String, String>);
+
+impl Planned {
+    /// The step's verdict on `probed` (or on what an earlier step leaves), remembering what
+    /// its own apply will leave.
+    fn diff(&mut self, resource: &dyn Resource, probed: &str) -> Result<Verdict, String> {
+        let key = resource.probe().render().unwrap_or_default();
+        let before = self.0.get(&key).map(String::as_str).unwrap_or(probed);
+        let verdict = resource.diff(before).map_err(|e| e.to_string())?;
+        if !verdict.is_in_line() && !key.is_empty() {
+            match resource.probed_after(before, &verdict) {
+                Some(after) => self.0.insert(key, after),
+                // Unknown: later steps on it are planned on the probe (and their guards
+                // refuse if the earlier step changed what they planned on).
+                None => self.0.remove(&key),
+            };
+        }
+        Ok(verdict)
+    }
 }
 
 /// What one host's apply does: the steps with their verdicts, and the handlers with whether
@@ -882,6 +909,71 @@ mod tests {
             facts,
             &settings(),
         )
+    }
+
+    /// What `file`/`lines` probes print for a file of root's, mode 0644, holding `text`.
+    fn file_probe(text: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+        format!(
+            "kind file\nstat root 0 root 0 644 {}\ncontent\n{b64}\nend\n",
+            text.len()
+        )
+    }
+
+    fn sha1_of(text: &str) -> String {
+        use sha1::Digest as _;
+        sha1::Sha1::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn steps_on_one_file_are_planned_on_what_the_earlier_ones_leave() {
+        let text = "steps:\n\
+          \x20 - lines: {path: /etc/x.conf, present: [b]}\n\
+          \x20 - lines: {path: /etc/y.conf, present: [z]}\n\
+          \x20 - lines: {path: /etc/x.conf, present: [c], absent: [a]}\n\
+          \x20 - file: {path: /etc/x.conf, content: \"b\\nc\\n\"}\n\
+          \x20 - lines: {path: /etc/new.conf, present: [nn]}\n\
+          \x20 - lines: {path: /etc/new.conf, present: [mm], mode: '0600'}\n";
+        let st = steps(text, serde_json::json!({}), None).unwrap();
+        let run = |i: usize| match &st[i].work {
+            StepWork::Run(r) => r.as_ref(),
+            StepWork::Skip(_) => unreachable!(),
+        };
+        let probed = file_probe("a\n");
+        let mut planned = Planned::default();
+        let v0 = planned.diff(run(0), &probed).unwrap();
+        assert_eq!(v0.changes()[0].after.as_deref(), Some("a\nb\n"));
+        // Another file's step is planned on its own probe.
+        let v1 = planned.diff(run(1), &probed).unwrap();
+        assert_eq!(v1.changes()[0].after.as_deref(), Some("a\nz\n"));
+        // The second step on x.conf edits what the first leaves, and its guard expects that.
+        let v2 = planned.diff(run(2), &probed).unwrap();
+        assert_eq!(v2.changes()[0].before.as_deref(), Some("a\nb\n"));
+        assert_eq!(v2.changes()[0].after.as_deref(), Some("b\nc\n"));
+        let apply = run(2).apply(&v2, &ApplyContext::new("t")).render().unwrap();
+        assert!(apply.contains(&sha1_of("a\nb\n")), "{apply}");
+        assert!(!apply.contains(&sha1_of("a\n")), "{apply}");
+        // A file step with the same result is then in line.
+        assert!(planned.diff(run(3), &probed).unwrap().is_in_line());
+        // A file the first step creates: the second step adds its line; its own mode is
+        // only for creating, so it does not change the mode the first left.
+        let none = "kind none\n";
+        let v4 = planned.diff(run(4), none).unwrap();
+        assert!(matches!(v4, Verdict::Create(_)));
+        let v5 = planned.diff(run(5), none).unwrap();
+        assert!(matches!(v5, Verdict::Modify(_)), "{v5:?}");
+        assert_eq!(v5.changes()[0].before.as_deref(), Some("nn\n"));
+        assert_eq!(v5.changes()[0].after.as_deref(), Some("nn\nmm\n"));
+        // Planned again on the real state after the apply: every step is in line.
+        let mut again = Planned::default();
+        let after = file_probe("b\nc\n");
+        for i in [0, 2, 3] {
+            assert!(again.diff(run(i), &after).unwrap().is_in_line(), "step {i}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! themselves: the engine batches their probes into one round trip and their applies into one
 //! more, and re-probes to verify.
 
+mod after;
 pub mod audit_rules;
 pub mod command;
 pub mod file;
@@ -201,6 +202,14 @@ pub trait Resource: fmt::Debug + Send + Sync {
     /// POSIX sh that puts back the state this run's apply replaced, for a step marked
     /// `risky: true` in a playbook (its dead-man switch runs it). `None`: this type cannot.
     fn restore(&self, _ctx: &ApplyContext) -> Option<Script> {
+        None
+    }
+
+    /// What this step's probe will print once `verdict` (made from `probe_output`) is
+    /// applied. The engine plans a later step of the run whose probe is the same script (a
+    /// second `lines` on one file) against it, so the two compose in one apply. `None`: this
+    /// type cannot tell; a later step on the same thing is then planned on the probe.
+    fn probed_after(&self, _probe_output: &str, _verdict: &Verdict) -> Option<String> {
         None
     }
 }
