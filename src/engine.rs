@@ -498,23 +498,37 @@ pub async fn probe_with_scan<S: Session>(
 /// the same script (a second `lines` on one file) is planned against what the earlier step's
 /// apply leaves, not against the probe, so the steps compose in one apply (its guard then
 /// expects the earlier step's result; anything else there is a real concurrent change).
+/// A step whose subject does not exist yet is planned as "will exist" when an earlier step
+/// changes something ([`Resource::diff_will_exist`]: a `package` installs a `service`'s unit).
 #[derive(Default)]
-struct Planned(BTreeMap<String, String>);
+struct Planned {
+    after: BTreeMap<String, String>,
+    changed: bool,
+}
 
 impl Planned {
     /// The step's verdict on `probed` (or on what an earlier step leaves), remembering what
     /// its own apply will leave.
     fn diff(&mut self, resource: &dyn Resource, probed: &str) -> Result<Verdict, String> {
         let key = resource.probe().render().unwrap_or_default();
-        let before = self.0.get(&key).map(String::as_str).unwrap_or(probed);
-        let verdict = resource.diff(before).map_err(|e| e.to_string())?;
-        if !verdict.is_in_line() && !key.is_empty() {
-            match resource.probed_after(before, &verdict) {
-                Some(after) => self.0.insert(key, after),
-                // Unknown: later steps on it are planned on the probe (and their guards
-                // refuse if the earlier step changed what they planned on).
-                None => self.0.remove(&key),
-            };
+        let before = self.after.get(&key).map(String::as_str).unwrap_or(probed);
+        let verdict = match resource.diff(before) {
+            Ok(v) => v,
+            Err(e) => match self.changed.then(|| resource.diff_will_exist(before)) {
+                Some(Some(v)) => v,
+                _ => return Err(e.to_string()),
+            },
+        };
+        if !verdict.is_in_line() {
+            self.changed = true;
+            if !key.is_empty() {
+                match resource.probed_after(before, &verdict) {
+                    Some(after) => self.after.insert(key, after),
+                    // Unknown: later steps on it are planned on the probe (and their guards
+                    // refuse if the earlier step changed what they planned on).
+                    None => self.after.remove(&key),
+                };
+            }
         }
         Ok(verdict)
     }
@@ -974,6 +988,39 @@ mod tests {
         for i in [0, 2, 3] {
             assert!(again.diff(run(i), &after).unwrap().is_in_line(), "step {i}");
         }
+    }
+
+    #[test]
+    fn a_unit_an_earlier_step_installs_is_planned_as_will_exist() {
+        let text = "steps:\n\
+          \x20 - package: {names: [cron]}\n\
+          \x20 - service: {name: cron, enabled: true, state: started}\n";
+        let st = steps(text, serde_json::json!({}), None).unwrap();
+        let run = |i: usize| match &st[i].work {
+            StepWork::Run(r) => r.as_ref(),
+            StepWork::Skip(_) => unreachable!(),
+        };
+        let missing = "rampart-service 1\nsystemd=yes\nload=not-found\nenabled=\n\
+                       active=inactive\nreload=no\nend\n";
+        // Alone (or after steps in line), a missing unit is an error that says what to do.
+        let err = Planned::default().diff(run(1), missing).unwrap_err();
+        assert!(err.contains("install the package"), "{err}");
+        // After a step that changes something, it will exist: enable and start it.
+        let mut planned = Planned::default();
+        planned.changed = true;
+        let v = planned.diff(run(1), missing).unwrap();
+        let fields: Vec<&str> = v.changes().iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["enabled", "state"], "{v:?}");
+        let apply = run(1).apply(&v, &ApplyContext::new("t")).render().unwrap();
+        assert!(
+            apply.contains("enable") && apply.contains("start"),
+            "{apply}"
+        );
+        // A masked unit stays an error, whatever came before.
+        let masked = missing
+            .replace("load=not-found", "load=masked")
+            .replace("enabled=\n", "enabled=masked\n");
+        assert!(planned.diff(run(1), &masked).is_err());
     }
 
     #[test]

@@ -212,6 +212,14 @@ pub trait Resource: fmt::Debug + Send + Sync {
     fn probed_after(&self, _probe_output: &str, _verdict: &Verdict) -> Option<String> {
         None
     }
+
+    /// The verdict when [`Resource::diff`] refused because the step's subject does not exist,
+    /// and an earlier step of the run changes something that may create it (a `package` step
+    /// installs the unit a `service` step starts): planned as "will exist". Its apply then
+    /// fails plainly if the subject still does not exist. `None`: the refusal stands.
+    fn diff_will_exist(&self, _probe_output: &str) -> Option<Verdict> {
+        None
+    }
 }
 
 /// How long a host waits for the controller's confirmation before it restores itself.

@@ -627,6 +627,16 @@ impl Resource for Service {
         self.verdict(probe_output)
     }
 
+    fn diff_will_exist(&self, probe_output: &str) -> Option<Verdict> {
+        let f = Fields::read(probe_output, SERVICE_PROBE_HEADER, SYSTEMD_KEYS).ok()?;
+        let s = parse_systemd(&f).ok()??;
+        if s.found() || s.masked() {
+            return None;
+        }
+        let c = systemd_changes(&self.name, &s, self.enabled, self.state, true, &f).ok()?;
+        (!c.is_empty()).then_some(Verdict::Modify(c))
+    }
+
     fn apply(&self, verdict: &Verdict, _ctx: &ApplyContext) -> Script {
         self.apply_script(verdict)
     }

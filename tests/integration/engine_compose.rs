@@ -140,3 +140,57 @@ async fn a_concurrent_edit_between_plan_and_apply_is_refused() {
     assert!(applied[1].is_none(), "the rest does not run: {applied:?}");
     assert_eq!(ssh_root(h, &format!("cat {path}")), "keep\nintruder\n");
 }
+
+/// A `service` step whose unit an earlier `package` step installs plans as "will exist" on a
+/// host without the package, and the apply installs, enables and starts it.
+#[test]
+fn a_package_and_its_service_plan_and_converge_on_a_host_without_it() {
+    let h = "h60";
+    let _h = H60.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    ssh_root(
+        h,
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q unattended-upgrades >/dev/null 2>&1; \
+         systemctl daemon-reload; systemctl reset-failed; true",
+    );
+    assert!(
+        ssh_root(h, "systemctl show -p LoadState unattended-upgrades").contains("not-found"),
+        "the unit must be missing before the run"
+    );
+    let book = "steps:\n\
+      \x20 - package: {names: [unattended-upgrades]}\n\
+      \x20 - service: {name: unattended-upgrades, enabled: true, state: started}\n";
+    let plan = run(dir.path(), h, "plan", book, &[]);
+    assert_eq!(
+        plan.status.code(),
+        exit_code(Outcome::Differs),
+        "{}",
+        shown(&plan)
+    );
+    assert!(
+        stdout(&plan).contains("service unattended-upgrades"),
+        "{}",
+        shown(&plan)
+    );
+    let apply = run(dir.path(), h, "apply", book, &[]);
+    assert_eq!(
+        apply.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        shown(&apply)
+    );
+    assert_eq!(
+        ssh_root(
+            h,
+            "systemctl is-enabled unattended-upgrades; systemctl is-active unattended-upgrades"
+        ),
+        "enabled\nactive\n"
+    );
+    let again = run(dir.path(), h, "plan", book, &[]);
+    assert_eq!(
+        again.status.code(),
+        exit_code(Outcome::Ok),
+        "{}",
+        shown(&again)
+    );
+}
