@@ -1006,8 +1006,10 @@ mod tests {
         let err = Planned::default().diff(run(1), missing).unwrap_err();
         assert!(err.contains("install the package"), "{err}");
         // After a step that changes something, it will exist: enable and start it.
-        let mut planned = Planned::default();
-        planned.changed = true;
+        let mut planned = Planned {
+            changed: true,
+            ..Planned::default()
+        };
         let v = planned.diff(run(1), missing).unwrap();
         let fields: Vec<&str> = v.changes().iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["enabled", "state"], "{v:?}");
