@@ -75,6 +75,9 @@ pub struct HostStep {
     /// `sensitive: true`, or its rendered parameters used a secret: reports show its values
     /// as size and sha256, never as text.
     pub sensitive: bool,
+    /// How long its apply may run on the host ([`crate::playbook::STEP_TIMEOUT`] unless the
+    /// step's `timeout:` says otherwise); past it the step is stopped and fails, named.
+    pub timeout: Duration,
     pub work: StepWork,
 }
 
@@ -262,6 +265,7 @@ pub fn render_steps(
             location: step.location(),
             notify: step.notify.clone(),
             sensitive: step.sensitive,
+            timeout: Duration::from_secs(step.timeout.unwrap_or(crate::playbook::STEP_TIMEOUT)),
             work: StepWork::Skip(String::new()),
         };
         crate::secrets::touched();
@@ -621,6 +625,10 @@ pub async fn apply_with<S: Session>(
         .map(|m| m.nonce.clone())
         .unwrap_or_else(nonce);
     let mut s = lock_script(ctx);
+    // The exec's bound: `timeout` for the script's own work (lock, backups), plus each step's
+    // own limit and each confirmation's wait: a slow install needs a longer `timeout:` on its
+    // step, never a longer one for every host's whole script.
+    let mut budget = timeout;
     for (i, (step, verdict)) in steps.iter().zip(verdicts).enumerate() {
         if let (StepWork::Run(resource), Some(v)) = (&step.work, verdict)
             && !v.is_in_line()
@@ -637,10 +645,17 @@ pub async fn apply_with<S: Session>(
                 ));
             }
             let body = body.then(resource.apply(v, ctx));
+            budget += step.timeout;
             s = s
-                .then(framed(&nonce, &i.to_string(), body, true))
+                .then(framed(
+                    &nonce,
+                    &i.to_string(),
+                    time_limited(body, step.timeout),
+                    true,
+                ))
                 .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
             if midway.is_some() && (step.risky || resource.risky()) {
+                budget += Duration::from_secs(u64::from(ctx.deadman_seconds) + 60);
                 s = s.then(await_confirmation(&nonce, i, ctx));
             }
         }
@@ -650,20 +665,26 @@ pub async fn apply_with<S: Session>(
             let body = Script::new()
                 .raw("set -e\n")
                 .then(resource.apply(&Verdict::Modify(Vec::new()), ctx));
+            budget += handler.timeout;
             s = s
-                .then(framed(&nonce, &format!("h{j}"), body, true))
+                .then(framed(
+                    &nonce,
+                    &format!("h{j}"),
+                    time_limited(body, handler.timeout),
+                    true,
+                ))
                 .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
         }
     }
     let out = match midway {
-        None => run_script(session, become_root, &s, timeout).await?,
+        None => run_script(session, become_root, &s, budget).await?,
         Some(m) => {
             let text = s.render().map_err(|e| e.to_string())?;
             session
                 .exec_watched(
                     &remote::exec_command(become_root),
                     text.as_bytes(),
-                    timeout,
+                    budget,
                     m.seen,
                 )
                 .await
@@ -700,6 +721,30 @@ pub async fn apply_with<S: Session>(
         .map(|j| result(format!("h{j}")))
         .collect();
     Ok((steps_done, handlers_done))
+}
+
+/// What a step's apply prints when its own time limit stopped it.
+pub const STEP_TIMED_OUT: &str = "did not finish within its timeout";
+
+/// `body` under the step's time limit on the host: `timeout` (coreutils or busybox) runs it in
+/// a process group of its own and stops the whole group (TERM, then KILL 10 s later) when the
+/// time is up, so a hung install's children stop too. The body reaches its shell through
+/// stdin, as the apply script does (no limit on an argument's length). On a host without
+/// `timeout` it runs unbounded, and the exec's own bound still ends the script.
+fn time_limited(body: Script, limit: Duration) -> Script {
+    let secs = limit.as_secs().max(1);
+    Script::new().raw("b=").script_arg(body).raw(&format!(
+        "\nif command -v timeout >/dev/null 2>&1; then\n\
+         \x20 printf '%s' \"$b\" | timeout -k 10 {secs} /bin/sh -c 's=$(cat) && eval \"$s\"'\n\
+         \x20 rc=$?\n\
+         \x20 if [ \"$rc\" -eq 124 ] || [ \"$rc\" -eq 137 ]; then\n\
+         \x20   echo \"rampart: the step {STEP_TIMED_OUT} ({secs} s) and was stopped; if it needs \
+         longer, give it a longer timeout: in the playbook\"\n\
+         \x20 fi\n\
+         \x20 exit \"$rc\"\n\
+         fi\n\
+         printf '%s' \"$b\" | /bin/sh -c 's=$(cat) && eval \"$s\"'\n"
+    ))
 }
 
 /// Taken first and held for the whole apply script, so that two runs never apply to one host
@@ -1023,6 +1068,72 @@ mod tests {
             .replace("load=not-found", "load=masked")
             .replace("enabled=\n", "enabled=masked\n");
         assert!(planned.diff(run(1), &masked).is_err());
+    }
+
+    /// Runs `script` in `sh` as the apply's exec does: (stdout+stderr, exit status).
+    fn sh(script: &Script) -> (String, Option<i32>) {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "s=$(cat) && eval \"$s\""])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let text = script.render().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (all, out.status.code())
+    }
+
+    #[test]
+    fn a_step_past_its_time_limit_is_stopped_with_its_children_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("pid");
+        let done = dir.path().join("done");
+        // The body starts a child that would outlive it, then hangs.
+        let body = Script::new()
+            .raw("set -e\nsleep 300 &\necho $! >")
+            .arg(&pid.display().to_string())
+            .raw("\nwait\n: >")
+            .arg(&done.display().to_string())
+            .raw("\n");
+        let (out, rc) = sh(&time_limited(body, Duration::from_secs(1)));
+        assert_eq!(rc, Some(124), "{out}");
+        assert!(
+            out.contains(STEP_TIMED_OUT) && out.contains("(1 s)"),
+            "{out}"
+        );
+        assert!(!done.exists());
+        let child = std::fs::read_to_string(&pid).unwrap();
+        // Gone, or a zombie that nobody has reaped yet: either way it no longer runs.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.trim()));
+        let state = stat
+            .as_deref()
+            .ok()
+            .and_then(|s| s.rsplit_once(") "))
+            .map(|(_, r)| &r[..1]);
+        assert!(
+            matches!(state, None | Some("Z" | "X")),
+            "the step's child {child} still runs: {stat:?}"
+        );
+        // Within its limit, a body runs as it would bare: its output, its status, payloads.
+        let body = Script::new()
+            .raw("base64 -d ")
+            .payload(b"it's \"fine\" $(x)\n")
+            .raw("exit 3\n");
+        let (out, rc) = sh(&time_limited(body, Duration::from_secs(60)));
+        assert_eq!((out.as_str(), rc), ("it's \"fine\" $(x)\n", Some(3)));
     }
 
     #[test]

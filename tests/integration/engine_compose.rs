@@ -87,6 +87,7 @@ fn step(ty: &str, params: serde_json::Value) -> HostStep {
         location: "test".into(),
         notify: vec![],
         sensitive: false,
+        timeout: Duration::from_secs(60),
         work: StepWork::Run(resource),
     }
 }
@@ -192,5 +193,64 @@ fn a_package_and_its_service_plan_and_converge_on_a_host_without_it() {
         exit_code(Outcome::Ok),
         "{}",
         shown(&again)
+    );
+}
+
+/// A step that hangs past its own `timeout:` is stopped (its children too) and fails, named
+/// in the report; the steps before it stay applied, the ones after it do not run.
+#[test]
+fn a_step_past_its_own_timeout_fails_by_name_and_earlier_steps_stay() {
+    let h = "h60";
+    let _h = H60.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    ssh_root(
+        h,
+        "rm -f /etc/rampart-timeout-before /etc/rampart-timeout-after",
+    );
+    let book = "steps:\n\
+      \x20 - lines: {path: /etc/rampart-timeout-before, present: [applied]}\n\
+      \x20 - name: hangs\n\
+      \x20   command: {run: 'sleep 4321', creates: /etc/rampart-timeout-never}\n\
+      \x20   timeout: 2s\n\
+      \x20 - lines: {path: /etc/rampart-timeout-after, present: [applied]}\n";
+    let apply = run(dir.path(), h, "apply", book, &["--format", "json"]);
+    assert_eq!(
+        apply.status.code(),
+        exit_code(Outcome::Failed),
+        "{}",
+        shown(&apply)
+    );
+    let report = json(&apply);
+    let steps = host(&report, h)["steps"].as_array().unwrap().clone();
+    let status: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("lines /etc/rampart-timeout-before", "changed"),
+            ("hangs", "failed"),
+            ("lines /etc/rampart-timeout-after", "not_run")
+        ],
+        "{steps:#?}"
+    );
+    let detail = steps[1]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("did not finish within its timeout (2 s)"),
+        "{detail}"
+    );
+    assert_eq!(ssh_root(h, "cat /etc/rampart-timeout-before"), "applied\n");
+    assert_eq!(
+        ssh_root(
+            h,
+            "test -e /etc/rampart-timeout-after && echo there || echo absent"
+        ),
+        "absent\n"
+    );
+    assert_eq!(
+        ssh_root(h, "ps -eo args | grep -c '^sleep 4321$' || true"),
+        "0\n",
+        "the hung step's process was stopped"
     );
 }
