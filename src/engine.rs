@@ -739,7 +739,7 @@ fn time_limited(body: Script, limit: Duration) -> Script {
          \x20 rc=$?\n\
          \x20 if [ \"$rc\" -eq 124 ] || [ \"$rc\" -eq 137 ]; then\n\
          \x20   echo \"rampart: the step {STEP_TIMED_OUT} ({secs} s) and was stopped; if it needs \
-         longer, give it a longer timeout: in the playbook\"\n\
+         longer, give the step a longer timeout (its timeout: key in the playbook)\"\n\
          \x20 fi\n\
          \x20 exit \"$rc\"\n\
          fi\n\
