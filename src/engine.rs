@@ -75,6 +75,9 @@ pub struct HostStep {
     /// `sensitive: true`, or its rendered parameters used a secret: reports show its values
     /// as size and sha256, never as text.
     pub sensitive: bool,
+    /// How long its apply may run on the host ([`crate::playbook::STEP_TIMEOUT`] unless the
+    /// step's `timeout:` says otherwise); past it the step is stopped and fails, named.
+    pub timeout: Duration,
     pub work: StepWork,
 }
 
@@ -262,6 +265,7 @@ pub fn render_steps(
             location: step.location(),
             notify: step.notify.clone(),
             sensitive: step.sensitive,
+            timeout: Duration::from_secs(step.timeout.unwrap_or(crate::playbook::STEP_TIMEOUT)),
             work: StepWork::Skip(String::new()),
         };
         crate::secrets::touched();
@@ -468,6 +472,7 @@ pub async fn probe_with_scan<S: Session>(
             out.stderr_block()
         )
     })?;
+    let mut planned = Planned::default();
     let verdicts = steps
         .iter()
         .enumerate()
@@ -478,7 +483,7 @@ pub async fn probe_with_scan<S: Session>(
                     "the probe stopped before this step\n{}",
                     out.stderr_block()
                 )),
-                Some((text, Some(0))) => resource.diff(text).map_err(|e| e.to_string()),
+                Some((text, Some(0))) => planned.diff(resource.as_ref(), text),
                 Some((text, rc)) => Err(format!(
                     "the probe failed (exit status {})\n---- output ----\n{}\n{}",
                     rc.map(|r| r.to_string())
@@ -491,6 +496,46 @@ pub async fn probe_with_scan<S: Session>(
         .collect();
     let scanned = scan.and_then(|_| frames.get("scan").map(|(t, _)| t.to_string()));
     Ok((facts, verdicts, scanned))
+}
+
+/// The state the run's earlier steps will leave, by probe script: a later step whose probe is
+/// the same script (a second `lines` on one file) is planned against what the earlier step's
+/// apply leaves, not against the probe, so the steps compose in one apply (its guard then
+/// expects the earlier step's result; anything else there is a real concurrent change).
+/// A step whose subject does not exist yet is planned as "will exist" when an earlier step
+/// changes something ([`Resource::diff_will_exist`]: a `package` installs a `service`'s unit).
+#[derive(Default)]
+struct Planned {
+    after: BTreeMap<String, String>,
+    changed: bool,
+}
+
+impl Planned {
+    /// The step's verdict on `probed` (or on what an earlier step leaves), remembering what
+    /// its own apply will leave.
+    fn diff(&mut self, resource: &dyn Resource, probed: &str) -> Result<Verdict, String> {
+        let key = resource.probe().render().unwrap_or_default();
+        let before = self.after.get(&key).map(String::as_str).unwrap_or(probed);
+        let verdict = match resource.diff(before) {
+            Ok(v) => v,
+            Err(e) => match self.changed.then(|| resource.diff_will_exist(before)) {
+                Some(Some(v)) => v,
+                _ => return Err(e.to_string()),
+            },
+        };
+        if !verdict.is_in_line() {
+            self.changed = true;
+            if !key.is_empty() {
+                match resource.probed_after(before, &verdict) {
+                    Some(after) => self.after.insert(key, after),
+                    // Unknown: later steps on it are planned on the probe (and their guards
+                    // refuse if the earlier step changed what they planned on).
+                    None => self.after.remove(&key),
+                };
+            }
+        }
+        Ok(verdict)
+    }
 }
 
 /// What one host's apply does: the steps with their verdicts, and the handlers with whether
@@ -580,6 +625,10 @@ pub async fn apply_with<S: Session>(
         .map(|m| m.nonce.clone())
         .unwrap_or_else(nonce);
     let mut s = lock_script(ctx);
+    // The exec's bound: `timeout` for the script's own work (lock, backups), plus each step's
+    // own limit and each confirmation's wait: a slow install needs a longer `timeout:` on its
+    // step, never a longer one for every host's whole script.
+    let mut budget = timeout;
     for (i, (step, verdict)) in steps.iter().zip(verdicts).enumerate() {
         if let (StepWork::Run(resource), Some(v)) = (&step.work, verdict)
             && !v.is_in_line()
@@ -596,10 +645,17 @@ pub async fn apply_with<S: Session>(
                 ));
             }
             let body = body.then(resource.apply(v, ctx));
+            budget += step.timeout;
             s = s
-                .then(framed(&nonce, &i.to_string(), body, true))
+                .then(framed(
+                    &nonce,
+                    &i.to_string(),
+                    time_limited(body, step.timeout),
+                    true,
+                ))
                 .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
             if midway.is_some() && (step.risky || resource.risky()) {
+                budget += Duration::from_secs(u64::from(ctx.deadman_seconds) + 60);
                 s = s.then(await_confirmation(&nonce, i, ctx));
             }
         }
@@ -609,20 +665,26 @@ pub async fn apply_with<S: Session>(
             let body = Script::new()
                 .raw("set -e\n")
                 .then(resource.apply(&Verdict::Modify(Vec::new()), ctx));
+            budget += handler.timeout;
             s = s
-                .then(framed(&nonce, &format!("h{j}"), body, true))
+                .then(framed(
+                    &nonce,
+                    &format!("h{j}"),
+                    time_limited(body, handler.timeout),
+                    true,
+                ))
                 .raw("[ \"$rc\" -eq 0 ] || exit 0\n");
         }
     }
     let out = match midway {
-        None => run_script(session, become_root, &s, timeout).await?,
+        None => run_script(session, become_root, &s, budget).await?,
         Some(m) => {
             let text = s.render().map_err(|e| e.to_string())?;
             session
                 .exec_watched(
                     &remote::exec_command(become_root),
                     text.as_bytes(),
-                    timeout,
+                    budget,
                     m.seen,
                 )
                 .await
@@ -659,6 +721,30 @@ pub async fn apply_with<S: Session>(
         .map(|j| result(format!("h{j}")))
         .collect();
     Ok((steps_done, handlers_done))
+}
+
+/// What a step's apply prints when its own time limit stopped it.
+pub const STEP_TIMED_OUT: &str = "did not finish within its timeout";
+
+/// `body` under the step's time limit on the host: `timeout` (coreutils or busybox) runs it in
+/// a process group of its own and stops the whole group (TERM, then KILL 10 s later) when the
+/// time is up, so a hung install's children stop too. The body reaches its shell through
+/// stdin, as the apply script does (no limit on an argument's length). On a host without
+/// `timeout` it runs unbounded, and the exec's own bound still ends the script.
+fn time_limited(body: Script, limit: Duration) -> Script {
+    let secs = limit.as_secs().max(1);
+    Script::new().raw("b=").script_arg(body).raw(&format!(
+        "\nif command -v timeout >/dev/null 2>&1; then\n\
+         \x20 printf '%s' \"$b\" | timeout -k 10 {secs} /bin/sh -c 's=$(cat) && eval \"$s\"'\n\
+         \x20 rc=$?\n\
+         \x20 if [ \"$rc\" -eq 124 ] || [ \"$rc\" -eq 137 ]; then\n\
+         \x20   echo \"rampart: the step {STEP_TIMED_OUT} ({secs} s) and was stopped; if it needs \
+         longer, give the step a longer timeout (its timeout: key in the playbook)\"\n\
+         \x20 fi\n\
+         \x20 exit \"$rc\"\n\
+         fi\n\
+         printf '%s' \"$b\" | /bin/sh -c 's=$(cat) && eval \"$s\"'\n"
+    ))
 }
 
 /// Taken first and held for the whole apply script, so that two runs never apply to one host
@@ -882,6 +968,186 @@ mod tests {
             facts,
             &settings(),
         )
+    }
+
+    /// What `file`/`lines` probes print for a file of root's, mode 0644, holding `text`.
+    fn file_probe(text: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+        format!(
+            "kind file\nstat root 0 root 0 644 {}\ncontent\n{b64}\nend\n",
+            text.len()
+        )
+    }
+
+    fn sha1_of(text: &str) -> String {
+        use sha1::Digest as _;
+        sha1::Sha1::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn steps_on_one_file_are_planned_on_what_the_earlier_ones_leave() {
+        let text = "steps:\n\
+          \x20 - lines: {path: /etc/x.conf, present: [b]}\n\
+          \x20 - lines: {path: /etc/y.conf, present: [z]}\n\
+          \x20 - lines: {path: /etc/x.conf, present: [c], absent: [a]}\n\
+          \x20 - file: {path: /etc/x.conf, content: \"b\\nc\\n\"}\n\
+          \x20 - lines: {path: /etc/new.conf, present: [nn]}\n\
+          \x20 - lines: {path: /etc/new.conf, present: [mm], mode: '0600'}\n";
+        let st = steps(text, serde_json::json!({}), None).unwrap();
+        let run = |i: usize| match &st[i].work {
+            StepWork::Run(r) => r.as_ref(),
+            StepWork::Skip(_) => unreachable!(),
+        };
+        let probed = file_probe("a\n");
+        let mut planned = Planned::default();
+        let v0 = planned.diff(run(0), &probed).unwrap();
+        assert_eq!(v0.changes()[0].after.as_deref(), Some("a\nb\n"));
+        // Another file's step is planned on its own probe.
+        let v1 = planned.diff(run(1), &probed).unwrap();
+        assert_eq!(v1.changes()[0].after.as_deref(), Some("a\nz\n"));
+        // The second step on x.conf edits what the first leaves, and its guard expects that.
+        let v2 = planned.diff(run(2), &probed).unwrap();
+        assert_eq!(v2.changes()[0].before.as_deref(), Some("a\nb\n"));
+        assert_eq!(v2.changes()[0].after.as_deref(), Some("b\nc\n"));
+        let apply = run(2).apply(&v2, &ApplyContext::new("t")).render().unwrap();
+        assert!(apply.contains(&sha1_of("a\nb\n")), "{apply}");
+        assert!(!apply.contains(&sha1_of("a\n")), "{apply}");
+        // A file step with the same result is then in line.
+        assert!(planned.diff(run(3), &probed).unwrap().is_in_line());
+        // A file the first step creates: the second step adds its line; its own mode is
+        // only for creating, so it does not change the mode the first left.
+        let none = "kind none\n";
+        let v4 = planned.diff(run(4), none).unwrap();
+        assert!(matches!(v4, Verdict::Create(_)));
+        let v5 = planned.diff(run(5), none).unwrap();
+        assert!(matches!(v5, Verdict::Modify(_)), "{v5:?}");
+        assert_eq!(v5.changes()[0].before.as_deref(), Some("nn\n"));
+        assert_eq!(v5.changes()[0].after.as_deref(), Some("nn\nmm\n"));
+        // Planned again on the real state after the apply: every step is in line.
+        let mut again = Planned::default();
+        let after = file_probe("b\nc\n");
+        for i in [0, 2, 3] {
+            assert!(again.diff(run(i), &after).unwrap().is_in_line(), "step {i}");
+        }
+    }
+
+    #[test]
+    fn a_unit_an_earlier_step_installs_is_planned_as_will_exist() {
+        let text = "steps:\n\
+          \x20 - package: {names: [cron]}\n\
+          \x20 - service: {name: cron, enabled: true, state: started}\n";
+        let st = steps(text, serde_json::json!({}), None).unwrap();
+        let run = |i: usize| match &st[i].work {
+            StepWork::Run(r) => r.as_ref(),
+            StepWork::Skip(_) => unreachable!(),
+        };
+        let missing = "rampart-service 1\nsystemd=yes\nload=not-found\nenabled=\n\
+                       active=inactive\nreload=no\nend\n";
+        // Alone (or after steps in line), a missing unit is an error that says what to do.
+        let err = Planned::default().diff(run(1), missing).unwrap_err();
+        assert!(err.contains("install the package"), "{err}");
+        // After a step that changes something, it will exist: enable and start it.
+        let mut planned = Planned {
+            changed: true,
+            ..Planned::default()
+        };
+        let v = planned.diff(run(1), missing).unwrap();
+        let fields: Vec<&str> = v.changes().iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["enabled", "state"], "{v:?}");
+        let apply = run(1).apply(&v, &ApplyContext::new("t")).render().unwrap();
+        assert!(
+            apply.contains("enable") && apply.contains("start"),
+            "{apply}"
+        );
+        // A masked unit stays an error, whatever came before.
+        let masked = missing
+            .replace("load=not-found", "load=masked")
+            .replace("enabled=\n", "enabled=masked\n");
+        assert!(planned.diff(run(1), &masked).is_err());
+    }
+
+    /// Runs `script` in `sh` as the apply's exec does: (stdout+stderr, exit status).
+    fn sh(script: &Script) -> (String, Option<i32>) {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "s=$(cat) && eval \"$s\""])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let text = script.render().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (all, out.status.code())
+    }
+
+    #[test]
+    fn a_step_past_its_time_limit_is_stopped_with_its_children_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("pid");
+        let done = dir.path().join("done");
+        // The body starts a child that would outlive it, then hangs.
+        let body = Script::new()
+            .raw("set -e\nsleep 300 &\necho $! >")
+            .arg(&pid.display().to_string())
+            .raw("\nwait\n: >")
+            .arg(&done.display().to_string())
+            .raw("\n");
+        let (out, rc) = sh(&time_limited(body, Duration::from_secs(1)));
+        assert_eq!(rc, Some(124), "{out}");
+        assert!(
+            out.contains(STEP_TIMED_OUT) && out.contains("(1 s)"),
+            "{out}"
+        );
+        assert!(!done.exists());
+        let child = std::fs::read_to_string(&pid).unwrap();
+        // Gone, or a zombie that nobody has reaped yet: either way it no longer runs. The
+        // signal is sent before `timeout` returns, but a loaded machine may take a moment to
+        // deliver it: look again for up to 10 s before calling the child alive.
+        let read_state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.trim()));
+            let state = stat
+                .as_deref()
+                .ok()
+                .and_then(|s| s.rsplit_once(") "))
+                .map(|(_, r)| r[..1].to_string());
+            (stat, state)
+        };
+        let (mut stat, mut state) = read_state();
+        for _ in 0..100 {
+            if matches!(state.as_deref(), None | Some("Z" | "X")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            (stat, state) = read_state();
+        }
+        let state = state.as_deref();
+        assert!(
+            matches!(state, None | Some("Z" | "X")),
+            "the step's child {child} still runs: {stat:?}"
+        );
+        // Within its limit, a body runs as it would bare: its output, its status, payloads.
+        let body = Script::new()
+            .raw("base64 -d ")
+            .payload(b"it's \"fine\" $(x)\n")
+            .raw("exit 3\n");
+        let (out, rc) = sh(&time_limited(body, Duration::from_secs(60)));
+        assert_eq!((out.as_str(), rc), ("it's \"fine\" $(x)\n", Some(3)));
     }
 
     #[test]

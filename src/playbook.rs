@@ -33,12 +33,19 @@ const STEP_KEYS: &[&str] = &[
     "notify",
     "risky",
     "sensitive",
+    "timeout",
     "include",
 ];
 /// Keys at the top of a playbook file.
 const TOP_KEYS: &[&str] = &["vars", "steps", "handlers", "become"];
 /// Parameters the engine handles for a type itself, on top of the type's own.
 const ENGINE_PARAMS: &[(&str, &str)] = &[("file", "template")];
+
+/// Seconds a step's apply may run unless its `timeout:` says otherwise: generous, for a
+/// package install on a slow host.
+pub const STEP_TIMEOUT: u64 = 900;
+/// The longest `timeout:` a step may ask for: a day.
+pub const MAX_STEP_TIMEOUT: u64 = 86_400;
 
 /// One step: a resource type with its parameters (not yet rendered) and its controls.
 #[derive(Debug, Clone)]
@@ -56,6 +63,8 @@ pub struct Step {
     pub risky: bool,
     /// `sensitive: true`: its values (old and new) show as size and sha256, never as text.
     pub sensitive: bool,
+    /// `timeout:` seconds its apply may run (`None`: [`STEP_TIMEOUT`]).
+    pub timeout: Option<u64>,
     /// The file the step was written in, for messages and for template look-up.
     pub file: PathBuf,
     pub line: u32,
@@ -237,6 +246,45 @@ fn bool_of(node: &Node, file: &Path, what: &str) -> Result<bool, YamlError> {
     }
 }
 
+/// A step's `timeout:`: whole seconds (`600`), or a number with `s`, `m` or `h` (`10m`),
+/// from 1 s to [`MAX_STEP_TIMEOUT`].
+fn seconds_of(node: &Node, file: &Path) -> Result<u64, YamlError> {
+    let bad = || {
+        let mut e = node.error(
+            file,
+            format!(
+                "`timeout` must be a number of seconds from 1 to {MAX_STEP_TIMEOUT}, or one \
+                 with s, m or h (`90s`, `10m`, `2h`); found {}",
+                match &node.value {
+                    NodeValue::String(s) => format!("{s:?}"),
+                    NodeValue::Number(n) => n.to_string(),
+                    _ => node.kind().to_string(),
+                }
+            ),
+        );
+        e.hint = Some(format!(
+            "without it, a step's apply may run {STEP_TIMEOUT} s"
+        ));
+        e
+    };
+    let secs = match &node.value {
+        NodeValue::Number(n) => n.as_u64(),
+        NodeValue::String(s) => {
+            let s = s.trim();
+            let (num, unit) = match s.char_indices().last() {
+                Some((i, 's')) => (&s[..i], 1),
+                Some((i, 'm')) => (&s[..i], 60),
+                Some((i, 'h')) => (&s[..i], 3600),
+                _ => (s, 1),
+            };
+            num.parse::<u64>().ok().and_then(|n| n.checked_mul(unit))
+        }
+        _ => None,
+    };
+    secs.filter(|s| (1..=MAX_STEP_TIMEOUT).contains(s))
+        .ok_or_else(bad)
+}
+
 /// A string or a list of strings.
 fn strings_of(node: &Node, file: &Path, what: &str) -> Result<Vec<String>, YamlError> {
     match &node.value {
@@ -299,6 +347,7 @@ fn load_step(
     let mut notify = Vec::new();
     let mut risky = false;
     let mut sensitive = false;
+    let mut timeout = None;
     for (key, value) in entries {
         let Some(k) = key.as_str() else {
             return Err(key.error(file, "step keys must be strings"));
@@ -317,6 +366,7 @@ fn load_step(
             "notify" => notify = strings_of(value, file, "notify")?,
             "risky" => risky = bool_of(value, file, "risky")?,
             "sensitive" => sensitive = bool_of(value, file, "sensitive")?,
+            "timeout" => timeout = Some(seconds_of(value, file)?),
             other => match resource::lookup(other) {
                 Some(info) => {
                     if let Some((first, _)) = kind {
@@ -371,6 +421,7 @@ fn load_step(
         notify,
         risky,
         sensitive,
+        timeout,
         file: file.to_path_buf(),
         line: node.line,
         column: node.column,
@@ -468,8 +519,40 @@ mod tests {
     fn an_unknown_resource_type_lists_the_types() {
         assert_eq!(
             load_err("steps:\n  - fiel: {path: /a}\n"),
-            "[DIR]/p.yaml:2:5: unknown resource type or step key `fiel`\n  hint: resource types: file, directory, absent, lines, user, group, command, package, service, unit, sysctl, sshd, nftables, audit_rules, json_config, wireguard; step keys: name, when, tags, notify, risky, sensitive, include"
+            "[DIR]/p.yaml:2:5: unknown resource type or step key `fiel`\n  hint: resource types: file, directory, absent, lines, user, group, command, package, service, unit, sysctl, sshd, nftables, audit_rules, json_config, wireguard; step keys: name, when, tags, notify, risky, sensitive, timeout, include"
         );
+    }
+
+    #[test]
+    fn a_step_timeout_is_seconds_or_a_number_with_a_unit_and_bad_ones_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "p.yaml",
+            "steps:\n  - file: {path: /a}\n    timeout: 30\n  - file: {path: /b}\n    timeout: 10m\n  - file: {path: /c}\n    timeout: '2h'\n  - file: {path: /d}\n",
+        );
+        let book = Playbook::load(&p).unwrap();
+        let t: Vec<Option<u64>> = book.steps.iter().map(|s| s.timeout).collect();
+        assert_eq!(t, [Some(30), Some(600), Some(7200), None]);
+        for (bad, shown) in [
+            ("0", "0"),
+            ("-5", "-5"),
+            ("1.5", "1.5"),
+            ("ten", "\"ten\""),
+            ("5d", "\"5d\""),
+            ("25h", "\"25h\""),
+            ("true", "a boolean"),
+        ] {
+            let err = load_err(&format!(
+                "steps:\n  - file: {{path: /a}}\n    timeout: {bad}\n"
+            ));
+            assert!(
+                err.starts_with(&format!(
+                    "[DIR]/p.yaml:3:14: `timeout` must be a number of seconds from 1 to 86400, or one with s, m or h (`90s`, `10m`, `2h`); found {shown}\n  hint: "
+                )),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -432,6 +432,10 @@ impl Resource for File {
     fn probe(&self) -> Script {
         probe_path(&self.path, false, true, true)
     }
+
+    fn probed_after(&self, probe_output: &str, _verdict: &Verdict) -> Option<String> {
+        super::after::file_probe_after(probe_output, self.content.as_bytes(), &self.perms, 0o644)
+    }
 }
 
 impl Typed for File {
@@ -892,6 +896,18 @@ impl Resource for Lines {
 
     fn probe(&self) -> Script {
         probe_path(&self.path, false, true, true)
+    }
+
+    /// Permissions are applied only when the file is created.
+    fn probed_after(&self, probe_output: &str, verdict: &Verdict) -> Option<String> {
+        let new = verdict.changes().iter().find(|c| c.field == FsField::Content.text())?;
+        let keep = Perms::default();
+        let perms = if matches!(verdict, Verdict::Create(_)) {
+            &self.perms
+        } else {
+            &keep
+        };
+        super::after::file_probe_after(probe_output, new.after.as_deref()?.as_bytes(), perms, 0o644)
     }
 }
 

@@ -36,6 +36,7 @@
 //! (tests/fixtures.rs says how to record them): the fixture harness fails for a registered
 //! type without one.
 
+mod after;
 pub mod fsfile;
 pub mod kit;
 pub mod risky;
@@ -318,6 +319,22 @@ pub trait Resource: fmt::Debug + Send + Sync + Converge {
     /// POSIX sh that puts back the state this run's apply replaced, for a step marked
     /// `risky: true` in a playbook (its dead-man switch runs it). `None`: this type cannot.
     fn restore(&self, _ctx: &ApplyContext) -> Option<Script> {
+        None
+    }
+
+    /// What this step's probe will print once `verdict` (made from `probe_output`) is
+    /// applied. The engine plans a later step of the run whose probe is the same script (a
+    /// second `lines` on one file) against it, so the two compose in one apply. `None`: this
+    /// type cannot tell; a later step on the same thing is then planned on the probe.
+    fn probed_after(&self, _probe_output: &str, _verdict: &Verdict) -> Option<String> {
+        None
+    }
+
+    /// The verdict when [`Resource::diff`] refused because the step's subject does not exist,
+    /// and an earlier step of the run changes something that may create it (a `package` step
+    /// installs the unit a `service` step starts): planned as "will exist". Its apply then
+    /// fails plainly if the subject still does not exist. `None`: the refusal stands.
+    fn diff_will_exist(&self, _probe_output: &str) -> Option<Verdict> {
         None
     }
 }

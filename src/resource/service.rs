@@ -272,6 +272,17 @@ impl Resource for Service {
     fn probe(&self) -> Script {
         self.probe_script()
     }
+
+    fn diff_will_exist(&self, probe_output: &str) -> Option<Verdict> {
+        let f = Fields::read(probe_output, SERVICE_PROBE_HEADER, SYSTEMD_KEYS).ok()?;
+        let s = parse_systemd(&f).ok()??;
+        if s.found() || s.masked() {
+            return None;
+        }
+        let c: Vec<super::Change<SystemdField>> =
+            systemd_changes(&self.name, &s, self.enabled, self.state, true, &f).ok()?;
+        (!c.is_empty()).then(|| Verdict::Modify(c).map(|field| Some(super::Field::name(&field))))
+    }
 }
 
 #[cfg(test)]

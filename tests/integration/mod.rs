@@ -5,6 +5,7 @@ mod common;
 mod deadman;
 mod drift;
 mod engine;
+mod engine_compose;
 mod facts;
 mod fail_closed;
 mod flavours;
