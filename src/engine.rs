@@ -254,7 +254,11 @@ pub fn render_steps(
             needs_facts: false,
         })?;
     let fail = |e: RenderError, step: &Step| RenderFailure {
-        needs_facts: facts.is_none() && e.message.starts_with("undefined variable `facts"),
+        // Also from inside a `lookup('template', …)`, whose error comes out in minijinja's
+        // own words (agent/audit-rules.json.j2 reads facts.arch).
+        needs_facts: facts.is_none()
+            && (e.message.starts_with("undefined variable `facts")
+                || e.message.contains("`facts` is undefined")),
         message: format!("{e}\n  in step `{}`", step.name),
     };
     let mut out = Vec::new();
