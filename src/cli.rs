@@ -188,6 +188,8 @@ struct HostArgs {
     connect_timeout: Option<u64>,
     /// Seconds a remote script may run (1 to 604800, a week). Default 300, 600 for `collect`,
     /// and 1800 for `apply`, whose script may install packages and the agent (minutes on a Pi).
+    /// Each step of an apply also has its own limit (a step's `timeout:`, default 900 s), and
+    /// the apply script may run this long plus the limits of the steps it applies.
     #[arg(long, value_name = "SECS", value_parser = in_range::<u64>(1, 604_800))]
     timeout: Option<u64>,
 }
