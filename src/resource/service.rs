@@ -274,8 +274,7 @@ impl Resource for Service {
     }
 
     fn diff_will_exist(&self, probe_output: &str) -> Option<Verdict> {
-        let f = Fields::read(probe_output, SERVICE_PROBE_HEADER, SYSTEMD_KEYS).ok()?;
-        let s = parse_systemd(&f).ok()??;
+        let (f, s) = self.parse(probe_output).ok()?;
         if s.found() || s.masked() {
             return None;
         }
