@@ -768,15 +768,27 @@ async fn confirm<C: Connector>(
     };
     let become_root =
         job.playbook.become_root.unwrap_or(host.become_root) && connected.login != "root";
+    disarm(&connected.session, become_root, ctx, job.settings.timeout).await?;
+    Ok((connected.session, become_root))
+}
+
+/// Confirms a risky change over `session` (a NEW connection): disarms the run's dead-man
+/// switches, and says plainly when the switch had already fired. Shared by the playbook's
+/// risky steps and `rampart quarantine`.
+pub async fn disarm<S: crate::transport::Session>(
+    session: &S,
+    become_root: bool,
+    ctx: &ApplyContext,
+    timeout: Duration,
+) -> Result<(), String> {
     let script = crate::resource::deadman_disarm(ctx)
         .render()
         .map_err(|e| e.to_string())?;
-    let out = connected
-        .session
+    let out = session
         .exec(
             &crate::remote::exec_command(become_root),
             script.as_bytes(),
-            job.settings.timeout,
+            timeout,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -794,7 +806,7 @@ async fn confirm<C: Connector>(
             out.stderr_block()
         ));
     }
-    Ok((connected.session, become_root))
+    Ok(())
 }
 
 /// After a lost confirmation: waits until the host has run its restore (the run's switches are

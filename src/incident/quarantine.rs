@@ -38,7 +38,7 @@ use serde::Serialize;
 use crate::fleet::connect_host;
 use crate::inventory::Host;
 use crate::remote::Script;
-use crate::resource::{ApplyContext, deadman_arm, deadman_disarm};
+use crate::resource::{ApplyContext, deadman_arm};
 use crate::transport::Session;
 use crate::transport::ssh::ConnectOptions;
 
@@ -342,30 +342,9 @@ async fn confirm(
             Err(e) => return Err(format!("no new connection after the firewall change: {e}")),
         }
     };
-    let script = deadman_disarm(ctx).render().map_err(|e| e.to_string())?;
-    let out = connected
-        .session
-        .exec(
-            &crate::remote::exec_command(become_root),
-            script.as_bytes(),
-            timeout,
-        )
-        .await
-        .map_err(|e| e.to_string());
+    let out = crate::engine::host::disarm(&connected.session, become_root, ctx, timeout).await;
     connected.session.close().await;
-    let out = out?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("too late") {
-        return Err("the dead-man switch fired before the confirmation arrived".into());
-    }
-    if !out.success() || !text.contains("disarmed") {
-        return Err(format!(
-            "could not disarm the dead-man switch: {}\n{}",
-            out.status_text(),
-            out.stderr_block()
-        ));
-    }
-    Ok(())
+    out
 }
 
 #[cfg(test)]
